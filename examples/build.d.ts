@@ -1,0 +1,3 @@
+export function exampleNames(): string[];
+export function examplePath(name: string): string;
+export function buildExamples(options?: { quiet?: boolean }): Promise<void>;

@@ -1,0 +1,10 @@
+// Returns its input unchanged, byte for byte: the event pgfn sent. Used by the
+// tests and benchmarks, so it does no more work than a call must.
+import { Host } from "@extism/as-pdk";
+// For pgfnAbort, which build.js makes AssemblyScript's abort.
+import "../lib/pgfn";
+
+export function handle(): i32 {
+  Host.output(Host.input());
+  return 0;
+}

@@ -1,0 +1,7 @@
+// Answers with text that is not JSON: pgfn reports FUNCTION_ERROR. For tests.
+import { output } from "../lib/pgfn";
+
+export function handle(): i32 {
+  output("hello, not json");
+  return 0;
+}

@@ -1,0 +1,291 @@
+/**
+ * The `pgfn` command. Thin: parses argv, calls the modules, prints. Every
+ * failure is one line on stderr and exit code 1, never a stack trace.
+ */
+import { readFile } from "node:fs/promises";
+import { Command, InvalidArgumentError } from "commander";
+import type pg from "pg";
+import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
+import { startDaemon } from "./daemon.js";
+import { createPool } from "./db/pool.js";
+import { createDb } from "./db/database.js";
+import { listRuns } from "./db/runs.js";
+import { deployFunction } from "./deploy.js";
+import { runDev } from "./dev.js";
+import { PgfnError, sqlState } from "./errors.js";
+import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
+import { invokeNow } from "./invoke.js";
+import { createLogger, silentLogger } from "./logger.js";
+import { migrate } from "./migrate.js";
+
+function intOption(name: string) {
+  return (value: string): number => {
+    if (!/^-?\d+$/.test(value))
+      throw new InvalidArgumentError(`${name} must be a whole number, got "${value}".`);
+    return Number(value);
+  };
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+function parseEnvPairs(pairs: readonly string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0)
+      throw new PgfnError(
+        "INVALID_REQUEST",
+        `--env takes KEY=VALUE; got "${pair.split("=")[0]}..."`,
+      );
+    env[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return env;
+}
+
+/** Opens a pool on DATABASE_URL for one command and closes it afterwards. */
+async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
+  const pool = createPool(requireDatabaseUrl(config), 4, silentLogger());
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.end();
+  }
+}
+
+/** One line saying what went wrong, for any error. */
+export function describeError(error: unknown, config?: Config): string {
+  if (error instanceof PgfnError) return error.message;
+  const e = error as { code?: string; message?: string };
+  if (
+    e.code === "ECONNREFUSED" ||
+    e.code === "ENOTFOUND" ||
+    e.code === "EAI_AGAIN" ||
+    e.code === "ETIMEDOUT"
+  ) {
+    const where = config?.databaseUrl ? redactUrl(config.databaseUrl) : "DATABASE_URL";
+    return `Cannot connect to Postgres at ${where} (${e.code}). Is the server running and DATABASE_URL right?`;
+  }
+  const state = sqlState(error);
+  if (state && /^[0-9A-Z]{5}$/.test(state))
+    return `Postgres error ${state}: ${e.message ?? String(error)}`;
+  return e.message ?? String(error);
+}
+
+export function buildProgram(): Command {
+  const program = new Command()
+    .name("pgfn")
+    .description(
+      "Committed Postgres rows run sandboxed WebAssembly handlers; every outcome is a row in pgfn.function_runs.",
+    )
+    .showHelpAfterError("(run with --help for usage)");
+
+  program
+    .command("migrate")
+    .description(
+      "Install or upgrade the pgfn and graphile_worker schemas (safe to run repeatedly and concurrently).",
+    )
+    .action(async () => {
+      const config = loadConfig();
+      const result = await withPool(config, migrate);
+      console.log(
+        result.applied.length === 0
+          ? `pgfn schema is up to date (${result.alreadyApplied} migrations).`
+          : `applied ${result.applied.length} migration(s): ${result.applied.join(", ")}`,
+      );
+    });
+
+  program
+    .command("start")
+    .description(
+      "Run the daemon: listener (NOTIFY -> jobs) and worker (jobs -> handler runs) until SIGINT/SIGTERM.",
+    )
+    .option("--no-listener", "do not dispatch events (another daemon does)")
+    .option("--no-worker", "do not run handlers (another daemon does)")
+    .option("--migrate", "apply pending migrations before starting")
+    .action(async (opts: { listener: boolean; worker: boolean; migrate?: boolean }) => {
+      const base = loadConfig();
+      const config: Config = {
+        ...base,
+        listener: base.listener && opts.listener,
+        worker: base.worker && opts.worker,
+      };
+      const url = requireDatabaseUrl(config);
+      if (opts.migrate) await withPool(config, migrate);
+      const logger = createLogger({ level: config.logLevel });
+      const daemon = await startDaemon({ connectionString: url, config, logger });
+      await waitForSignal();
+      await daemon.stop();
+    });
+
+  program
+    .command("deploy")
+    .description(
+      "Store a WebAssembly module as a function (validated first; nothing is stored on error).",
+    )
+    .argument("<name>", "function name, ^[a-z][a-z0-9_-]{0,63}$")
+    .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)")
+    .option("--description <text>", "what the function does")
+    .option(
+      "--timeout-ms <ms>",
+      "wall-clock limit per run, 1000..300000 (default 10000)",
+      intOption("--timeout-ms"),
+    )
+    .option("--memory-mb <mb>", "memory limit, 16..512 (default 128)", intOption("--memory-mb"))
+    .option(
+      "--max-attempts <n>",
+      "attempts before dead-lettering, 1..100 (default 3)",
+      intOption("--max-attempts"),
+    )
+    .option(
+      "--retry-base-ms <ms>",
+      "backoff base: retry n waits up to base * 2^(n-1) (default 1000)",
+      intOption("--retry-base-ms"),
+    )
+    .option("--retry-max-ms <ms>", "backoff cap (default 300000)", intOption("--retry-max-ms"))
+    .option(
+      "--max-concurrency <n>",
+      "runs at once across all daemons (default 100)",
+      intOption("--max-concurrency"),
+    )
+    .option("--env <KEY=VALUE>", "an environment value the handler may read (repeatable)", collect)
+    .option("--allow-host <host>", "a host http_fetch may reach (repeatable)", collect)
+    .option("--db-role <role>", "the role db_query runs as")
+    .option("--on-error <name>", "the function that receives terminal failures")
+    .option("--update", "replace the function if it exists")
+    .action(async (name: string, file: string, opts: Record<string, unknown>) => {
+      const config = loadConfig();
+      let wasm: Buffer;
+      try {
+        wasm = await readFile(file);
+      } catch (error) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          `Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}.`,
+        );
+      }
+      const result = await withPool(config, (pool) =>
+        deployFunction(createDb(pool), {
+          name,
+          wasm,
+          ...(opts.description !== undefined && { description: opts.description as string }),
+          ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs as number }),
+          ...(opts.memoryMb !== undefined && { memoryLimitMb: opts.memoryMb as number }),
+          ...(opts.maxAttempts !== undefined && { maxAttempts: opts.maxAttempts as number }),
+          ...(opts.retryBaseMs !== undefined && { retryBaseMs: opts.retryBaseMs as number }),
+          ...(opts.retryMaxMs !== undefined && { retryMaxMs: opts.retryMaxMs as number }),
+          ...(opts.maxConcurrency !== undefined && {
+            maxConcurrency: opts.maxConcurrency as number,
+          }),
+          ...(opts.env !== undefined && { env: parseEnvPairs(opts.env as string[]) }),
+          ...(opts.allowHost !== undefined && { allowedHosts: opts.allowHost as string[] }),
+          ...(opts.dbRole !== undefined && { dbRole: opts.dbRole as string }),
+          ...(opts.onError !== undefined && { onError: opts.onError as string }),
+          update: Boolean(opts.update),
+        }),
+      );
+      console.log(
+        `${result.created ? "deployed" : "updated"} ${result.name} (sha256 ${result.wasmSha256}, ${wasm.byteLength} bytes)`,
+      );
+    });
+
+  program
+    .command("invoke")
+    .description(
+      "Run a function once, now, with a JSON payload; prints the recorded run. Exit code 1 if it failed.",
+    )
+    .argument("<name>", "function name")
+    .argument("[json]", "the payload (JSON)", "{}")
+    .action(async (name: string, json: string) => {
+      const config = loadConfig();
+      let payload: unknown;
+      try {
+        payload = JSON.parse(json);
+      } catch (error) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          `The payload is not valid JSON: ${(error as Error).message}.`,
+        );
+      }
+      // A daemon with neither listener nor worker: the executor, the sandbox
+      // and the host functions, exactly as runs get them.
+      const daemon = await startDaemon({
+        connectionString: requireDatabaseUrl(config),
+        config: {
+          ...config,
+          listener: false,
+          worker: false,
+          sandboxThreads: 1,
+          workerId: `cli-${process.pid}`,
+        },
+        logger: silentLogger(),
+      });
+      const run = await invokeNow(daemon.executor, name, payload).finally(() => daemon.stop());
+      console.log(formatRunLine(run));
+      if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
+      else process.exitCode = 1;
+    });
+
+  program
+    .command("runs")
+    .description("Show the latest runs (from pgfn.function_runs), newest first.")
+    .argument("[name]", "only this function's runs")
+    .option("-n, --limit <n>", "how many (default 20)", intOption("--limit"), 20)
+    .option("--json", "print JSON lines instead of a table")
+    .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
+      const config = loadConfig();
+      if (opts.limit < 1 || opts.limit > 10000)
+        throw new PgfnError("INVALID_REQUEST", "--limit must be between 1 and 10000.");
+      const runs = await withPool(config, (pool) =>
+        listRuns(createDb(pool), {
+          limit: opts.limit,
+          ...(name !== undefined && { functionName: name }),
+        }),
+      );
+      if (opts.json) for (const run of runs) console.log(JSON.stringify(run));
+      else console.log(formatRunsTable(runs));
+    });
+
+  program
+    .command("dev")
+    .description(
+      "Try pgfn: embedded Postgres (unless DATABASE_URL is set), a demo function, table, trigger and rows; prints runs until Ctrl-C.",
+    )
+    .option("--no-keep-running", "exit after the demo rows have run")
+    .action(async (opts: { keepRunning: boolean }) => {
+      await runDev({ keepRunning: opts.keepRunning });
+    });
+
+  return program;
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (signal: NodeJS.Signals) => {
+      process.off("SIGINT", on);
+      process.off("SIGTERM", on);
+      resolve(signal);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}
+
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
+  let config: Config | undefined;
+  try {
+    config = loadConfig();
+  } catch {
+    // Reported by the command itself, with the variable's name.
+  }
+  try {
+    await buildProgram().parseAsync([...argv]);
+  } catch (error) {
+    console.error(`pgfn: ${describeError(error, config)}`);
+    if (process.env.PGFN_LOG_LEVEL === "debug" && error instanceof Error)
+      console.error(error.stack);
+    process.exitCode = 1;
+  }
+}

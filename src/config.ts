@@ -1,0 +1,160 @@
+/**
+ * Configuration comes from the environment, validated once at start-up.
+ * A bad value is reported by variable name, never as a stack trace.
+ */
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { z } from "zod";
+import { PgfnError } from "./errors.js";
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const bool = z
+  .enum(["true", "false", "1", "0", "yes", "no", "on", "off"])
+  .transform((v) => ["true", "1", "yes", "on"].includes(v));
+
+const schema = z.object({
+  /** Postgres to use. Required except for `pgfn dev`, which starts its own. */
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
+    .optional(),
+  /** HTTP API port; 0 disables it. (Default: 7780) */
+  PGFN_HTTP_PORT: int(0, 65535).default(7780),
+  /** Token for deploy, manage and invoke over HTTP. */
+  PGFN_ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  /** Comma-separated invoke-only tokens. */
+  PGFN_INVOKE_TOKENS: z.string().optional(),
+  /** Jobs one daemon runs at once. (Default: 10) */
+  PGFN_WORKER_CONCURRENCY: int(1, 1000).default(10),
+  /**
+   * Where db_query connects. Use a login role that is NOT a superuser and is
+   * a member of the functions' db_roles: SET ROLE from a superuser session
+   * can be undone by the SQL it runs. (Default: DATABASE_URL)
+   */
+  PGFN_DB_QUERY_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
+    .optional(),
+  /** Connections db_query may hold per daemon: handlers cannot exhaust the server's. (Default: 4) */
+  PGFN_DB_QUERY_POOL_SIZE: int(1, 1000).default(4),
+  /** Threads that run handlers. (Default: the worker concurrency, so no run waits for one) */
+  PGFN_SANDBOX_THREADS: int(1, 1000).optional(),
+  /** A sandbox thread is replaced after this many invocations. (Default: 1000) */
+  PGFN_SANDBOX_RECYCLE_AFTER: int(1, 1_000_000).default(1000),
+  /** Events claimed per dispatch transaction. (Default: 500) */
+  PGFN_DISPATCH_BATCH: int(1, 10000).default(500),
+  /**
+   * How often the listener looks for undispatched events without being told
+   * to: the safety net for notifications lost while disconnected. (Default: 1000)
+   */
+  PGFN_SWEEP_INTERVAL_MS: int(50, 600000).default(1000),
+  /** graphile-worker's poll for jobs due later (retries). (Default: 1000) */
+  PGFN_POLL_INTERVAL_MS: int(50, 600000).default(1000),
+  /** Connections in the daemon's pool. (Default: worker concurrency + 4) */
+  PGFN_POOL_SIZE: int(2, 1000).optional(),
+  /** How often a daemon heartbeats and reaps silent ones. (Default: 2000) */
+  PGFN_HEARTBEAT_INTERVAL_MS: int(100, 60_000).default(2000),
+  /** Silence after which a daemon is reaped and its runs retried. (Default: 6000) */
+  PGFN_DEAD_AFTER_MS: int(300, 600_000).default(6000),
+  /**
+   * Identifies this daemon in `function_runs.worker_id`; must be unique among
+   * running daemons. (Default: host-pid-random)
+   */
+  PGFN_WORKER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.:-]{1,128}$/, "may only contain letters, digits and _.:-")
+    .optional(),
+  PGFN_LOG_LEVEL: z
+    .enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"])
+    .default("info"),
+  /** Run the listener (NOTIFY -> dispatch) in `pgfn start`. (Default: true) */
+  PGFN_LISTENER: bool.default(true),
+  /** Run the worker (jobs -> handlers) in `pgfn start`. (Default: true) */
+  PGFN_WORKER: bool.default(true),
+});
+
+export type Config = Readonly<{
+  databaseUrl: string | undefined;
+  httpPort: number;
+  adminToken: string | undefined;
+  invokeTokens: readonly string[];
+  workerConcurrency: number;
+  dbQueryUrl: string | undefined;
+  dbQueryPoolSize: number;
+  sandboxThreads: number;
+  sandboxRecycleAfter: number;
+  dispatchBatch: number;
+  sweepIntervalMs: number;
+  pollIntervalMs: number;
+  poolSize: number;
+  workerId: string;
+  heartbeatIntervalMs: number;
+  deadAfterMs: number;
+  logLevel: z.infer<typeof schema>["PGFN_LOG_LEVEL"];
+  listener: boolean;
+  worker: boolean;
+}>;
+
+/**
+ * Reads and validates the configuration. Throws a PgfnError (INVALID_REQUEST)
+ * whose message names every bad variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Empty strings mean "unset": `PGFN_HTTP_PORT= pgfn start` should not fail.
+  const present = Object.fromEntries(
+    Object.entries(env).filter(
+      ([k, v]) => (k === "DATABASE_URL" || k.startsWith("PGFN_")) && v !== "",
+    ),
+  );
+  const parsed = schema.safeParse(present);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+    throw new PgfnError("INVALID_REQUEST", `Invalid configuration: ${problems.join("; ")}.`);
+  }
+  const e = parsed.data;
+  if (e.PGFN_DEAD_AFTER_MS < 2 * e.PGFN_HEARTBEAT_INTERVAL_MS) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      `Invalid configuration: PGFN_DEAD_AFTER_MS (${e.PGFN_DEAD_AFTER_MS}) must be at least twice PGFN_HEARTBEAT_INTERVAL_MS (${e.PGFN_HEARTBEAT_INTERVAL_MS}), or live daemons get reaped.`,
+    );
+  }
+  return Object.freeze({
+    databaseUrl: e.DATABASE_URL,
+    httpPort: e.PGFN_HTTP_PORT,
+    adminToken: e.PGFN_ADMIN_TOKEN,
+    invokeTokens: Object.freeze(
+      (e.PGFN_INVOKE_TOKENS ?? "")
+        .split(",")
+        .map((t) => t.trim())
+        .filter(Boolean),
+    ),
+    workerConcurrency: e.PGFN_WORKER_CONCURRENCY,
+    dbQueryUrl: e.PGFN_DB_QUERY_URL ?? e.DATABASE_URL,
+    dbQueryPoolSize: e.PGFN_DB_QUERY_POOL_SIZE,
+    sandboxThreads: e.PGFN_SANDBOX_THREADS ?? e.PGFN_WORKER_CONCURRENCY,
+    sandboxRecycleAfter: e.PGFN_SANDBOX_RECYCLE_AFTER,
+    dispatchBatch: e.PGFN_DISPATCH_BATCH,
+    sweepIntervalMs: e.PGFN_SWEEP_INTERVAL_MS,
+    pollIntervalMs: e.PGFN_POLL_INTERVAL_MS,
+    poolSize: e.PGFN_POOL_SIZE ?? e.PGFN_WORKER_CONCURRENCY + 4,
+    // A random part: a restarted container keeps its host name and pid 1, and
+    // must not look like its dead predecessor.
+    workerId: e.PGFN_WORKER_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
+    heartbeatIntervalMs: e.PGFN_HEARTBEAT_INTERVAL_MS,
+    deadAfterMs: e.PGFN_DEAD_AFTER_MS,
+    logLevel: e.PGFN_LOG_LEVEL,
+    listener: e.PGFN_LISTENER,
+    worker: e.PGFN_WORKER,
+  });
+}
+
+/** The database URL, or a clear error saying how to provide one. */
+export function requireDatabaseUrl(config: Config): string {
+  if (!config.databaseUrl) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      "DATABASE_URL is not set. Set it to a postgres:// URL, or run `pgfn dev` to use an embedded Postgres.",
+    );
+  }
+  return config.databaseUrl;
+}

@@ -1,0 +1,180 @@
+/**
+ * `pgfn start`: the listener (NOTIFY -> dispatch) and the worker (jobs ->
+ * handler runs) over one pool. Stateless: every fact lives in Postgres, so
+ * any number of daemons can run against one database.
+ */
+import pg from "pg";
+import type { Runner } from "graphile-worker";
+import type { Logger } from "pino";
+import type { Config } from "./config.js";
+import { createDb, type Db } from "./db/database.js";
+import { createPool } from "./db/pool.js";
+import type { Run } from "./db/runs.js";
+import { PgfnError } from "./errors.js";
+import { Dispatcher } from "./listener/dispatcher.js";
+import { startListener, type Listener } from "./listener/listener.js";
+import { pendingMigrations } from "./migrate.js";
+import { DbQueryExecutor } from "./sandbox/host/dbQuery.js";
+import { hostBindings } from "./sandbox/host/bindings.js";
+import { warmMemoryGuard } from "./sandbox/memoryGuard.js";
+import { createSandbox, type Sandbox } from "./sandbox/sandbox.js";
+import type { ExecutorDeps } from "./worker/execute.js";
+import { startHeartbeat, type Heartbeat } from "./worker/heartbeat.js";
+import { startWorker } from "./worker/worker.js";
+
+export interface DaemonOptions {
+  readonly connectionString: string;
+  readonly config: Config;
+  readonly logger: Logger;
+  /** Called after each run this daemon records. */
+  readonly onRunFinished?: (run: Run) => void;
+}
+
+export interface Daemon {
+  readonly pool: pg.Pool;
+  readonly db: Db;
+  readonly executor: ExecutorDeps;
+  readonly dispatcher: Dispatcher | undefined;
+  readonly listener: Listener | undefined;
+  readonly worker: Runner | undefined;
+  /** Stops taking work, lets in-flight runs finish, closes every connection. */
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
+  const { config, logger } = options;
+  const pool = createPool(options.connectionString, config.poolSize, logger);
+  let listener: Listener | undefined;
+  let dispatcher: Dispatcher | undefined;
+  let worker: Runner | undefined;
+  let sandbox: Sandbox | undefined;
+  let dbQuery: DbQueryExecutor | undefined;
+  let heartbeat: Heartbeat | undefined;
+  try {
+    const pending = await pendingMigrations(pool);
+    if (pending.length > 0) {
+      throw new PgfnError(
+        "INVALID_REQUEST",
+        `The database schema is not current (${pending.length} migration(s) pending: ${pending.join(", ")}). Run \`pgfn migrate\` first.`,
+      );
+    }
+    const db = createDb(pool);
+    sandbox = createSandbox({
+      size: config.sandboxThreads,
+      maxInvocationsPerThread: config.sandboxRecycleAfter,
+    });
+    // All threads now: starting one costs tens of milliseconds a run should not pay.
+    await Promise.all([sandbox.pool.warm(), warmMemoryGuard()]);
+    dbQuery = new DbQueryExecutor({
+      connectionString: config.dbQueryUrl ?? options.connectionString,
+      poolSize: config.dbQueryPoolSize,
+    });
+    await warnIfSuperuser(config.dbQueryUrl ?? options.connectionString, logger);
+    const bindingsOptions = { dbQuery };
+    const executor: ExecutorDeps = {
+      hostFunctions: (fn, deadline) => hostBindings(bindingsOptions, fn, deadline),
+      db,
+      modules: sandbox.modules,
+      sandbox: sandbox.pool,
+      workerId: config.workerId,
+      logger,
+      ...(options.onRunFinished && { onRunFinished: options.onRunFinished }),
+    };
+    const graphileWorkerIds: string[] = [];
+    // Registered before any run can start, so every run has a daemon to outlive.
+    heartbeat = await startHeartbeat({
+      pool,
+      daemonId: config.workerId,
+      intervalMs: config.heartbeatIntervalMs,
+      deadAfterMs: config.deadAfterMs,
+      graphileWorkerIds: () => graphileWorkerIds,
+      logger,
+    });
+    if (config.worker) {
+      worker = await startWorker({
+        onWorkerCreated: (id) => graphileWorkerIds.push(id),
+        pool,
+        executor,
+        concurrency: config.workerConcurrency,
+        pollIntervalMs: config.pollIntervalMs,
+        logger,
+      });
+    }
+    // Records the worker ids, and reaps at once whatever died while we were away.
+    await heartbeat.beat();
+    if (config.listener) {
+      dispatcher = new Dispatcher({ db, batchSize: config.dispatchBatch, logger });
+      listener = await startListener({
+        connectionString: options.connectionString,
+        dispatcher,
+        sweepIntervalMs: config.sweepIntervalMs,
+        logger,
+      });
+    }
+    logger.info(
+      {
+        operation: "start",
+        worker_id: config.workerId,
+        listener: config.listener,
+        worker: config.worker,
+      },
+      "pgfn daemon started",
+    );
+    let stopping: Promise<void> | undefined;
+    return {
+      pool,
+      db,
+      executor,
+      dispatcher,
+      listener,
+      worker,
+      stop() {
+        stopping ??= (async () => {
+          await listener?.stop();
+          await dispatcher?.stop();
+          // graphile-worker's stop waits for the jobs under way.
+          await worker?.stop();
+          await sandbox?.close();
+          await heartbeat?.stop();
+          await dbQuery?.end();
+          await pool.end();
+          logger.info({ operation: "stop", worker_id: config.workerId }, "pgfn daemon stopped");
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    await listener?.stop().catch(() => undefined);
+    await worker?.stop().catch(() => undefined);
+    await sandbox?.close().catch(() => undefined);
+    await heartbeat?.stop().catch(() => undefined);
+    await dbQuery?.end().catch(() => undefined);
+    await pool.end().catch(() => undefined);
+    throw error;
+  }
+}
+
+/**
+ * db_query switches to the function's db_role with SET LOCAL ROLE; from a
+ * superuser session a handler's statement can switch back within itself. The
+ * executor notices and rolls back, but cannot undo what that one statement did
+ * outside the transaction, so say so at start.
+ */
+async function warnIfSuperuser(connectionString: string, logger: Logger): Promise<void> {
+  const client = new pg.Client({ connectionString, application_name: "pgfn" });
+  client.on("error", () => undefined);
+  try {
+    await client.connect();
+    const { rows } = await client.query<{ role: string; superuser: boolean }>(
+      "select current_user as role, rolsuper as superuser from pg_roles where rolname = current_user",
+    );
+    if (rows[0]?.superuser) {
+      logger.warn(
+        { operation: "start", db_query_role: rows[0].role },
+        `db_query connects as superuser "${rows[0].role}": set PGFN_DB_QUERY_URL to a non-superuser login role that is a member of the functions' db_roles`,
+      );
+    }
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The Kysely view of the pgfn schema (sql/). Column types follow what `pg`
+ * returns: bigint as string, timestamptz as Date, jsonb parsed.
+ */
+import { Kysely, PostgresDialect, type ColumnType, type Generated } from "kysely";
+import type pg from "pg";
+import type { ErrorCode } from "../errors.js";
+import type { EventSource, Operation, Ordering, RunStatus } from "../interfaces.js";
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type Json = ColumnType<unknown, string, string>;
+
+export interface FunctionsTable {
+  name: string;
+  description: Generated<string>;
+  wasm: Buffer;
+  wasm_sha256: string;
+  entrypoint: Generated<string>;
+  enabled: Generated<boolean>;
+  timeout_ms: Generated<number>;
+  memory_limit_mb: Generated<number>;
+  max_concurrency: Generated<number>;
+  max_attempts: Generated<number>;
+  retry_base_ms: Generated<number>;
+  retry_max_ms: Generated<number>;
+  env: ColumnType<Record<string, string>, string | undefined, string>;
+  allowed_hosts: Generated<string[]>;
+  db_role: string | null;
+  on_error: string | null;
+  ordering: Generated<Ordering>;
+  last_run_at: Date | null;
+  last_status: RunStatus | null;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+}
+
+export interface EventsTable {
+  id: ColumnType<string, never, never>;
+  function_name: string;
+  source: Generated<EventSource>;
+  table_schema: string | null;
+  table_name: string | null;
+  operation: Operation | null;
+  old: Json | null;
+  new: Json | null;
+  payload: Json | null;
+  created_at: Generated<Date>;
+  dispatched_at: Timestamp | null;
+}
+
+export interface FunctionRunsTable {
+  id: ColumnType<string, never, never>;
+  event_id: string;
+  function_name: string;
+  wasm_sha256: string | null;
+  attempt: number;
+  status: RunStatus;
+  error_code: ErrorCode | null;
+  http_status: number | null;
+  error_message: string | null;
+  result: Json | null;
+  logs: ColumnType<unknown, string | undefined, string>;
+  duration_ms: number | null;
+  memory_peak_bytes: ColumnType<string | null, number | null, number | null>;
+  started_at: Generated<Date>;
+  finished_at: Timestamp | null;
+  will_retry: Generated<boolean>;
+  next_attempt_at: Timestamp | null;
+  worker_id: string | null;
+  job_id: string | null;
+}
+
+export interface Database {
+  "pgfn.functions": FunctionsTable;
+  "pgfn.events": EventsTable;
+  "pgfn.function_runs": FunctionRunsTable;
+}
+
+export type Db = Kysely<Database>;
+
+/** A Kysely instance over an existing pool; destroying it does not end the pool. */
+export function createDb(pool: pg.Pool): Db {
+  return new Kysely<Database>({
+    dialect: new PostgresDialect({
+      // Kysely ends the pool on destroy(); the pool is owned by whoever made it.
+      pool: {
+        connect: () => pool.connect(),
+        end: async () => undefined,
+      },
+    }),
+  });
+}

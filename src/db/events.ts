@@ -1,0 +1,55 @@
+/** Queries on `pgfn.events`, the durable outbox. */
+import { sql, type Selectable } from "kysely";
+import type { Db, EventsTable } from "./database.js";
+import type { EventSource } from "../interfaces.js";
+
+export type EventRow = Selectable<EventsTable>;
+
+export async function getEvent(db: Db, id: string): Promise<EventRow | undefined> {
+  return db.selectFrom("pgfn.events").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
+/**
+ * Turns up to `limit` undispatched events into jobs (sql/000003_dispatch.sql)
+ * and returns how many.
+ */
+export async function dispatchBatch(db: Db, limit: number): Promise<number> {
+  const { rows } = await sql<{ n: number }>`select pgfn.dispatch(${limit}) as n`.execute(db);
+  return rows[0]?.n ?? 0;
+}
+
+/**
+ * Records an event that does not come from a trigger. `dispatched` marks it
+ * as taken by the caller (a synchronous invoke runs it in-process), so no
+ * daemon runs it as well.
+ */
+export async function insertEvent(
+  db: Db,
+  input: {
+    functionName: string;
+    source: Exclude<EventSource, "database">;
+    payload: unknown;
+    dispatched: boolean;
+  },
+): Promise<EventRow> {
+  return db
+    .insertInto("pgfn.events")
+    .values({
+      function_name: input.functionName,
+      source: input.source,
+      payload: JSON.stringify(input.payload ?? null),
+      dispatched_at: input.dispatched ? sql<Date>`clock_timestamp()` : null,
+    })
+    .returningAll()
+    .executeTakeFirstOrThrow();
+}
+
+/** Events committed but not yet turned into jobs. */
+export async function countUndispatched(db: Db): Promise<number> {
+  const row = await db
+    .selectFrom("pgfn.events")
+    .select((eb) => eb.fn.countAll<string>().as("n"))
+    .where("dispatched_at", "is", null)
+    .executeTakeFirstOrThrow();
+  return Number(row.n);
+}

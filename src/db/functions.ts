@@ -1,0 +1,142 @@
+/** Queries on `pgfn.functions`. */
+import { sql, type Selectable } from "kysely";
+import type { Db, FunctionsTable } from "./database.js";
+import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
+
+/** A function as the worker needs it: everything but the module bytes. */
+export type FunctionInfo = Omit<Selectable<FunctionsTable>, "wasm">;
+
+const INFO_COLUMNS = [
+  "name",
+  "description",
+  "wasm_sha256",
+  "entrypoint",
+  "enabled",
+  "timeout_ms",
+  "memory_limit_mb",
+  "max_concurrency",
+  "max_attempts",
+  "retry_base_ms",
+  "retry_max_ms",
+  "env",
+  "allowed_hosts",
+  "db_role",
+  "on_error",
+  "ordering",
+  "last_run_at",
+  "last_status",
+  "created_at",
+  "updated_at",
+] as const satisfies readonly (keyof FunctionInfo)[];
+
+export async function getFunction(db: Db, name: string): Promise<FunctionInfo | undefined> {
+  return db
+    .selectFrom("pgfn.functions")
+    .select(INFO_COLUMNS)
+    .where("name", "=", name)
+    .executeTakeFirst();
+}
+
+/** The module bytes, if the function still has this hash (it may have been redeployed). */
+export async function getWasm(
+  db: Db,
+  name: string,
+  sha256: string,
+): Promise<Uint8Array | undefined> {
+  const row = await db
+    .selectFrom("pgfn.functions")
+    .select("wasm")
+    .where("name", "=", name)
+    .where("wasm_sha256", "=", sha256)
+    .executeTakeFirst();
+  return row?.wasm;
+}
+
+export interface DeployInput {
+  readonly name: string;
+  readonly wasm: Uint8Array;
+  readonly wasmSha256: string;
+  readonly description?: string;
+  readonly timeoutMs?: number;
+  readonly memoryLimitMb?: number;
+  readonly maxConcurrency?: number;
+  readonly maxAttempts?: number;
+  readonly retryBaseMs?: number;
+  readonly retryMaxMs?: number;
+  readonly env?: Readonly<Record<string, string>>;
+  readonly allowedHosts?: readonly string[];
+  readonly dbRole?: string;
+  readonly onError?: string;
+  /** Replace an existing function of this name instead of failing with CONFLICT. */
+  readonly update?: boolean;
+}
+
+export interface DeployResult {
+  readonly name: string;
+  readonly wasmSha256: string;
+  readonly created: boolean;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
+/**
+ * Stores a function. Options not given keep their defaults on create and
+ * their current values on update. CONFLICT if it exists and `update` is not set.
+ */
+export async function upsertFunction(db: Db, input: DeployInput): Promise<DeployResult> {
+  const values = {
+    wasm: Buffer.from(input.wasm),
+    wasm_sha256: input.wasmSha256,
+    updated_at: sql<Date>`now()`,
+    ...(input.description !== undefined && { description: input.description }),
+    ...(input.timeoutMs !== undefined && { timeout_ms: input.timeoutMs }),
+    ...(input.memoryLimitMb !== undefined && { memory_limit_mb: input.memoryLimitMb }),
+    ...(input.maxConcurrency !== undefined && { max_concurrency: input.maxConcurrency }),
+    ...(input.maxAttempts !== undefined && { max_attempts: input.maxAttempts }),
+    ...(input.retryBaseMs !== undefined && { retry_base_ms: input.retryBaseMs }),
+    ...(input.retryMaxMs !== undefined && { retry_max_ms: input.retryMaxMs }),
+    ...(input.env !== undefined && { env: JSON.stringify(input.env) }),
+    ...(input.allowedHosts !== undefined && { allowed_hosts: [...input.allowedHosts] }),
+    ...(input.dbRole !== undefined && { db_role: input.dbRole }),
+    ...(input.onError !== undefined && { on_error: input.onError }),
+  };
+  try {
+    const row = await db
+      .insertInto("pgfn.functions")
+      .values({ name: input.name, ...values })
+      .$if(Boolean(input.update), (q) =>
+        q.onConflict((oc) => oc.column("name").doUpdateSet(values)),
+      )
+      .returning([
+        "name",
+        "wasm_sha256",
+        "created_at",
+        "updated_at",
+        // xmax = 0 only for a freshly inserted row.
+        sql<boolean>`(xmax = 0)`.as("created"),
+      ])
+      .executeTakeFirstOrThrow();
+    return {
+      name: row.name,
+      wasmSha256: row.wasm_sha256,
+      created: row.created,
+      createdAt: row.created_at,
+      updatedAt: row.updated_at,
+    };
+  } catch (error) {
+    if (sqlState(error) === SQLSTATE.UNIQUE_VIOLATION) {
+      throw new PgfnError(
+        "CONFLICT",
+        `Function "${input.name}" already exists. Deploy with --update to replace it.`,
+        { cause: error },
+      );
+    }
+    if (sqlState(error) === SQLSTATE.CHECK_VIOLATION) {
+      const constraint = (error as { constraint?: string }).constraint ?? "a check";
+      throw new PgfnError("INVALID_REQUEST", `Function "${input.name}" violates ${constraint}.`, {
+        cause: error,
+      });
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * Public types of pgfn.
+ *
+ * Terminology:
+ * - function: a deployed WebAssembly module (`pgfn.functions`), run once per event.
+ * - event: one thing that happened and must be handled, a row of the durable
+ *   outbox `pgfn.events` (a committed row change, an HTTP or manual invocation,
+ *   a schedule slot). Events are never deleted by a failure.
+ * - dispatch: turning undispatched events into graphile-worker jobs, exactly
+ *   once per event (job_key `pgfn:event:<id>`).
+ * - run: one attempt at handling an event, a row of `pgfn.function_runs`.
+ *   An event has one run per attempt; `attempt` counts from 1.
+ * - daemon: a `pgfn start` process (listener, worker, ...). Stateless: any
+ *   number may run against one database.
+ */
+
+/** Where an event came from (`pgfn.events.source`). */
+export type EventSource = "database" | "http" | "schedule" | "manual" | "error_handler";
+/** The row operation of a database event. */
+export type Operation = "INSERT" | "UPDATE" | "DELETE";
+/** `pgfn.function_runs.status`. */
+export type RunStatus = "running" | "succeeded" | "failed" | "abandoned";
+/** `pgfn.functions.ordering`. */
+export type Ordering = "none" | "function" | "row";
+
+/** What a handler receives for a row change (DESIGN.md section 1). */
+export interface DatabaseEventInput {
+  readonly id: number;
+  readonly attempt: number;
+  readonly trigger: "database";
+  readonly function: string;
+  readonly schema: string;
+  readonly table: string;
+  readonly operation: Operation;
+  readonly old: Record<string, unknown> | null;
+  readonly new: Record<string, unknown> | null;
+  readonly timestamp: string;
+}
+
+/** What a handler receives when invoked by hand, over HTTP or by another source. */
+export interface PayloadEventInput {
+  readonly id: number;
+  readonly attempt: number;
+  readonly trigger: Exclude<EventSource, "database">;
+  readonly function: string;
+  readonly payload: unknown;
+  readonly timestamp: string;
+}
+
+export type EventInput = DatabaseEventInput | PayloadEventInput;

@@ -1,0 +1,40 @@
+/**
+ * A synchronous invocation: record the event (already marked dispatched, so
+ * no daemon runs it too) and run it here, now. The run is recorded like any
+ * other, so `pgfn runs` and psql show it.
+ */
+import { insertEvent } from "./db/events.js";
+import { getFunction } from "./db/functions.js";
+import type { Run } from "./db/runs.js";
+import { PgfnError } from "./errors.js";
+import type { EventSource } from "./interfaces.js";
+import { assertFunctionName } from "./deploy.js";
+import { executeEvent, type ExecutorDeps } from "./worker/execute.js";
+
+export async function invokeNow(
+  deps: ExecutorDeps,
+  name: string,
+  payload: unknown,
+  source: Exclude<EventSource, "database"> = "manual",
+): Promise<Run> {
+  assertFunctionName(name);
+  const fn = await getFunction(deps.db, name);
+  if (!fn || !fn.enabled) {
+    throw new PgfnError(
+      "FUNCTION_NOT_FOUND",
+      fn
+        ? `Function "${name}" is disabled.`
+        : `Function "${name}" is not deployed (see \`pgfn deploy\`).`,
+    );
+  }
+  const event = await insertEvent(deps.db, {
+    functionName: name,
+    source,
+    payload,
+    dispatched: true,
+  });
+  // The caller gets the outcome: a failure is theirs to handle, not a dead letter.
+  const run = await executeEvent(deps, event.id, null, { sync: true });
+  if (!run) throw new PgfnError("INTERNAL", `Event ${event.id} vanished before it ran.`);
+  return run;
+}

@@ -1,0 +1,48 @@
+/**
+ * Structured logs: one JSON line per event (pino), with the field names of
+ * DESIGN.md section 5. Values under secret-looking keys never reach a line.
+ */
+import { pino, type Logger } from "pino";
+
+export type { Logger };
+
+/** Keys whose values are redacted wherever they appear in a log object. */
+export const SECRET_KEY_PATTERN = /(key|secret|password|passwd|token|authorization|credential)/i;
+
+export interface LoggerOptions {
+  /** (Default: "info") */
+  readonly level?: string;
+  /** Where lines go. (Default: stdout) */
+  readonly destination?: NodeJS.WritableStream;
+}
+
+export function createLogger(options: LoggerOptions = {}): Logger {
+  return pino(
+    {
+      level: options.level ?? "info",
+      base: { service: "pgfn" },
+      // "level":"info", not pino's numeric 30: the field people grep for.
+      formatters: { level: (label) => ({ level: label }) },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      redact: {
+        paths: [
+          "password",
+          "token",
+          "authorization",
+          "*.password",
+          "*.token",
+          "*.authorization",
+          "env",
+          "*.env",
+        ],
+        censor: "[redacted]",
+      },
+    },
+    options.destination ?? process.stdout,
+  );
+}
+
+/** A logger that drops everything (tests, embedded use). */
+export function silentLogger(): Logger {
+  return pino({ level: "silent" });
+}

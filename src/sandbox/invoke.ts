@@ -1,0 +1,466 @@
+/**
+ * Calling a handler: an Extism plugin, a fresh instance per invocation, built
+ * from a compiled module cached by its sha256. This is the plain, correct
+ * invocation, in the foreground; time and memory limits and pgfn's host
+ * functions are added around it.
+ *
+ * How Extism (@extism/extism 2.0.0-rc13, foreground) reports what a handler
+ * did, and what we make of it:
+ * - output_set: `call()` returns the bytes; we parse them as JSON.
+ * - error_set: `call()` throws "Plugin-originated error: <message>".
+ * - a trap (unreachable, out-of-bounds access, AssemblyScript's abort): the
+ *   WebAssembly RuntimeError is thrown as is and whatever error_set said is
+ *   lost, so a handler's abort logs its message at error level just before
+ *   trapping (examples/lib/pgfn.ts) and we report that line.
+ * - the export's return code is ignored by Extism: returning 1 without
+ *   error_set counts as success.
+ */
+import { createHash } from "node:crypto";
+import createPlugin, { type CallContext, type Plugin } from "@extism/extism";
+import type { ErrorCode } from "../errors.js";
+import {
+  GUARD_MEMORY_EXPORT,
+  GUARD_NAMESPACE,
+  PAGE_BYTES,
+  PASS_THROUGH_HOOKS,
+} from "./memoryGuard.js";
+
+/** One line a handler logged through Extism's `log_*` host functions. */
+export interface HandlerLog {
+  /** "trace" | "debug" | "info" | "warn" | "error" */
+  readonly level: string;
+  readonly message: string;
+  /** When it was logged, ISO 8601. */
+  readonly at: string;
+}
+
+/** The codes an invocation itself can produce (limits add TIMEOUT, MEMORY_EXCEEDED). */
+export type InvokeErrorCode = Extract<
+  ErrorCode,
+  "FUNCTION_ERROR" | "INVALID_REQUEST" | "MEMORY_EXCEEDED" | "HOST_FUNCTION_ERROR" | "TIMEOUT"
+>;
+
+/** What one call of a handler came to. */
+export interface InvokeOutcome {
+  readonly ok: boolean;
+  /** The handler's output parsed as JSON; null when it failed or wrote nothing. */
+  readonly output: unknown;
+  /**
+   * Set when `ok` is false: FUNCTION_ERROR for the handler's faults (trap,
+   * error_set, output that is not JSON), INVALID_REQUEST for an input that
+   * cannot be sent as JSON.
+   */
+  readonly error?: {
+    readonly code: InvokeErrorCode;
+    readonly message: string;
+    /** For HOST_FUNCTION_ERROR: whether the host call may succeed if tried again. */
+    readonly transient?: boolean;
+  };
+  /** Wall-clock time of the call, instantiation included. */
+  readonly durationMs: number;
+  /** What the handler logged, in order, at every level. */
+  readonly logs: readonly HandlerLog[];
+  /**
+   * The handler's linear memory at its largest (wasm memory never shrinks, so
+   * its size at the end); undefined when the module's memory is not visible.
+   */
+  readonly memoryPeakBytes?: number;
+  /** What the handler said about retrying (pgfn_retry_after / pgfn_no_retry). */
+  readonly retry?: { readonly afterMs?: number; readonly never?: boolean };
+}
+
+/** A host function as Extism calls it: its call context, then the wasm arguments (i64 as bigint). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type HostFunction = (context: CallContext, ...args: any[]) => unknown;
+
+/** Options of {@link invokeHandler}. */
+export interface InvokeOptions {
+  /** The export to call. (Default: "handle") */
+  readonly entry?: string;
+  /**
+   * Cap on the handler's linear memory, for modules prepared by guardMemory
+   * (memoryGuard.ts); growing past it fails the run as MEMORY_EXCEEDED.
+   * (Default: no cap)
+   */
+  readonly memoryLimitBytes?: number;
+  /** What the handler reads with Extism's config_get: the function's env. (Default: {}) */
+  readonly config?: Readonly<Record<string, string>>;
+  /** Host functions offered under `extism:host/user`. (Default: none) */
+  readonly userFunctions?: Readonly<Record<string, HostFunction>>;
+}
+
+/** The export called when none is named. */
+export const DEFAULT_ENTRY = "handle";
+
+/** Handler output beyond this is an error: it would be kept in a run row. (1 MiB) */
+export const MAX_OUTPUT_BYTES = 1024 * 1024;
+
+/** Log lines kept per invocation; a handler logging in a loop must not fill the heap. */
+export const MAX_LOG_LINES = 1000;
+
+/** Characters kept of one log line or error message. */
+export const MAX_MESSAGE_CHARS = 4000;
+
+/**
+ * Import namespaces a pgfn instance can satisfy: Extism's kernel, WASI
+ * (Rust, Go and C PDKs import it) and Extism's namespace for host functions.
+ */
+const HOST_NAMESPACES: ReadonlySet<string> = new Set([
+  "extism:host/env",
+  "extism:host/user",
+  "wasi_snapshot_preview1",
+]);
+
+/** Lowercase hex sha256 of the bytes, as stored in `functions.wasm_sha256`. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/**
+ * Compiles a module after checking its bytes against the hash it was stored
+ * with, so a corrupted or tampered row never runs. Throws an Error saying
+ * which check failed.
+ *
+ * @example
+ * const module = await compileModule(row.wasm, row.wasm_sha256);
+ */
+export async function compileModule(
+  wasm: Uint8Array,
+  expectedSha256: string,
+): Promise<WebAssembly.Module> {
+  verifySha256(wasm, expectedSha256);
+  return compile(wasm);
+}
+
+/** Throws unless the bytes hash to `expectedSha256`. */
+export function verifySha256(wasm: Uint8Array, expectedSha256: string): void {
+  const actual = sha256Hex(wasm);
+  if (actual !== expectedSha256.toLowerCase()) {
+    throw new Error(
+      `The module's bytes hash to sha256 ${actual}, not the ${expectedSha256} it was stored with; deploy the function again.`,
+    );
+  }
+}
+
+/**
+ * Checks, before a deploy stores them, that the bytes are a WebAssembly module
+ * exporting `entry` as a function and importing only what pgfn provides.
+ * Throws an Error whose message says what is wrong and what to do.
+ *
+ * @param entry the export pgfn will call. (Default: "handle")
+ */
+export async function validateWasm(wasm: Uint8Array, entry = DEFAULT_ENTRY): Promise<void> {
+  const module = await compile(wasm);
+  const exported = WebAssembly.Module.exports(module).find((e) => e.name === entry);
+  if (!exported || exported.kind !== "function") {
+    throw new Error(
+      `The module does not export a function named "${entry}"; export it, or name the entry point the module has.`,
+    );
+  }
+  for (const { module: namespace, name, kind } of WebAssembly.Module.imports(module)) {
+    if (!HOST_NAMESPACES.has(namespace) || kind !== "function") {
+      // The usual cause: AssemblyScript's default abort, imported as env.abort.
+      const hint =
+        namespace === "env" && name === "abort"
+          ? " Build AssemblyScript handlers with `--use abort=...` (see examples/build.js)."
+          : "";
+      throw new Error(
+        `The module imports ${kind} "${namespace}" "${name}", which pgfn does not provide; only Extism PDK functions and WASI can be imported.${hint}`,
+      );
+    }
+  }
+}
+
+async function compile(wasm: Uint8Array): Promise<WebAssembly.Module> {
+  try {
+    // The cast: TypeScript's WebAssembly types want ArrayBuffer-backed views,
+    // and ours come from Buffers or pg bytea, which are.
+    return await WebAssembly.compile(wasm as Uint8Array<ArrayBuffer>);
+  } catch (error) {
+    throw new Error(
+      `The bytes are not a valid WebAssembly module (${(error as Error).message}); upload the .wasm file the compiler wrote.`,
+      { cause: error },
+    );
+  }
+}
+
+/**
+ * Compiled modules by sha256, the least recently used evicted beyond
+ * `capacity`. Concurrent gets of one hash share one load and compilation; a
+ * failed one is forgotten, so the next get tries again.
+ *
+ * @example
+ * const modules = new ModuleCache();
+ * const module = await modules.get(fn.wasm_sha256, () => loadWasm(db, fn.name));
+ */
+export class ModuleCache {
+  // Map iteration order is insertion order: re-inserting on use makes the
+  // first key the least recently used.
+  private readonly entries = new Map<string, Promise<WebAssembly.Module>>();
+
+  /**
+   * @param capacity modules kept compiled. (Default: 64)
+   * @param prepare rewrites verified bytes before compiling (the daemon
+   *   passes guardMemory). (Default: none)
+   */
+  constructor(
+    private readonly capacity = 64,
+    private readonly prepare?: (wasm: Uint8Array) => Promise<Uint8Array>,
+  ) {}
+
+  /** The compiled module for `sha256`, calling `load` for its bytes on a miss. */
+  get(sha256: string, load: () => Promise<Uint8Array>): Promise<WebAssembly.Module> {
+    let entry = this.entries.get(sha256);
+    if (entry) {
+      this.entries.delete(sha256);
+      this.entries.set(sha256, entry);
+      return entry;
+    }
+    entry = Promise.resolve()
+      .then(load)
+      .then(async (wasm) => {
+        // The stored bytes are verified; what prepare makes of them is compiled.
+        verifySha256(wasm, sha256);
+        return compile(this.prepare ? await this.prepare(wasm) : wasm);
+      });
+    const current = entry;
+    current.catch(() => {
+      // Only if still ours: it may have been evicted and loaded again since.
+      if (this.entries.get(sha256) === current) this.entries.delete(sha256);
+    });
+    this.entries.set(sha256, entry);
+    for (const oldest of this.entries.keys()) {
+      if (this.entries.size <= this.capacity) break;
+      this.entries.delete(oldest);
+    }
+    return entry;
+  }
+
+  /** Modules cached, or being compiled. */
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+/**
+ * Calls the handler once, on a fresh instance of `module`, with `input` as
+ * JSON. Never throws for the handler's faults: they come back as an outcome
+ * with `ok: false`.
+ *
+ * @example
+ * const outcome = await invokeHandler(module, event);
+ * if (!outcome.ok) console.log(outcome.error?.code, outcome.error?.message);
+ */
+export async function invokeHandler(
+  module: WebAssembly.Module,
+  input: unknown,
+  options: InvokeOptions = {},
+): Promise<InvokeOutcome> {
+  const entry = options.entry ?? DEFAULT_ENTRY;
+  const logs: HandlerLog[] = [];
+  const started = performance.now();
+  let memory: WebAssembly.Memory | undefined;
+  const limitPages =
+    options.memoryLimitBytes === undefined
+      ? Infinity
+      : Math.floor(options.memoryLimitBytes / PAGE_BYTES);
+  let refusedGrow: { fromPages: number; deltaPages: number } | undefined;
+  const peak = () => (memory ? { memoryPeakBytes: memory.buffer.byteLength } : {});
+  const done = (output: unknown): InvokeOutcome => ({
+    ok: true,
+    output,
+    durationMs: performance.now() - started,
+    logs,
+    ...peak(),
+  });
+  const failed = (message: string, code: InvokeErrorCode = "FUNCTION_ERROR"): InvokeOutcome => ({
+    ok: false,
+    output: null,
+    error: { code, message: clip(message) },
+    durationMs: performance.now() - started,
+    logs,
+    ...peak(),
+  });
+  const memoryExceeded = (): InvokeOutcome | undefined => {
+    if (!refusedGrow) return undefined;
+    const mb = (pages: number) => Math.round((pages * PAGE_BYTES) / 2 ** 20);
+    return failed(
+      `Memory limit exceeded: the handler asked to grow its memory from ${mb(refusedGrow.fromPages)} MB by ` +
+        `${mb(refusedGrow.deltaPages)} MB, past its limit of ${mb(limitPages)} MB; the instance was stopped.`,
+      "MEMORY_EXCEEDED",
+    );
+  };
+
+  // Hooks that guardMemory() put around every memory.grow.
+  const guard = {
+    memory_grow_pre: (_context: CallContext, _id: number, delta: number): number => {
+      const fromPages = memory ? memory.buffer.byteLength / PAGE_BYTES : 0;
+      const deltaPages = delta >>> 0;
+      if (fromPages + deltaPages > limitPages) {
+        refusedGrow ??= { fromPages, deltaPages };
+        // 0xffffffff pages: more than any engine grants, so the grow returns -1.
+        return -1;
+      }
+      return delta;
+    },
+    memory_grow_post: (_context: CallContext, _id: number, result: number): number => result,
+    ...Object.fromEntries(
+      PASS_THROUGH_HOOKS.map((name) => [
+        name,
+        (_context: CallContext, ...args: unknown[]) => args.at(-1),
+      ]),
+    ),
+  };
+
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(input);
+  } catch (error) {
+    return failed(
+      `The input cannot be sent as JSON: ${(error as Error).message}`,
+      "INVALID_REQUEST",
+    );
+  }
+  if (json === undefined) return failed("The input cannot be sent as JSON.", "INVALID_REQUEST");
+
+  let plugin: Plugin | undefined;
+  try {
+    try {
+      // A new plugin is a new instance: no globals, memory or Extism vars
+      // survive from one invocation to the next.
+      plugin = await createPlugin(
+        { wasm: [{ module }], config: { ...options.config } },
+        {
+          useWasi: needsWasi(module),
+          functions: {
+            ...(isGuarded(module) && { [GUARD_NAMESPACE]: guard }),
+            ...(options.userFunctions && { "extism:host/user": { ...options.userFunctions } }),
+          },
+          // Extism's own blocks (input, output, vars) count against the limit too.
+          ...(Number.isFinite(limitPages) && { memory: { maxPages: limitPages } }),
+          logger: captureLogger(logs),
+          // The logger only sees levels at or above this; we keep all of them.
+          logLevel: "trace",
+          // WASI stdout/stderr go to /dev/null, never to the daemon's output.
+          enableWasiOutput: false,
+        },
+      );
+    } catch (error) {
+      return failed(`The module could not be instantiated: ${messageOf(error)}`);
+    }
+    const { exports } = await plugin.getInstance();
+    const exported = exports[GUARD_MEMORY_EXPORT] ?? exports.memory;
+    if (exported instanceof WebAssembly.Memory) memory = exported;
+    if (memory && memory.buffer.byteLength / PAGE_BYTES > limitPages) {
+      refusedGrow = { fromPages: 0, deltaPages: memory.buffer.byteLength / PAGE_BYTES };
+      return memoryExceeded()!;
+    }
+    let out;
+    try {
+      out = await plugin.call(entry, json);
+    } catch (error) {
+      return memoryExceeded() ?? failed(handlerMessage(error, entry, logs));
+    }
+    // A handler that survived a refused grow and succeeded has succeeded.
+    const bytes = out?.bytes() ?? new Uint8Array();
+    if (bytes.byteLength > MAX_OUTPUT_BYTES) {
+      return failed(
+        `The handler's output is ${bytes.byteLength} bytes; at most ${MAX_OUTPUT_BYTES} are kept.`,
+      );
+    }
+    if (bytes.byteLength === 0) return done(null);
+    const text = new TextDecoder().decode(bytes);
+    try {
+      return done(JSON.parse(text));
+    } catch {
+      return failed(`handler output is not JSON: ${text.slice(0, 200)}`);
+    }
+  } finally {
+    // Closes WASI's file descriptors; the instance itself is left to the GC.
+    await plugin?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * The handler's own words for a failed call. error_set arrives as
+ * "Plugin-originated error: ..."; a trap loses them, so when the last thing
+ * the handler did was log at error level (as an abort does), that line is
+ * the message and the trap is added.
+ */
+function handlerMessage(error: unknown, entry: string, logs: readonly HandlerLog[]): string {
+  const message = messageOf(error);
+  const originated = "Plugin-originated error: ";
+  if (message.startsWith(originated)) return message.slice(originated.length);
+  if (message.startsWith("Plugin error: function") && message.endsWith("does not exist")) {
+    return `The module does not export a function named "${entry}".`;
+  }
+  const last = logs.at(-1);
+  return last?.level === "error" ? `${last.message} (trap: ${message})` : `trap: ${message}`;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function clip(text: string): string {
+  return text.length > MAX_MESSAGE_CHARS ? `${text.slice(0, MAX_MESSAGE_CHARS)}…` : text;
+}
+
+/**
+ * A Console for Extism's `logger` option that collects lines instead of
+ * printing them. Extism calls logger[level](text) for the handler's log_*
+ * calls and also for its own complaints (e.g. a bad memory address).
+ */
+function captureLogger(into: HandlerLog[]): Console {
+  let dropped = 0;
+  const at = (level: string) => (message: unknown) => {
+    if (into.length < MAX_LOG_LINES - 1) {
+      into.push({ level, message: clip(String(message)), at: new Date().toISOString() });
+      return;
+    }
+    // The last slot says how many lines were dropped.
+    dropped += 1;
+    into[MAX_LOG_LINES - 1] = {
+      level: "warn",
+      message: `${dropped} more log lines dropped (at most ${MAX_LOG_LINES} are kept)`,
+      at: new Date().toISOString(),
+    };
+  };
+  return {
+    trace: at("trace"),
+    debug: at("debug"),
+    info: at("info"),
+    warn: at("warn"),
+    error: at("error"),
+  } as unknown as Console;
+}
+
+const guarded = new WeakMap<WebAssembly.Module, boolean>();
+
+/** Whether guardMemory() instrumented this module. */
+function isGuarded(module: WebAssembly.Module): boolean {
+  let value = guarded.get(module);
+  if (value === undefined) {
+    value = WebAssembly.Module.imports(module).some(
+      (i) => i.module === GUARD_NAMESPACE && i.name === "memory_grow_pre",
+    );
+    guarded.set(module, value);
+  }
+  return value;
+}
+
+const wasiNeeded = new WeakMap<WebAssembly.Module, boolean>();
+
+/**
+ * WASI only for modules that import it (Rust, Go and C PDKs do; AssemblyScript
+ * does not): Extism refuses a WASI import without `useWasi`, and setting it up
+ * opens /dev/null for each instance.
+ */
+function needsWasi(module: WebAssembly.Module): boolean {
+  let needed = wasiNeeded.get(module);
+  if (needed === undefined) {
+    needed = WebAssembly.Module.imports(module).some((i) => i.module === "wasi_snapshot_preview1");
+    wasiNeeded.set(module, needed);
+  }
+  return needed;
+}

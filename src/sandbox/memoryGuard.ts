@@ -1,0 +1,102 @@
+/**
+ * The memory limit. A WebAssembly module grows its own linear memory with
+ * the `memory.grow` instruction, which no JavaScript API can observe or cap
+ * from outside (a module's declared maximum is its own, and V8 counts wasm
+ * memory outside a worker's heap limits). So every `memory.grow` is
+ * rewritten, with Binaryen's `instrument-memory` pass limited to it, into
+ * calls of two imports around the instruction:
+ *
+ *   memory.grow(env.memory_grow_pre(id, delta)) -> env.memory_grow_post(id, result)
+ *
+ * The sandbox answers memory_grow_pre with the delta, or with a delta no
+ * engine can grant once the limit would be passed: the grow fails (-1) as it
+ * would on a full machine, the handler's allocator gives up, and the run is
+ * MEMORY_EXCEEDED rather than a plain trap, because the sandbox saw it.
+ */
+import { Worker } from "node:worker_threads";
+
+/** The import namespace Binaryen gives its instrumentation hooks. */
+export const GUARD_NAMESPACE = "env";
+
+/** Added so the sandbox can read the memory's size even when the module does not export it. */
+export const GUARD_MEMORY_EXPORT = "__pgfn_memory";
+
+/** WebAssembly page size: 64 KiB. */
+export const PAGE_BYTES = 65536;
+
+/**
+ * Binaryen's hooks for loads and stores are imported even when only
+ * memory.grow is instrumented; they are never called, and pass values through.
+ */
+export const PASS_THROUGH_HOOKS = [
+  "load_ptr",
+  "load_val_i32",
+  "load_val_i64",
+  "load_val_f32",
+  "load_val_f64",
+  "store_ptr",
+  "store_val_i32",
+  "store_val_i64",
+  "store_val_f32",
+  "store_val_f64",
+] as const;
+
+let worker: Worker | undefined;
+let nextId = 0;
+const pending = new Map<
+  number,
+  { resolve: (wasm: Uint8Array) => void; reject: (error: Error) => void }
+>();
+
+function guardWorker(): Worker {
+  if (worker) return worker;
+  // execArgv: [] so no TypeScript loader is inherited (see guard.worker.js).
+  const w = new Worker(new URL("./guard.worker.js", import.meta.url), { execArgv: [] });
+  w.unref();
+  w.on("message", (msg: { id: number; wasm?: Uint8Array; error?: string }) => {
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    if (pending.size === 0) w.unref();
+    if (msg.error !== undefined) p?.reject(new Error(msg.error));
+    else p?.resolve(new Uint8Array(msg.wasm!));
+  });
+  const fail = (error: Error) => {
+    for (const p of pending.values()) p.reject(error);
+    pending.clear();
+    worker = undefined;
+  };
+  w.on("error", fail);
+  w.on("exit", (code) => fail(new Error(`the memory guard thread exited (${code})`)));
+  worker = w;
+  return w;
+}
+
+/**
+ * Loads Binaryen in its thread now (about half a second), so the first run
+ * of the first function does not wait for it.
+ */
+export async function warmMemoryGuard(): Promise<void> {
+  // The smallest module: magic and version. Binaryen reads it; no memory, no rewrite.
+  await guardMemory(new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]));
+}
+
+/**
+ * Returns the module with every memory.grow guarded and its memory exported
+ * as GUARD_MEMORY_EXPORT. Rejects, with Binaryen's message, a module it
+ * cannot read.
+ */
+export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const id = nextId++;
+    pending.set(id, { resolve, reject });
+    // Referenced only while it has work: an idle guard thread must not keep
+    // the process alive, a busy one must.
+    guardWorker().ref();
+    // A copy: the caller keeps its bytes (they are hashed and stored).
+    guardWorker().postMessage({
+      id,
+      wasm: new Uint8Array(wasm),
+      memoryExport: GUARD_MEMORY_EXPORT,
+    });
+  });
+}

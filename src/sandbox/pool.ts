@@ -1,0 +1,347 @@
+/**
+ * The sandbox: a pool of worker threads that run handlers, each invocation on
+ * a fresh instance. A thread that runs past its deadline is killed
+ * (worker.terminate() stops even a `loop br 0 end`) and replaced; threads
+ * are also replaced after a number of invocations, so nothing a handler
+ * leaks can build up. One stuck handler holds one thread: the others keep
+ * serving (the bulkhead).
+ */
+import { Worker } from "node:worker_threads";
+import type { InvokeOutcome } from "./invoke.js";
+import {
+  HOST_BUFFER_BYTES,
+  HOST_HEADER_BYTES,
+  type HostCallMessage,
+  type HostReply,
+  type InvokeMessage,
+  type ResultMessage,
+} from "./protocol.js";
+
+/** A host function's main-thread half. Throw to fail the call; `transient` on the error says a retry may help. */
+export type HostBinding = (payload: unknown) => Promise<unknown>;
+
+export interface SandboxRequest {
+  /** Compiled with guardMemory() applied (see ModuleCache). */
+  readonly module: WebAssembly.Module;
+  readonly input: unknown;
+  /** (Default: "handle") */
+  readonly entry?: string;
+  readonly timeoutMs: number;
+  readonly memoryLimitBytes: number;
+  /** The function's env, read by the handler with Extism's config_get. */
+  readonly config?: Readonly<Record<string, string>>;
+  /** Host functions by name; the handler imports them as `extism:host/user` `pgfn_<name>`. */
+  readonly host?: Readonly<Record<string, HostBinding>>;
+}
+
+export interface SandboxPoolOptions {
+  /** Threads at most; each runs one invocation at a time. (Default: 4) */
+  readonly size?: number;
+  /** A thread is replaced after this many invocations. (Default: 1000) */
+  readonly maxInvocationsPerThread?: number;
+  /** Each thread's JavaScript heap limit, MB (Extism's bookkeeping, not wasm memory). (Default: 128) */
+  readonly threadHeapMb?: number;
+}
+
+interface Slot {
+  readonly worker: Worker;
+  readonly header: Int32Array;
+  readonly data: Uint8Array;
+  invocations: number;
+  job: Job | undefined;
+  retired: boolean;
+}
+
+interface Job {
+  readonly id: number;
+  readonly request: SandboxRequest;
+  readonly deadline: number;
+  readonly started: number;
+  resolve(outcome: InvokeOutcome): void;
+  timer?: NodeJS.Timeout;
+}
+
+/**
+ * The compiled worker next to this file. Under a TypeScript loader (tests,
+ * scripts) there is no worker.js: a small bootstrap registers tsx in the new
+ * thread, then loads worker.ts.
+ */
+function workerSource(): { source: string | URL; eval: boolean } {
+  if (!import.meta.url.endsWith(".ts"))
+    return { source: new URL("./worker.js", import.meta.url), eval: false };
+  const ts = new URL("./worker.ts", import.meta.url).href;
+  return {
+    source: `import("tsx/esm/api").then(({ register }) => { register(); return import(${JSON.stringify(ts)}); })`,
+    eval: true,
+  };
+}
+
+export class SandboxPool {
+  private readonly size: number;
+  private readonly maxInvocations: number;
+  private readonly heapMb: number;
+  private readonly slots = new Set<Slot>();
+  private readonly queue: Job[] = [];
+  private nextId = 1;
+  private closed = false;
+  /** Threads started, killed at a deadline, and crashed, since the pool was made. */
+  readonly counters = { started: 0, killed: 0, crashed: 0, recycled: 0 };
+
+  constructor(options: SandboxPoolOptions = {}) {
+    this.size = options.size ?? 4;
+    this.maxInvocations = options.maxInvocationsPerThread ?? 1000;
+    this.heapMb = options.threadHeapMb ?? 128;
+  }
+
+  /** Starts `n` threads now, so the first invocations do not pay for it. */
+  async warm(n = this.size): Promise<void> {
+    const started: Promise<void>[] = [];
+    while (this.slots.size < Math.min(n, this.size)) {
+      const slot = this.spawn();
+      slot.worker.ref();
+      started.push(
+        new Promise<void>((resolve, reject) => {
+          slot.worker.on("message", (msg: { type: string }) => {
+            if (msg.type === "ready") resolve();
+          });
+          slot.worker.once("error", reject);
+        }).finally(() => slot.worker.unref()),
+      );
+    }
+    await Promise.all(started);
+  }
+
+  /**
+   * Runs one invocation. Never rejects for the handler's faults: a handler
+   * past its deadline comes back as TIMEOUT, a crashed thread as
+   * FUNCTION_ERROR (or MEMORY_EXCEEDED when the thread ran out of heap).
+   */
+  invoke(request: SandboxRequest): Promise<InvokeOutcome> {
+    if (this.closed) return Promise.reject(new Error("the sandbox pool is closed"));
+    return new Promise((resolve) => {
+      const now = Date.now();
+      const job: Job = {
+        id: this.nextId++,
+        request,
+        deadline: now + request.timeoutMs,
+        started: now,
+        resolve,
+      };
+      // The clock runs from the request, queueing included: a deadline is a deadline.
+      job.timer = setTimeout(() => this.expire(job), request.timeoutMs);
+      this.queue.push(job);
+      this.schedule();
+    });
+  }
+
+  /** Threads alive and invocations waiting for one. */
+  get stats() {
+    return {
+      threads: this.slots.size,
+      busy: [...this.slots].filter((s) => s.job).length,
+      queued: this.queue.length,
+    };
+  }
+
+  /** Stops every thread; invocations still running come back as errors. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const job of this.queue.splice(0))
+      this.finish(job, this.failure(job, "INTERNAL_SHUTDOWN"));
+    await Promise.all([...this.slots].map((slot) => this.retire(slot)));
+  }
+
+  private spawn(): Slot {
+    const { source, eval: isEval } = workerSource();
+    const hostBuffer = new SharedArrayBuffer(HOST_HEADER_BYTES + HOST_BUFFER_BYTES);
+    const worker = new Worker(source, {
+      eval: isEval,
+      workerData: { hostBuffer },
+      resourceLimits: { maxOldGenerationSizeMb: this.heapMb },
+      // Handler output never reaches the daemon's own stdout/stderr.
+      stdout: true,
+      stderr: true,
+    });
+    const slot: Slot = {
+      worker,
+      header: new Int32Array(hostBuffer, 0, 2),
+      data: new Uint8Array(hostBuffer, HOST_HEADER_BYTES),
+      invocations: 0,
+      job: undefined,
+      retired: false,
+    };
+    // Read and dropped: unread, they would buffer without bound.
+    worker.stdout.resume();
+    worker.stderr.resume();
+    this.counters.started++;
+    worker.on("message", (msg: ResultMessage | HostCallMessage | { type: "ready" }) =>
+      this.onMessage(slot, msg),
+    );
+    worker.on("error", (error) => this.onCrash(slot, error));
+    worker.on("exit", (code) =>
+      this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`)),
+    );
+    worker.unref();
+    this.slots.add(slot);
+    return slot;
+  }
+
+  private schedule(): void {
+    while (this.queue.length > 0) {
+      let slot = [...this.slots].find((s) => !s.job && !s.retired);
+      if (!slot && this.slots.size < this.size) slot = this.spawn();
+      if (!slot) return;
+      const job = this.queue.shift()!;
+      slot.job = job;
+      slot.invocations++;
+      slot.worker.ref();
+      const { request } = job;
+      const message: InvokeMessage = {
+        type: "invoke",
+        id: job.id,
+        module: request.module,
+        input: request.input,
+        entry: request.entry ?? "handle",
+        memoryLimitBytes: request.memoryLimitBytes,
+        config: request.config ?? {},
+        hostFunctions: Object.keys(request.host ?? {}),
+        deadline: job.deadline,
+      };
+      slot.worker.postMessage(message);
+    }
+  }
+
+  private onMessage(slot: Slot, msg: ResultMessage | HostCallMessage | { type: "ready" }): void {
+    if (msg.type === "ready") return;
+    const job = slot.job;
+    if (!job || msg.id !== job.id) return; // a late answer for a job already given up on
+    if (msg.type === "host") {
+      void this.serveHostCall(slot, job, msg);
+      return;
+    }
+    slot.job = undefined;
+    slot.worker.unref();
+    this.finish(job, msg.outcome);
+    if (slot.invocations >= this.maxInvocations) {
+      this.counters.recycled++;
+      void this.retire(slot);
+    }
+    this.schedule();
+  }
+
+  private async serveHostCall(slot: Slot, job: Job, call: HostCallMessage): Promise<void> {
+    let reply: HostReply;
+    const binding = job.request.host?.[call.name];
+    try {
+      if (!binding)
+        throw Object.assign(new Error(`no host function ${call.name}`), { transient: false });
+      reply = { ok: true, value: await binding(call.payload) };
+    } catch (error) {
+      const e = error as { message?: string; transient?: boolean };
+      reply = {
+        ok: false,
+        error: { message: e.message ?? String(error), transient: e.transient ?? false },
+      };
+    }
+    if (slot.job !== job) return; // killed meanwhile
+    let bytes = new TextEncoder().encode(JSON.stringify(reply));
+    if (bytes.byteLength > slot.data.byteLength) {
+      const tooBig: HostReply = {
+        ok: false,
+        error: {
+          message: `${call.name}'s result is ${bytes.byteLength} bytes; at most ${slot.data.byteLength} fit`,
+          transient: false,
+        },
+      };
+      bytes = new TextEncoder().encode(JSON.stringify(tooBig));
+    }
+    slot.data.set(bytes);
+    Atomics.store(slot.header, 1, bytes.byteLength);
+    Atomics.store(slot.header, 0, 1);
+    Atomics.notify(slot.header, 0);
+  }
+
+  /** The deadline passed: kill the thread running the job, or drop it from the queue. */
+  private expire(job: Job): void {
+    const queued = this.queue.indexOf(job);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    const slot = [...this.slots].find((s) => s.job === job);
+    if (slot) {
+      this.counters.killed++;
+      slot.job = undefined;
+      void this.retire(slot);
+    }
+    this.finish(job, this.failure(job, "TIMEOUT"));
+    this.schedule();
+  }
+
+  private onCrash(slot: Slot, error: Error): void {
+    if (!this.slots.has(slot)) return;
+    this.slots.delete(slot);
+    const job = slot.job;
+    slot.job = undefined;
+    if (slot.retired) return;
+    this.counters.crashed++;
+    if (job) {
+      const oom = (error as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY";
+      this.finish(
+        job,
+        oom
+          ? this.failure(
+              job,
+              "MEMORY_EXCEEDED",
+              `The sandbox thread ran out of heap (${error.message}); the instance was stopped.`,
+            )
+          : this.failure(job, "FUNCTION_ERROR", `The sandbox thread crashed: ${error.message}`),
+      );
+    }
+    this.schedule();
+  }
+
+  private async retire(slot: Slot): Promise<void> {
+    slot.retired = true;
+    this.slots.delete(slot);
+    await slot.worker.terminate();
+  }
+
+  private finish(job: Job, outcome: InvokeOutcome): void {
+    clearTimeout(job.timer);
+    job.resolve(outcome);
+  }
+
+  private failure(
+    job: Job,
+    code: "TIMEOUT" | "MEMORY_EXCEEDED" | "FUNCTION_ERROR" | "INTERNAL_SHUTDOWN",
+    message?: string,
+  ): InvokeOutcome {
+    const durationMs = Date.now() - job.started;
+    if (code === "TIMEOUT") {
+      return {
+        ok: false,
+        output: null,
+        error: {
+          code: "TIMEOUT",
+          message: `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
+        },
+        durationMs,
+        logs: [],
+      };
+    }
+    if (code === "INTERNAL_SHUTDOWN") {
+      return {
+        ok: false,
+        output: null,
+        error: { code: "FUNCTION_ERROR", message: "The sandbox shut down before the handler ran." },
+        durationMs,
+        logs: [],
+      };
+    }
+    return {
+      ok: false,
+      output: null,
+      error: { code, message: message ?? code },
+      durationMs,
+      logs: [],
+    };
+  }
+}

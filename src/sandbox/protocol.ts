@@ -1,0 +1,48 @@
+/** Messages between the sandbox pool (main thread) and its worker threads. */
+import type { InvokeOutcome } from "./invoke.js";
+
+/** Main -> worker: run one invocation. */
+export interface InvokeMessage {
+  readonly type: "invoke";
+  readonly id: number;
+  /** Compiled and memory-guarded; shared with the thread, not copied. */
+  readonly module: WebAssembly.Module;
+  readonly input: unknown;
+  readonly entry: string;
+  readonly memoryLimitBytes: number;
+  readonly config: Readonly<Record<string, string>>;
+  /** Host functions the main thread serves for this invocation. */
+  readonly hostFunctions: readonly string[];
+  /** Date.now() by which the invocation is killed. */
+  readonly deadline: number;
+}
+
+/** Worker -> main: a host function call; the worker blocks until answered. */
+export interface HostCallMessage {
+  readonly type: "host";
+  readonly id: number;
+  readonly name: string;
+  readonly payload: unknown;
+}
+
+/** Worker -> main: the outcome. */
+export interface ResultMessage {
+  readonly type: "result";
+  readonly id: number;
+  readonly outcome: InvokeOutcome;
+}
+
+/** What a host call returns to the handler, as JSON. */
+export type HostReply =
+  | { readonly ok: true; readonly value: unknown }
+  | {
+      readonly ok: false;
+      readonly error: { readonly message: string; readonly transient: boolean };
+    };
+
+/**
+ * The shared buffer a worker blocks on during a host call: an Int32 state
+ * (0 waiting, 1 answered), an Int32 byte length, then the reply's JSON.
+ */
+export const HOST_BUFFER_BYTES = 4 * 1024 * 1024;
+export const HOST_HEADER_BYTES = 8;

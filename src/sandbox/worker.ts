@@ -1,0 +1,117 @@
+/**
+ * A sandbox thread: runs one invocation at a time on a fresh Extism instance.
+ * Host functions block this thread (Atomics.wait) while the main thread does
+ * the real work (a query, a fetch), so handlers stay synchronous and the
+ * thread can still be killed at any moment by the pool's timeout.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import type { CallContext } from "@extism/extism";
+import { invokeHandler, type HostFunction } from "./invoke.js";
+import {
+  HOST_HEADER_BYTES,
+  type HostReply,
+  type InvokeMessage,
+  type ResultMessage,
+} from "./protocol.js";
+
+const port = parentPort!;
+const shared = (workerData as { hostBuffer: SharedArrayBuffer }).hostBuffer;
+const header = new Int32Array(shared, 0, 2);
+const data = new Uint8Array(shared, HOST_HEADER_BYTES);
+
+let current: InvokeMessage | undefined;
+/** The first failed host call of the invocation: a failure after it is the host's fault. */
+let hostFailure: { message: string; transient: boolean } | undefined;
+
+function callHost(name: string, payload: unknown): HostReply {
+  const msg = current!;
+  Atomics.store(header, 0, 0);
+  port.postMessage({ type: "host", id: msg.id, name, payload });
+  // No timeout of our own: the pool kills this thread at the deadline.
+  Atomics.wait(header, 0, 0);
+  const reply = JSON.parse(
+    new TextDecoder().decode(data.slice(0, Atomics.load(header, 1))),
+  ) as HostReply;
+  if (!reply.ok)
+    hostFailure ??= {
+      message: `${name} failed: ${reply.error.message}`,
+      transient: reply.error.transient,
+    };
+  return reply;
+}
+
+/** A host function taking and returning JSON in Extism memory. */
+function jsonHostFunction(name: string): HostFunction {
+  return (context: CallContext, offset: bigint) => {
+    let payload: unknown;
+    try {
+      payload = JSON.parse(context.read(offset)?.text() ?? "null");
+    } catch (error) {
+      const reply: HostReply = {
+        ok: false,
+        error: {
+          message: `${name}: the argument is not JSON (${(error as Error).message})`,
+          transient: false,
+        },
+      };
+      hostFailure ??= reply.error;
+      return context.store(JSON.stringify(reply));
+    }
+    return context.store(JSON.stringify(callHost(name, payload)));
+  };
+}
+
+/** What the handler said about retrying, during the current invocation. */
+let retry: { afterMs?: number; never?: boolean } | undefined;
+
+/**
+ * pgfn_retry_after(ms: i64): "I failed, but try again, not before ms".
+ * pgfn_no_retry(): "I failed, and trying again cannot help". Both only
+ * matter if the handler then fails; answered here, without the main thread.
+ */
+const retryFunctions: Record<string, HostFunction> = {
+  pgfn_retry_after: (_context: CallContext, ms: bigint) => {
+    retry = { afterMs: Math.max(0, Math.min(Number(ms), 86_400_000)) };
+  },
+  pgfn_no_retry: () => {
+    retry = { never: true };
+  },
+};
+
+port.on("message", async (msg: InvokeMessage) => {
+  current = msg;
+  hostFailure = undefined;
+  retry = undefined;
+  const userFunctions = {
+    ...retryFunctions,
+    ...Object.fromEntries(
+      msg.hostFunctions.map((name) => [`pgfn_${name}`, jsonHostFunction(name)]),
+    ),
+  };
+  let outcome = await invokeHandler(msg.module, msg.input, {
+    entry: msg.entry,
+    memoryLimitBytes: msg.memoryLimitBytes,
+    config: msg.config,
+    userFunctions,
+  });
+  // Set by host calls during the invocation; TypeScript cannot see that.
+  const failure = hostFailure as { message: string; transient: boolean } | undefined;
+  if (!outcome.ok && outcome.error?.code === "FUNCTION_ERROR" && failure) {
+    outcome = {
+      ...outcome,
+      error: {
+        code: "HOST_FUNCTION_ERROR",
+        message: `${failure.message}; then the handler failed: ${outcome.error.message}`,
+        transient: failure.transient,
+      },
+    };
+  }
+  const said = retry as { afterMs?: number; never?: boolean } | undefined;
+  if (!outcome.ok && said) outcome = { ...outcome, retry: said };
+  current = undefined;
+  port.postMessage({ type: "result", id: msg.id, outcome } satisfies ResultMessage);
+});
+
+// Loaded and listening: warm() waits for this, not for 'online', which comes
+// before this module and Extism are imported.
+port.postMessage({ type: "ready" });

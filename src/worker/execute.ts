@@ -1,0 +1,215 @@
+/**
+ * One attempt at one event: load the function, record a `running` run,
+ * call the handler (no transaction open meanwhile), record the outcome.
+ * Used by the graphile-worker task and by synchronous invokes alike.
+ */
+import type { Logger } from "pino";
+import type { Db } from "../db/database.js";
+import { getEvent, type EventRow } from "../db/events.js";
+import { getFunction, getWasm, type FunctionInfo } from "../db/functions.js";
+import { startRun, succeededRun, type FinishRunInput, type Run } from "../db/runs.js";
+import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
+import { redact, secretValues } from "../sandbox/host/redact.js";
+import type { EventInput, Operation } from "../interfaces.js";
+import type { ModuleCache } from "../sandbox/invoke.js";
+import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
+import { deferEvent, recordOutcome } from "./outcome.js";
+
+export interface ExecutorDeps {
+  readonly db: Db;
+  /** Compiled, memory-guarded modules (see createModuleCache). */
+  readonly modules: ModuleCache;
+  /** Where handlers run. */
+  readonly sandbox: SandboxPool;
+  /** The host functions a function's handler may call, made for one run. */
+  readonly hostFunctions?: (fn: FunctionInfo, deadline: number) => Record<string, HostBinding>;
+  /** Written to `function_runs.worker_id`. */
+  readonly workerId: string;
+  readonly logger: Logger;
+  /** Called after each run is recorded (the dev console prints it). */
+  readonly onRunFinished?: (run: Run) => void;
+}
+
+/** The JSON a handler receives (DESIGN.md section 1). */
+export function toEventInput(event: EventRow, attempt: number): EventInput {
+  const common = {
+    id: Number(event.id),
+    attempt,
+    function: event.function_name,
+    timestamp: event.created_at.toISOString(),
+  };
+  if (event.source === "database") {
+    return {
+      ...common,
+      trigger: "database",
+      schema: event.table_schema ?? "",
+      table: event.table_name ?? "",
+      operation: event.operation as Operation,
+      old: (event.old as Record<string, unknown> | null) ?? null,
+      new: (event.new as Record<string, unknown> | null) ?? null,
+    };
+  }
+  return { ...common, trigger: event.source, payload: event.payload ?? null };
+}
+
+/**
+ * Runs the event once and returns the recorded run; undefined when the event
+ * no longer exists (pruned while its job waited) or had to wait (the function
+ * is at max_concurrency: a new job runs it shortly). A synchronous invoke
+ * over max_concurrency throws CONCURRENCY_LIMIT instead.
+ */
+export async function executeEvent(
+  deps: ExecutorDeps,
+  eventId: string,
+  jobId: string | null = null,
+  options: { readonly sync?: boolean } = {},
+): Promise<Run | undefined> {
+  const { db, logger } = deps;
+  const event = await getEvent(db, eventId);
+  if (!event) {
+    logger.warn({ operation: "run", event_id: eventId }, "event no longer exists; nothing to run");
+    return undefined;
+  }
+  // A job can outlive its success: a daemon killed after recording the run
+  // but before graphile-worker completed the job leaves it to run again.
+  const done = await succeededRun(db, eventId);
+  if (done) {
+    logger.info(
+      { operation: "run", event_id: eventId, run_id: done.id },
+      "event already succeeded; not run again",
+    );
+    return done;
+  }
+  const fn = await getFunction(db, event.function_name);
+  const slot = await startRun(db, {
+    eventId,
+    functionName: event.function_name,
+    wasmSha256: fn?.wasm_sha256 ?? null,
+    workerId: deps.workerId,
+    jobId,
+    ...(fn?.enabled && { maxConcurrency: fn.max_concurrency }),
+  });
+  if (!slot) {
+    if (options.sync) {
+      throw new PgfnError(
+        "CONCURRENCY_LIMIT",
+        `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
+      );
+    }
+    // Full: wait without holding a worker, as a job due a moment from now.
+    // Jitter keeps the waiting events of a busy function from returning together.
+    await deferEvent(db, event, fn, 100 + Math.floor(Math.random() * 400));
+    logger.debug(
+      { operation: "run", event_id: eventId, function: event.function_name },
+      "at max_concurrency; deferred",
+    );
+    return undefined;
+  }
+  const { id: runId, attempt } = slot;
+
+  const input = toEventInput(event, attempt);
+  const context = { event, input, fn, attempt, sync: options.sync ?? false };
+  let started = performance.now();
+  let run: Run;
+  try {
+    if (!fn || !fn.enabled) {
+      throw new PgfnError(
+        "FUNCTION_NOT_FOUND",
+        fn
+          ? `Function "${event.function_name}" is disabled. Enable it and retry the run.`
+          : `Function "${event.function_name}" is not deployed. Deploy it and retry the run.`,
+      );
+    }
+    const module = await deps.modules.get(fn.wasm_sha256, async () => {
+      const wasm = await getWasm(db, fn.name, fn.wasm_sha256);
+      if (!wasm) {
+        throw new PgfnError(
+          "FUNCTION_NOT_FOUND",
+          `Function "${fn.name}" was redeployed or deleted while this run started.`,
+        );
+      }
+      return wasm;
+    });
+    // From here: duration_ms is the handler's time, not the module's first compile.
+    started = performance.now();
+    const outcome = await deps.sandbox.invoke({
+      module,
+      input,
+      entry: fn.entrypoint,
+      timeoutMs: fn.timeout_ms,
+      memoryLimitBytes: fn.memory_limit_mb * 1024 * 1024,
+      config: fn.env,
+      ...(deps.hostFunctions && { host: deps.hostFunctions(fn, Date.now() + fn.timeout_ms) }),
+    });
+    const durationMs = performance.now() - started;
+    // Secret env values never reach a run row or a log line, whatever the handler printed.
+    const secrets = secretValues(fn.env);
+    const logs = outcome.logs.map((l) => ({ ...l, message: redact(l.message, secrets) }));
+    for (const l of logs) {
+      const level =
+        l.level === "error" || l.level === "warn" || l.level === "info" ? l.level : "debug";
+      logger[level](
+        { operation: "handler_log", function: fn.name, run_id: runId, event_id: eventId },
+        l.message,
+      );
+    }
+    const facts = outcome.error && {
+      code: outcome.error.code,
+      ...(outcome.error.transient !== undefined && { transient: outcome.error.transient }),
+      ...(outcome.retry?.afterMs !== undefined && { retryAfterMs: outcome.retry.afterMs }),
+      ...(outcome.retry?.never && { noRetry: true }),
+    };
+    const finish: FinishRunInput = {
+      runId,
+      functionName: event.function_name,
+      status: outcome.ok ? "succeeded" : "failed",
+      result: outcome.ok ? outcome.output : undefined,
+      ...(outcome.error && {
+        errorCode: outcome.error.code,
+        httpStatus: HTTP_STATUS[outcome.error.code],
+        errorMessage: redact(outcome.error.message, secrets),
+      }),
+      logs,
+      durationMs,
+      ...(outcome.memoryPeakBytes !== undefined && { memoryPeakBytes: outcome.memoryPeakBytes }),
+    };
+    run = await recordOutcome(db, context, finish, facts);
+  } catch (caught) {
+    const error = coerceError(caught);
+    if (error.code === "INTERNAL") {
+      // Our fault or the database's, not the handler's: let graphile-worker
+      // retry the job; the run row stays `running` for recovery to find.
+      throw caught;
+    }
+    run = await recordOutcome(
+      db,
+      context,
+      {
+        runId,
+        functionName: event.function_name,
+        status: "failed",
+        errorCode: error.code,
+        httpStatus: error.status,
+        errorMessage: error.message,
+        logs: [],
+        durationMs: performance.now() - started,
+      },
+      { code: error.code },
+    );
+  }
+
+  const line = {
+    operation: "run",
+    function: run.function_name,
+    run_id: run.id,
+    event_id: run.event_id,
+    attempt: run.attempt,
+    status: run.status,
+    duration_ms: run.duration_ms,
+    ...(run.error_code && { error: { code: run.error_code, message: run.error_message } }),
+  };
+  if (run.status === "succeeded") logger.info(line, "run succeeded");
+  else logger.warn(line, "run failed");
+  deps.onRunFinished?.(run);
+  return run;
+}

@@ -1,0 +1,85 @@
+/**
+ * Heartbeats and reaping. Each daemon marks itself alive in pgfn.daemons and,
+ * on the same timer, reaps daemons that went silent (pgfn.reap_dead_daemons):
+ * their running attempts are abandoned and their jobs released at once, so a
+ * SIGKILLed daemon's work is retried within seconds, not after
+ * graphile-worker's 4-hour lock expiry.
+ */
+import { hostname } from "node:os";
+import type pg from "pg";
+import type { Logger } from "pino";
+
+export interface HeartbeatOptions {
+  readonly pool: pg.Pool;
+  /** This daemon's id (function_runs.worker_id). */
+  readonly daemonId: string;
+  readonly intervalMs: number;
+  /** Silence after which another daemon reaps this one. */
+  readonly deadAfterMs: number;
+  /** graphile-worker's ids for this daemon's workers, as they are created. */
+  readonly graphileWorkerIds: () => readonly string[];
+  readonly logger: Logger;
+}
+
+export interface Heartbeat {
+  /** Beats and reaps once, now. */
+  beat(): Promise<void>;
+  /** Stops beating and removes this daemon's row (a clean exit leaves nothing to reap). */
+  stop(): Promise<void>;
+}
+
+export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbeat> {
+  const { pool, daemonId, logger } = options;
+  await pool.query(
+    `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids) values ($1, $2, $3, $4)
+     on conflict (id) do update set heartbeat_at = now(), started_at = now(), graphile_worker_ids = excluded.graphile_worker_ids`,
+    [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
+  );
+  let running: Promise<void> | undefined;
+  const beat = async () => {
+    try {
+      const updated = await pool.query(
+        `update pgfn.daemons set heartbeat_at = now(), graphile_worker_ids = $2 where id = $1`,
+        [daemonId, options.graphileWorkerIds()],
+      );
+      if (updated.rowCount === 0) {
+        // Reaped while alive (a stall longer than PGFN_DEAD_AFTER_MS): our
+        // running attempts were abandoned and retried elsewhere. Carry on,
+        // registered again.
+        logger.error(
+          { operation: "heartbeat", worker_id: daemonId },
+          "this daemon was reaped as dead after missing heartbeats; its running attempts were retried elsewhere (raise PGFN_DEAD_AFTER_MS if this recurs)",
+        );
+        await pool.query(
+          `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids) values ($1, $2, $3, $4) on conflict (id) do nothing`,
+          [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
+        );
+      }
+      const { rows } = await pool.query<{ n: number }>(
+        `select pgfn.reap_dead_daemons(make_interval(secs => $1)) as n`,
+        [options.deadAfterMs / 1000],
+      );
+      if ((rows[0]?.n ?? 0) > 0) {
+        logger.warn(
+          { operation: "reap", daemons: rows[0]?.n },
+          "reaped silent daemons; their runs were abandoned and will be retried",
+        );
+      }
+    } catch (error) {
+      // A missed beat is survivable; several in a row make others reap us, which is right.
+      logger.warn({ operation: "heartbeat", error: (error as Error).message }, "heartbeat failed");
+    }
+  };
+  const timer = setInterval(() => {
+    running ??= beat().finally(() => (running = undefined));
+  }, options.intervalMs);
+  timer.unref();
+  return {
+    beat: () => (running ??= beat().finally(() => (running = undefined))),
+    async stop() {
+      clearInterval(timer);
+      await running;
+      await pool.query(`delete from pgfn.daemons where id = $1`, [daemonId]).catch(() => undefined);
+    },
+  };
+}

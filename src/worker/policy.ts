@@ -1,0 +1,51 @@
+/**
+ * The retry policy: which failures a retry can help, and when to try again.
+ */
+import type { ErrorCode } from "../errors.js";
+
+export interface RetryPolicy {
+  readonly maxAttempts: number;
+  readonly baseMs: number;
+  readonly maxMs: number;
+}
+
+/** What the failed attempt says about trying again. */
+export interface FailureFacts {
+  readonly code: ErrorCode;
+  /** For HOST_FUNCTION_ERROR: the host call may succeed if tried again. */
+  readonly transient?: boolean;
+  /** The handler asked for a retry (pgfn_retry_after), not before this many ms. */
+  readonly retryAfterMs?: number;
+  /** The handler said a retry cannot help (pgfn_no_retry). */
+  readonly noRetry?: boolean;
+}
+
+/**
+ * Whether a retry can help. Never for bad input, a missing function, memory
+ * (the same input grows the same way) or a handler's own error, unless the
+ * handler asked for one; always for a timeout and a transient host failure.
+ */
+export function isRetryable(facts: FailureFacts): boolean {
+  if (facts.noRetry) return false;
+  if (facts.retryAfterMs !== undefined) return true;
+  if (facts.code === "TIMEOUT") return true;
+  if (facts.code === "HOST_FUNCTION_ERROR") return facts.transient === true;
+  return false;
+}
+
+/**
+ * Exponential backoff with full jitter: a uniform pick in
+ * [0, min(maxMs, baseMs * 2^(attempt-1))), so retries of many events that
+ * failed together spread out instead of arriving together. With the defaults
+ * (1 s base, 5 min cap) the ceilings after attempts 1, 2, 3, ... are 1 s, 2 s,
+ * 4 s, 8 s, ... 256 s, then 300 s. A handler's retry_after is a floor.
+ */
+export function retryDelayMs(
+  policy: RetryPolicy,
+  attempt: number,
+  facts: FailureFacts,
+  random: () => number = Math.random,
+): number {
+  const ceiling = Math.min(policy.maxMs, policy.baseMs * 2 ** Math.min(attempt - 1, 30));
+  return Math.max(Math.floor(random() * ceiling), facts.retryAfterMs ?? 0);
+}

@@ -1,0 +1,168 @@
+// The CLI as a user runs it: a child process, real exit codes, real output.
+import { execFile } from "node:child_process";
+import { writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+
+const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
+let t: TestDatabase;
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function pgfn(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ["--import", "tsx", MAIN, ...args],
+      {
+        env: { ...process.env, DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env },
+        timeout: 30000,
+      },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+/** A user-facing failure: exit 1, one line on stderr saying what is wrong, no stack trace. */
+function expectOneLineError(result: CliResult, pattern: RegExp) {
+  expect(result.code).toBe(1);
+  const lines = result.stderr.trim().split("\n");
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^pgfn: /);
+  expect(lines[0]).toMatch(pattern);
+  expect(result.stderr).not.toMatch(/\n\s+at /);
+}
+
+beforeAll(async () => {
+  t = await createTestDatabase("cli");
+});
+afterAll(() => t?.drop());
+
+describe("pgfn CLI", () => {
+  it("migrate reports an up-to-date schema", async () => {
+    const r = await pgfn(["migrate"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/pgfn schema is up to date \(\d+ migrations\)/);
+  });
+
+  it("deploy, invoke and runs work together", async () => {
+    const deployed = await pgfn([
+      "deploy",
+      "echo",
+      exampleWasm("echo"),
+      "--timeout-ms",
+      "5000",
+      "--env",
+      "GREETING=hi",
+    ]);
+    expect(deployed.stderr).toBe("");
+    expect(deployed.stdout).toMatch(/^deployed echo \(sha256 [0-9a-f]{64}, \d+ bytes\)$/m);
+    const fn = await t.pool.query(`select timeout_ms, env from pgfn.functions where name = 'echo'`);
+    expect(fn.rows[0]).toEqual({ timeout_ms: 5000, env: { GREETING: "hi" } });
+
+    const invoked = await pgfn(["invoke", "echo", '{"hello":"world"}']);
+    expect(invoked.code).toBe(0);
+    expect(invoked.stdout).toMatch(/^run \d+ event \d+ echo attempt 1: succeeded in/);
+    expect(invoked.stdout).toContain('"hello": "world"');
+    const run = await t.pool.query(
+      `select r.status, e.source, e.payload from pgfn.function_runs r join pgfn.events e on e.id = r.event_id where r.function_name = 'echo'`,
+    );
+    expect(run.rows).toEqual([
+      { status: "succeeded", source: "manual", payload: { hello: "world" } },
+    ]);
+
+    const runs = await pgfn(["runs", "echo"]);
+    expect(runs.code).toBe(0);
+    expect(runs.stdout.split("\n")[0]).toMatch(/^run\s+event\s+function\s+attempt\s+status/);
+    expect(runs.stdout).toMatch(/echo\s+1\s+succeeded\s+200/);
+
+    const updated = await pgfn(["deploy", "echo", exampleWasm("echo"), "--update"]);
+    expect(updated.stdout).toMatch(/^updated echo/);
+  });
+
+  it("invoke of a failing handler prints the failed run and exits 1", async () => {
+    await pgfn(["deploy", "fail", exampleWasm("fail")]);
+    const r = await pgfn(["invoke", "fail"]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/fail attempt 1: failed in .* FUNCTION_ERROR .*demo failure/);
+  });
+
+  it("each bad input is one line and exit code 1", async () => {
+    expectOneLineError(await pgfn(["invoke", "nope"]), /Function "nope" is not deployed/);
+    expectOneLineError(
+      await pgfn(["invoke", "echo", "{not json"]),
+      /The payload is not valid JSON/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "x", "/no/such/file.wasm"]),
+      /Cannot read \/no\/such\/file\.wasm: ENOENT/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "Send Email", exampleWasm("echo")]),
+      /Invalid function name "Send Email"/,
+    );
+
+    const junk = path.join(tmpdir(), `pgfn-junk-${process.pid}.wasm`);
+    await writeFile(junk, "this is not wasm");
+    expectOneLineError(await pgfn(["deploy", "junk", junk]), /Invalid WebAssembly for "junk"/);
+    expectOneLineError(
+      await pgfn(["deploy", "echo", exampleWasm("echo")]),
+      /Function "echo" already exists\. Deploy with --update/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "999999"]),
+      /timeoutMs/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "envbad", exampleWasm("echo"), "--env", "NOEQUALS"]),
+      /--env takes KEY=VALUE/,
+    );
+    // Nothing of the refused deploys was stored.
+    const names = await t.pool.query(`select name from pgfn.functions order by name`);
+    expect(names.rows.map((r) => r.name)).toEqual(["echo", "fail"]);
+  });
+
+  it("configuration errors name the variable", async () => {
+    expectOneLineError(
+      await pgfn(["runs"], { PGFN_WORKER_CONCURRENCY: "lots" }),
+      /PGFN_WORKER_CONCURRENCY/,
+    );
+    expectOneLineError(
+      await pgfn(["runs"], { DATABASE_URL: "mysql://nope" }),
+      /DATABASE_URL: must be a postgres/,
+    );
+    expectOneLineError(await pgfn(["runs"], { DATABASE_URL: "" }), /DATABASE_URL is not set/);
+    expectOneLineError(
+      await pgfn(["runs"], { DATABASE_URL: "postgres://u:secret-pw@127.0.0.1:1/db" }),
+      /Cannot connect to Postgres at postgres:\/\/u:\*\*\*@127\.0\.0\.1:1\/db \(ECONNREFUSED\)/,
+    );
+  });
+
+  it("start refuses a database without the schema, naming the fix", async () => {
+    const empty = await createTestDatabase("cli_empty", { migrated: false });
+    try {
+      expectOneLineError(
+        await pgfn(["start"], { DATABASE_URL: empty.url }),
+        /schema is not current .* Run `pgfn migrate` first/,
+      );
+    } finally {
+      await empty.drop();
+    }
+  });
+
+  it("--help lists every command", async () => {
+    const r = await pgfn(["--help"]);
+    for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "dev"])
+      expect(r.stdout).toContain(cmd);
+  });
+});

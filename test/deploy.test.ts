@@ -1,0 +1,89 @@
+// Deploy: every refusal has its code and stores nothing; --update replaces.
+import { readFile } from "node:fs/promises";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { createDb } from "../src/db/database.js";
+import { deployFunction, MAX_WASM_BYTES } from "../src/deploy.js";
+import { PgfnError } from "../src/errors.js";
+import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase("deploy");
+});
+afterAll(() => t?.drop());
+
+async function refusal(promise: Promise<unknown>): Promise<PgfnError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(PgfnError);
+  return error as PgfnError;
+}
+
+async function names(): Promise<string[]> {
+  const { rows } = await t.pool.query(`select name from pgfn.functions order by name`);
+  return rows.map((r) => r.name);
+}
+
+it("refuses each kind of bad deploy with its code, storing nothing", async () => {
+  const db = createDb(t.pool);
+  const echo = await readFile(exampleWasm("echo"));
+
+  const tooBig = await refusal(
+    deployFunction(db, { name: "big", wasm: new Uint8Array(MAX_WASM_BYTES + 1) }),
+  );
+  expect(tooBig).toMatchObject({ code: "PAYLOAD_TOO_LARGE", status: 413 });
+  expect(tooBig.message).toBe(
+    `The module for "big" is ${MAX_WASM_BYTES + 1} bytes; the limit is ${MAX_WASM_BYTES} bytes (10 MiB).`,
+  );
+
+  const badName = await refusal(deployFunction(db, { name: "Send Email", wasm: echo }));
+  expect(badName).toMatchObject({ code: "INVALID_REQUEST", status: 400 });
+  expect(badName.message).toMatch(/^Invalid function name "Send Email"/);
+
+  const junk = await refusal(
+    deployFunction(db, { name: "junk", wasm: new TextEncoder().encode("nope") }),
+  );
+  expect(junk).toMatchObject({ code: "INVALID_REQUEST", status: 400 });
+  expect(junk.message).toMatch(
+    /^Invalid WebAssembly for "junk": The bytes are not a valid WebAssembly module/,
+  );
+
+  const limits = await refusal(
+    deployFunction(db, { name: "limits", wasm: echo, memoryLimitMb: 1024, maxAttempts: 0 }),
+  );
+  expect(limits.code).toBe("INVALID_REQUEST");
+  expect(limits.message).toMatch(/memoryLimitMb/);
+  expect(limits.message).toMatch(/maxAttempts/);
+
+  expect(await names()).toEqual([]);
+});
+
+it("refuses a second deploy of a name with CONFLICT unless updating, which replaces the module", async () => {
+  const db = createDb(t.pool);
+  const first = await deployFunction(db, {
+    name: "greeter",
+    wasm: await readFile(exampleWasm("echo")),
+    timeoutMs: 2000,
+  });
+  expect(first.created).toBe(true);
+
+  const conflict = await refusal(
+    deployFunction(db, { name: "greeter", wasm: await readFile(exampleWasm("demo")) }),
+  );
+  expect(conflict).toMatchObject({ code: "CONFLICT", status: 409 });
+
+  const second = await deployFunction(db, {
+    name: "greeter",
+    wasm: await readFile(exampleWasm("demo")),
+    update: true,
+  });
+  expect(second.created).toBe(false);
+  expect(second.wasmSha256).not.toBe(first.wasmSha256);
+  const { rows } = await t.pool.query(
+    `select wasm_sha256, timeout_ms from pgfn.functions where name = 'greeter'`,
+  );
+  // Settings not given on update keep their values.
+  expect(rows).toEqual([{ wasm_sha256: second.wasmSha256, timeout_ms: 2000 }]);
+});

@@ -1,0 +1,194 @@
+// Test helpers: a database of one's own, conditions with deadlines, URLs on
+// the test server, example modules.
+import pg from "pg";
+import { inject } from "vitest";
+import { examplePath } from "../examples/build.js";
+import { createPool } from "../src/db/pool.js";
+import { loadConfig, type Config } from "../src/config.js";
+import { startDaemon, type Daemon } from "../src/daemon.js";
+import { silentLogger, type Logger } from "../src/logger.js";
+import { withClient, withDatabase } from "./connections.js";
+
+export interface TestDatabase {
+  readonly name: string;
+  readonly url: string;
+  /** A small pool on the database; closed by drop(). */
+  readonly pool: pg.Pool;
+  /** Closes the pool and drops the database (closing any other session on it). */
+  drop(): Promise<void>;
+}
+
+/** SQLSTATE object_in_use: "source database ... is being accessed by other users". */
+const OBJECT_IN_USE = "55006";
+
+/** Labels are cut so that names stay under Postgres' 63-byte identifier limit. */
+const MAX_LABEL_LENGTH = 20;
+
+let counter = 0;
+
+/** A superuser URL to the test server's `postgres` database. */
+export function adminUrl(): string {
+  return inject("adminUrl");
+}
+
+/** A URL to database `name` on the test server, as the same superuser. */
+export function databaseUrl(name: string): string {
+  return withDatabase(adminUrl(), name);
+}
+
+/** The compiled example handler `name` (examples/NAME/NAME.wasm). */
+export function exampleWasm(name: string): string {
+  return examplePath(name);
+}
+
+/**
+ * A fresh database for one test file: a clone of the migrated template (or,
+ * with `migrated: false`, an empty one from template0). Call drop() in
+ * afterAll; the run's teardown drops whatever a failed file left.
+ */
+export async function createTestDatabase(
+  label: string,
+  options: { migrated?: boolean } = {},
+): Promise<TestDatabase> {
+  const slug = label
+    .toLowerCase()
+    .replace(/[^a-z0-9_]+/g, "_")
+    .slice(0, MAX_LABEL_LENGTH);
+  const name = `${inject("runPrefix")}${slug}_${process.pid}_${++counter}`;
+  const template = options.migrated === false ? "template0" : inject("templateDatabase");
+  await withAdmin(async (admin) => {
+    // Cloning fails while anyone is connected to the template. globalSetup
+    // forbids connections to it, but a backend may still be exiting; retry briefly.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await admin.query(
+          `create database ${admin.escapeIdentifier(name)} template ${admin.escapeIdentifier(template)}`,
+        );
+        return;
+      } catch (error) {
+        if ((error as { code?: string }).code !== OBJECT_IN_USE || attempt >= 50) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50 + Math.random() * 50));
+      }
+    }
+  });
+  const url = databaseUrl(name);
+  const pool = createPool(url, 5, silentLogger());
+  let dropped: Promise<void> | undefined;
+  return {
+    name,
+    url,
+    pool,
+    drop() {
+      dropped ??= (async () => {
+        await pool.end();
+        await withAdmin((admin) =>
+          admin.query(`drop database if exists ${admin.escapeIdentifier(name)} with (force)`),
+        );
+      })();
+      return dropped;
+    },
+  };
+}
+
+/** Runs `use` on a fresh connection to the admin database, then closes it. */
+function withAdmin<T>(use: (client: pg.Client) => Promise<T>): Promise<T> {
+  return withClient(adminUrl(), use);
+}
+
+export interface WaitForOptions {
+  /** Give up after this long. (Default: 10000) */
+  readonly timeoutMs?: number;
+  /** Pause between polls. (Default: 25) */
+  readonly intervalMs?: number;
+  /** What was awaited, for the timeout error. (Default: "a condition") */
+  readonly message?: string;
+}
+
+const WAIT_FOR_TIMEOUT_MS = 10_000;
+const WAIT_FOR_INTERVAL_MS = 25;
+
+/**
+ * Polls `condition` until it returns something truthy, and returns that: the
+ * way tests wait, never with fixed sleeps. A throwing condition counts as not
+ * yet. Past the deadline, throws an error naming `message` (and the
+ * condition's last error, if its last poll threw).
+ */
+export async function waitFor<T>(
+  condition: () => Promise<T | undefined | null | false>,
+  options: WaitForOptions = {},
+): Promise<T> {
+  const timeoutMs = options.timeoutMs ?? WAIT_FOR_TIMEOUT_MS;
+  const intervalMs = options.intervalMs ?? WAIT_FOR_INTERVAL_MS;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let lastError: unknown;
+    try {
+      const value = await condition();
+      if (value) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      throw new Error(
+        `Timed out after ${timeoutMs} ms waiting for ${options.message ?? "a condition"}` +
+          (lastError === undefined
+            ? "."
+            : ` (last error: ${lastError instanceof Error ? lastError.message : String(lastError)}).`),
+        { cause: lastError },
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(intervalMs, remaining)));
+  }
+}
+
+/**
+ * Records a manual event for `fn` (as pgfn.invoke_async will) and wakes the
+ * listener; returns the event id.
+ */
+export async function enqueueManual(pool: pg.Pool, fn: string, payload: unknown): Promise<string> {
+  const { rows } = await pool.query<{ id: string }>(
+    `insert into pgfn.events (function_name, source, payload) values ($1, 'manual', $2) returning id`,
+    [fn, JSON.stringify(payload)],
+  );
+  await pool.query(`select pg_notify('pgfn_events', '')`);
+  return rows[0]!.id;
+}
+
+/** The first finished run of an event, waiting for it. */
+export async function finishedRun(pool: pg.Pool, eventId: string, timeoutMs = 10_000) {
+  return waitFor(
+    async () =>
+      (
+        await pool.query(
+          `select * from pgfn.function_runs where event_id = $1 and status <> 'running' order by attempt limit 1`,
+          [eventId],
+        )
+      ).rows[0],
+    { timeoutMs, message: `a finished run of event ${eventId}` },
+  );
+}
+
+/**
+ * A daemon on `url` as tests want it: a quick sweep, a few workers and
+ * sandbox threads (each thread costs a TypeScript load in tests), silent.
+ */
+export function startTestDaemon(
+  url: string,
+  overrides: Partial<Config> = {},
+  logger: Logger = silentLogger(),
+): Promise<Daemon> {
+  return startDaemon({
+    connectionString: url,
+    config: {
+      ...loadConfig({}),
+      databaseUrl: url,
+      dbQueryUrl: url,
+      sweepIntervalMs: 200,
+      workerConcurrency: 4,
+      sandboxThreads: 4,
+      ...overrides,
+    },
+    logger,
+  });
+}

@@ -1,0 +1,60 @@
+// Migrations: a fresh database gets the whole schema, exactly once, however
+// many daemons migrate at the same moment.
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { createPool } from "../src/db/pool.js";
+import { silentLogger } from "../src/logger.js";
+import { listMigrations, migrate, pendingMigrations } from "../src/migrate.js";
+import { createTestDatabase, type TestDatabase } from "./helpers.js";
+
+let t: TestDatabase;
+
+beforeAll(async () => {
+  t = await createTestDatabase("migrate", { migrated: false });
+});
+afterAll(() => t?.drop());
+
+it("applies every migration once when ten processes migrate at once, and nothing the second time", async () => {
+  const all = (await listMigrations()).map((m) => m.name);
+  expect(await pendingMigrations(t.pool)).toEqual(all);
+
+  // Ten pools stand in for ten daemons starting together.
+  const pools = Array.from({ length: 10 }, () => createPool(t.url, 2, silentLogger()));
+  try {
+    const results = await Promise.all(pools.map((p) => migrate(p)));
+    const applied = results.flatMap((r) => r.applied);
+    expect(applied.sort()).toEqual([...all].sort());
+    expect(results.filter((r) => r.applied.length > 0)).toHaveLength(1);
+  } finally {
+    await Promise.all(pools.map((p) => p.end()));
+  }
+
+  const again = await migrate(t.pool);
+  expect(again).toEqual({ applied: [], alreadyApplied: all.length });
+  expect(await pendingMigrations(t.pool)).toEqual([]);
+
+  const { rows } = await t.pool.query(`select name from pgfn.migrations order by id`);
+  expect(rows.map((r) => r.name)).toEqual(all);
+  const tables = await t.pool.query(
+    `select table_name || ':' || table_type as t from information_schema.tables where table_schema = 'pgfn' order by 1`,
+  );
+  expect(tables.rows.map((r) => r.t)).toEqual([
+    "daemons:BASE TABLE",
+    "dead_letters:BASE TABLE",
+    "events:BASE TABLE",
+    "failures:VIEW",
+    "function_runs:BASE TABLE",
+    "functions:BASE TABLE",
+    "migrations:BASE TABLE",
+    "pending:VIEW",
+    "stats:VIEW",
+  ]);
+  const gw = await t.pool.query(`select to_regproc('graphile_worker.add_jobs') is not null as ok`);
+  expect(gw.rows[0].ok).toBe(true);
+});
+
+it("every migration file can run twice (idempotent statements)", async () => {
+  const { readFile } = await import("node:fs/promises");
+  for (const m of await listMigrations()) {
+    await expect(t.pool.query(await readFile(m.file, "utf8")), m.name).resolves.toBeDefined();
+  }
+});

@@ -1,0 +1,123 @@
+// A daemon SIGKILLed in the middle of 2,000 events: nothing is lost, its
+// in-flight attempts are abandoned and retried within seconds, and no event
+// succeeds twice. Real daemons, as child processes.
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { afterEach, beforeEach, expect, it } from "vitest";
+import { createDb } from "../src/db/database.js";
+import { deployFunction } from "../src/deploy.js";
+import { createTestDatabase, exampleWasm, waitFor, type TestDatabase } from "./helpers.js";
+
+const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
+const EVENTS = 2000;
+let t: TestDatabase;
+const children: ChildProcess[] = [];
+
+function daemon(id: string): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", MAIN, "start"], {
+    env: {
+      ...process.env,
+      DATABASE_URL: t.url,
+      PGFN_WORKER_ID: id,
+      PGFN_HEARTBEAT_INTERVAL_MS: "500",
+      PGFN_DEAD_AFTER_MS: "3000",
+      PGFN_SANDBOX_THREADS: "2",
+      PGFN_WORKER_CONCURRENCY: "8",
+      PGFN_LOG_LEVEL: "error",
+    },
+    stdio: "ignore",
+  });
+  children.push(child);
+  return child;
+}
+
+const count = async (sql: string) => (await t.pool.query<{ n: number }>(sql)).rows[0]!.n;
+const succeeded = () =>
+  count(
+    `select count(distinct event_id)::int as n from pgfn.function_runs where status = 'succeeded'`,
+  );
+
+beforeEach(async () => {
+  t = await createTestDatabase("sigkill");
+  await deployFunction(createDb(t.pool), {
+    name: "echo",
+    wasm: await readFile(exampleWasm("echo")),
+  });
+  await t.pool.query(
+    `create table public.orders (id int primary key); select pgfn.attach('public.orders', 'echo', array['INSERT'])`,
+  );
+});
+afterEach(async () => {
+  for (const child of children.splice(0)) child.kill("SIGKILL");
+  await t?.drop();
+});
+
+async function insertAll() {
+  for (let i = 0; i < EVENTS; i += 100) {
+    await t.pool.query(
+      `insert into public.orders select g from generate_series($1::int, $2::int) g`,
+      [i, i + 99],
+    );
+  }
+}
+
+async function expectAllRunOnce(killedAt: number) {
+  const done = await waitFor(
+    async () => ((await succeeded()) === EVENTS ? Date.now() : undefined),
+    {
+      timeoutMs: 60_000,
+      intervalMs: 100,
+      message: `all ${EVENTS} events to have a succeeded run`,
+    },
+  );
+  const recoveryMs = done - killedAt;
+  expect(await count(`select count(*)::int as n from pgfn.events`)).toBe(EVENTS);
+  const abandoned = await count(
+    `select count(*)::int as n from pgfn.function_runs where status = 'abandoned'`,
+  );
+  // At most what the killed daemon had in flight (its worker concurrency).
+  expect(abandoned).toBeLessThanOrEqual(8);
+  // An event runs twice only if it was in flight: its first attempt was
+  // abandoned (cut short by the kill, possibly after the handler finished).
+  const duplicates = await count(
+    `select count(*)::int as n from (select event_id from pgfn.function_runs where status = 'succeeded' group by 1 having count(*) > 1) d`,
+  );
+  expect(
+    await count(`select count(*)::int as n from (
+      select event_id from pgfn.function_runs group by 1
+      having count(*) filter (where status = 'succeeded') > 1 and count(*) filter (where status = 'abandoned') = 0) d`),
+  ).toBe(0);
+  console.log(
+    `recovery after SIGKILL: ${recoveryMs} ms to all ${EVENTS} done; ${abandoned} attempts abandoned and retried; ${duplicates} events succeeded twice`,
+  );
+  return { recoveryMs, abandoned };
+}
+
+it("loses nothing when the only daemon is killed and another starts", async () => {
+  const a = daemon("victim");
+  await insertAll();
+  await waitFor(async () => (await succeeded()) >= 200, {
+    timeoutMs: 30_000,
+    message: "200 runs before the kill",
+  });
+  a.kill("SIGKILL");
+  const killedAt = Date.now();
+  expect(await succeeded()).toBeLessThan(EVENTS);
+  daemon("rescuer");
+  await expectAllRunOnce(killedAt);
+}, 120_000);
+
+it("loses nothing when one of two daemons is killed", async () => {
+  const a = daemon("a");
+  daemon("b");
+  await insertAll();
+  await waitFor(async () => (await succeeded()) >= 200, {
+    timeoutMs: 30_000,
+    message: "200 runs before the kill",
+  });
+  a.kill("SIGKILL");
+  const killedAt = Date.now();
+  await expectAllRunOnce(killedAt);
+  expect(await count(`select count(*)::int as n from pgfn.daemons where id = 'a'`)).toBe(0);
+}, 120_000);

@@ -1,0 +1,99 @@
+// Each failure mode of the sandbox as a user sees it: a function_runs row
+// with status, error_code, http_status and message, while the daemon keeps
+// serving the other functions.
+import { readFile } from "node:fs/promises";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { Daemon } from "../src/daemon.js";
+import { createDb } from "../src/db/database.js";
+import { deployFunction } from "../src/deploy.js";
+import {
+  createTestDatabase,
+  startTestDaemon,
+  enqueueManual,
+  exampleWasm,
+  finishedRun,
+  type TestDatabase,
+} from "./helpers.js";
+
+let t: TestDatabase;
+let daemon: Daemon;
+
+beforeAll(async () => {
+  t = await createTestDatabase("sandbox_runs");
+  const db = createDb(t.pool);
+  const wasm = (name: string) => readFile(exampleWasm(name));
+  await deployFunction(db, { name: "echo", wasm: await wasm("echo") });
+  await deployFunction(db, { name: "spin", wasm: await wasm("spin"), timeoutMs: 3000 });
+  await deployFunction(db, { name: "hog", wasm: await wasm("hog"), memoryLimitMb: 16 });
+  await deployFunction(db, { name: "fail", wasm: await wasm("fail") });
+  await deployFunction(db, {
+    name: "leaky",
+    wasm: await wasm("secret"),
+    env: { API_KEY: "sk-live-123456", REGION: "eu" },
+  });
+  daemon = await startTestDaemon(t.url);
+});
+afterAll(async () => {
+  await daemon?.stop();
+  await t?.drop();
+});
+
+const invokeAsync = (fn: string, payload: unknown) => enqueueManual(t.pool, fn, payload);
+const finished = (eventId: string) => finishedRun(t.pool, eventId);
+
+it("records a timeout as TIMEOUT / 504 while other functions keep running", async () => {
+  const spinning = await invokeAsync("spin", {});
+  // Started while spin holds a thread: these must not wait for its timeout.
+  const echoes = await Promise.all(Array.from({ length: 5 }, (_, i) => invokeAsync("echo", { i })));
+  const echoRuns = await Promise.all(echoes.map((id) => finished(id)));
+  const spinRun = await finished(spinning);
+  expect(spinRun).toMatchObject({
+    status: "failed",
+    error_code: "TIMEOUT",
+    http_status: 504,
+    error_message: "The handler ran past its 3000 ms limit and was stopped.",
+  });
+  expect(spinRun.duration_ms).toBeGreaterThanOrEqual(3000);
+  for (const r of echoRuns) {
+    expect(r.status).toBe("succeeded");
+    expect(r.finished_at.getTime()).toBeLessThan(spinRun.finished_at.getTime());
+  }
+});
+
+it("records a memory bomb as MEMORY_EXCEEDED / 507 with the peak", async () => {
+  const run = await finished(await invokeAsync("hog", { mb: 100 }));
+  expect(run).toMatchObject({ status: "failed", error_code: "MEMORY_EXCEEDED", http_status: 507 });
+  expect(run.error_message).toMatch(/past its limit of 16 MB/);
+  expect(Number(run.memory_peak_bytes)).toBeGreaterThan(0);
+  expect(Number(run.memory_peak_bytes)).toBeLessThanOrEqual(16 * 1024 * 1024);
+  const ok = await finished(await invokeAsync("hog", { mb: 4 }));
+  expect(ok).toMatchObject({ status: "succeeded", result: { allocated_mb: 4 }, http_status: 200 });
+  expect(Number(ok.memory_peak_bytes)).toBeGreaterThanOrEqual(4 * 1024 * 1024);
+});
+
+it("records a trap as FUNCTION_ERROR / 500 with the handler's message and its logs", async () => {
+  const run = await finished(await invokeAsync("fail", {}));
+  expect(run).toMatchObject({ status: "failed", error_code: "FUNCTION_ERROR", http_status: 500 });
+  expect(run.error_message).toMatch(
+    /^demo failure at examples\/fail\/index\.ts:\d+:\d+ \(trap: unreachable\)$/,
+  );
+  expect(run.logs).toEqual([
+    expect.objectContaining({ level: "error", message: expect.stringMatching(/^demo failure/) }),
+  ]);
+});
+
+it("gives a handler its env and redacts secret values from its logs and errors", async () => {
+  const run = await finished(await invokeAsync("leaky", {}));
+  expect(run.error_message).toBe("upstream rejected key [redacted]");
+  expect(run.logs.map((l: { message: string }) => l.message)).toEqual([
+    "using key [redacted] in eu",
+  ]);
+  expect(JSON.stringify(run)).not.toContain("sk-live-123456");
+});
+
+it("still serves everyone after all of the above", async () => {
+  const runs = await Promise.all(
+    Array.from({ length: 20 }, async (_, i) => finished(await invokeAsync("echo", { after: i }))),
+  );
+  expect(runs.every((r) => r.status === "succeeded")).toBe(true);
+});
