@@ -34,7 +34,14 @@ export async function invokeNow(
     dispatched: true,
   });
   // The caller gets the outcome: a failure is theirs to handle, not a dead letter.
-  const run = await executeEvent(deps, event.id, null, { sync: true });
+  const run = await executeEvent(deps, event.id, null, { sync: true }).catch(async (error) => {
+    // Refused before it ran (circuit open, at max_concurrency): the caller is
+    // told; an event left behind would look like lost work.
+    if (error instanceof PgfnError && ["CIRCUIT_OPEN", "CONCURRENCY_LIMIT"].includes(error.code)) {
+      await deps.db.deleteFrom("pgfn.events").where("id", "=", event.id).execute();
+    }
+    throw error;
+  });
   if (!run) throw new PgfnError("INTERNAL", `Event ${event.id} vanished before it ran.`);
   return run;
 }

@@ -38,6 +38,7 @@ it("applies every migration once when ten processes migrate at once, and nothing
     `select table_name || ':' || table_type as t from information_schema.tables where table_schema = 'pgfn' order by 1`,
   );
   expect(tables.rows.map((r) => r.t)).toEqual([
+    "circuits:BASE TABLE",
     "daemons:BASE TABLE",
     "dead_letters:BASE TABLE",
     "events:BASE TABLE",

@@ -2,7 +2,10 @@
 // in-flight attempts are abandoned and retried within seconds, and no event
 // succeeds twice. Real daemons, as child processes.
 import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
@@ -13,6 +16,9 @@ const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 const EVENTS = 2000;
 let t: TestDatabase;
 const children: ChildProcess[] = [];
+// Each daemon's warnings and errors, shown when a test fails: a stall under
+// load must be explainable from the CI log alone.
+let logDir: string;
 
 function daemon(id: string): ChildProcess {
   const child = spawn(process.execPath, ["--import", "tsx", MAIN, "start"], {
@@ -24,9 +30,9 @@ function daemon(id: string): ChildProcess {
       PGFN_DEAD_AFTER_MS: "3000",
       PGFN_SANDBOX_THREADS: "2",
       PGFN_WORKER_CONCURRENCY: "8",
-      PGFN_LOG_LEVEL: "error",
+      PGFN_LOG_LEVEL: "warn",
     },
-    stdio: "ignore",
+    stdio: ["ignore", "ignore", openSync(path.join(logDir, `${id}.log`), "a")],
   });
   children.push(child);
   return child;
@@ -39,6 +45,7 @@ const succeeded = () =>
   );
 
 beforeEach(async () => {
+  logDir = mkdtempSync(path.join(tmpdir(), "pgfn-sigkill-"));
   t = await createTestDatabase("sigkill");
   await deployFunction(createDb(t.pool), {
     name: "echo",
@@ -62,6 +69,24 @@ async function insertAll() {
   }
 }
 
+/** What the database and the daemons say, for a failure message. */
+async function diagnose(): Promise<string> {
+  const q = async (text: string) => JSON.stringify((await t.pool.query(text)).rows);
+  const logs = readdirSync(logDir).map(
+    (f) =>
+      `--- ${f} (last lines)\n${readFileSync(path.join(logDir, f), "utf8").split("\n").slice(-30).join("\n")}`,
+  );
+  return [
+    `runs by status: ${await q(`select status, error_code, count(*)::int from pgfn.function_runs group by 1, 2 order by 1, 2`)}`,
+    `events without a success: ${await q(`select count(*)::int as n, min(e.id) as first from pgfn.events e where not exists (select 1 from pgfn.function_runs r where r.event_id = e.id and r.status = 'succeeded')`)}`,
+    `undispatched: ${await q(`select count(*)::int as n from pgfn.events where dispatched_at is null`)}`,
+    `dead letters: ${await q(`select error_code, count(*)::int from pgfn.dead_letters group by 1`)}`,
+    `jobs: ${await q(`select locked_by, attempts, max_attempts, run_at > now() as later, left(last_error, 200) as last_error, count(*)::int from graphile_worker.jobs group by 1, 2, 3, 4, 5 order by 6 desc limit 20`)}`,
+    `daemons: ${await q(`select id, now() - heartbeat_at as silent_for, graphile_worker_ids from pgfn.daemons`)}`,
+    ...logs,
+  ].join("\n");
+}
+
 async function expectAllRunOnce(killedAt: number) {
   const done = await waitFor(
     async () => ((await succeeded()) === EVENTS ? Date.now() : undefined),
@@ -70,7 +95,9 @@ async function expectAllRunOnce(killedAt: number) {
       intervalMs: 100,
       message: `all ${EVENTS} events to have a succeeded run`,
     },
-  );
+  ).catch(async (error: Error) => {
+    throw new Error(`${error.message}\n${await diagnose()}`);
+  });
   const recoveryMs = done - killedAt;
   expect(await count(`select count(*)::int as n from pgfn.events`)).toBe(EVENTS);
   const abandoned = await count(

@@ -28,6 +28,11 @@ export interface FunctionsTable {
   db_role: string | null;
   on_error: string | null;
   ordering: Generated<Ordering>;
+  /** The circuit breaker's thresholds (sql/000006_admission.sql). */
+  circuit_error_rate: Generated<number>;
+  circuit_min_volume: Generated<number>;
+  circuit_window_ms: Generated<number>;
+  circuit_cooldown_ms: Generated<number>;
   last_run_at: Date | null;
   last_status: RunStatus | null;
   created_at: Generated<Date>;

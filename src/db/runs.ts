@@ -13,22 +13,55 @@ export interface StartRunInput {
   readonly jobId: string | null;
 }
 
+/** A started attempt, or why it may not start now. */
+export type StartRunResult =
+  | {
+      readonly started: true;
+      readonly id: string;
+      readonly attempt: number;
+      readonly probe: boolean;
+    }
+  | {
+      readonly started: false;
+      readonly refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT";
+      /** When waiting makes sense (the circuit's cooldown), else undefined. */
+      readonly retryAt: Date | undefined;
+    };
+
 /**
  * Records the start of an attempt, committed before the handler runs, so a
  * crash mid-run leaves a visible `running` row. The attempt number is the
- * count of earlier runs plus one. With `maxConcurrency`, returns undefined
- * instead when that many runs of the function are already running, on any
- * daemon (sql/000006_concurrency.sql).
+ * count of earlier runs plus one. With `maxConcurrency` (an enabled
+ * function), the function's circuit and its max_concurrency across every
+ * daemon decide first (sql/000006_admission.sql); `probe` marks the single
+ * attempt a half-open circuit lets through.
  */
 export async function startRun(
   db: Db,
   input: StartRunInput & { readonly maxConcurrency?: number },
-): Promise<{ id: string; attempt: number } | undefined> {
-  const { rows } = await sql<{ id: string; attempt: number }>`
-    select id, attempt from pgfn.start_run(
+): Promise<StartRunResult> {
+  const { rows } = await sql<{
+    id: string | null;
+    attempt: number | null;
+    probe: boolean;
+    refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
+    retry_at: Date | null;
+  }>`
+    select id, attempt, probe, refused, retry_at from pgfn.start_run(
       ${input.eventId}::bigint, ${input.functionName}, ${input.wasmSha256}, ${input.workerId},
       ${input.jobId}::bigint, ${input.maxConcurrency ?? null}::integer)`.execute(db);
-  return rows[0];
+  const row = rows[0]!;
+  if (row.refused) {
+    return { started: false, refused: row.refused, retryAt: row.retry_at ?? undefined };
+  }
+  return { started: true, id: row.id!, attempt: row.attempt!, probe: row.probe };
+}
+
+/** Counts a finished attempt against its function's circuit; returns the circuit's state. */
+export async function recordCircuit(db: Db, runId: string): Promise<string | null> {
+  const { rows } = await sql<{ state: string | null }>`
+    select pgfn.circuit_record(${runId}::bigint) as state`.execute(db);
+  return rows[0]?.state ?? null;
 }
 
 export interface FinishRunInput {

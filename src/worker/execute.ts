@@ -7,7 +7,13 @@ import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
 import { getEvent, type EventRow } from "../db/events.js";
 import { getFunction, getWasm, type FunctionInfo } from "../db/functions.js";
-import { startRun, succeededRun, type FinishRunInput, type Run } from "../db/runs.js";
+import {
+  recordCircuit,
+  startRun,
+  succeededRun,
+  type FinishRunInput,
+  type Run,
+} from "../db/runs.js";
 import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
 import { redact, secretValues } from "../sandbox/host/redact.js";
 import type { EventInput, Operation } from "../interfaces.js";
@@ -89,19 +95,31 @@ export async function executeEvent(
     jobId,
     ...(fn?.enabled && { maxConcurrency: fn.max_concurrency }),
   });
-  if (!slot) {
+  if (!slot.started) {
     if (options.sync) {
-      throw new PgfnError(
-        "CONCURRENCY_LIMIT",
-        `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
-      );
+      throw slot.refused === "CIRCUIT_OPEN"
+        ? new PgfnError(
+            "CIRCUIT_OPEN",
+            `Function "${event.function_name}" is failing too often; its circuit is open until ${slot.retryAt?.toISOString() ?? "its cooldown ends"}. Try again later.`,
+          )
+        : new PgfnError(
+            "CONCURRENCY_LIMIT",
+            `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
+          );
     }
-    // Full: wait without holding a worker, as a job due a moment from now.
-    // Jitter keeps the waiting events of a busy function from returning together.
-    await deferEvent(db, event, fn, 100 + Math.floor(Math.random() * 400));
+    // Wait without holding a worker, as a job due later: at the circuit's
+    // cooldown, or a moment from now for a free slot. Jitter keeps the
+    // waiting events of one function from returning together.
+    const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
+    await deferEvent(
+      db,
+      event,
+      fn,
+      waitMs + Math.floor(Math.random() * (slot.retryAt ? 1000 : 400)),
+    );
     logger.debug(
-      { operation: "run", event_id: eventId, function: event.function_name },
-      "at max_concurrency; deferred",
+      { operation: "run", event_id: eventId, function: event.function_name, reason: slot.refused },
+      "deferred",
     );
     return undefined;
   }
@@ -210,6 +228,18 @@ export async function executeEvent(
   };
   if (run.status === "succeeded") logger.info(line, "run succeeded");
   else logger.warn(line, "run failed");
+  // Only failures and probes can move a circuit: a healthy function's runs skip this.
+  if (fn && (run.status === "failed" || slot.probe)) {
+    const circuit = await recordCircuit(db, run.id);
+    if (circuit === "opened" || circuit === "reopened" || (circuit === "closed" && slot.probe)) {
+      logger.warn(
+        { operation: "circuit", function: fn.name, run_id: run.id, state: circuit },
+        circuit === "closed"
+          ? "circuit closed: the probe succeeded; deferred work runs again"
+          : `circuit ${circuit}: work for this function is deferred for ${fn.circuit_cooldown_ms} ms`,
+      );
+    }
+  }
   deps.onRunFinished?.(run);
   return run;
 }
