@@ -3,6 +3,7 @@
  * call the handler (no transaction open meanwhile), record the outcome.
  * Used by the graphile-worker task and by synchronous invokes alike.
  */
+import { sql } from "kysely";
 import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
 import { getEvent, type EventRow } from "../db/events.js";
@@ -195,8 +196,41 @@ export async function executeEvent(
   } catch (caught) {
     const error = coerceError(caught);
     if (error.code === "INTERNAL") {
-      // Our fault or the database's, not the handler's: let graphile-worker
-      // retry the job; the run row stays `running` for recovery to find.
+      // Our fault or the database's, not the handler's: graphile-worker
+      // retries the job. The attempt must not stay `running` while this
+      // daemon lives (no reaper would end it, and it would hold a
+      // max_concurrency slot); if even this fails, the database is down and
+      // the row is ended when this daemon is reaped.
+      await db
+        .updateTable("pgfn.function_runs")
+        .set({
+          status: "abandoned",
+          error_code: "INTERNAL",
+          http_status: HTTP_STATUS.INTERNAL,
+          error_message: `pgfn could not finish recording this attempt: ${error.message}`,
+          finished_at: sql`clock_timestamp()`,
+          duration_ms: performance.now() - started,
+          will_retry: jobId !== null,
+        })
+        .where("id", "=", runId)
+        .where("status", "=", "running")
+        .execute()
+        .catch((e: unknown) =>
+          logger.error(
+            { operation: "run", run_id: runId, error: (e as Error).message },
+            "could not mark the attempt abandoned",
+          ),
+        );
+      logger.error(
+        {
+          operation: "run",
+          function: event.function_name,
+          run_id: runId,
+          event_id: eventId,
+          error: error.message,
+        },
+        "attempt abandoned by an internal error; its job will be retried",
+      );
       throw caught;
     }
     run = await recordOutcome(
