@@ -34,7 +34,10 @@ function callHost(name: string, payload: unknown): HostReply {
   ) as HostReply;
   if (!reply.ok)
     hostFailure ??= {
-      message: `${name} failed: ${reply.error.message}`,
+      // Our host functions' messages already say which call failed.
+      message: reply.error.message.startsWith(name)
+        ? reply.error.message
+        : `${name} failed: ${reply.error.message}`,
       transient: reply.error.transient,
     };
   return reply;
