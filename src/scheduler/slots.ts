@@ -98,11 +98,14 @@ export function planSlots(
 ): SlotPlan {
   const limit = options.limit ?? DEFAULT_CATCH_UP_LIMIT;
   const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
-  const nextRun = cron.nextRun(now);
   const cursor = spec.nextRun ?? cron.nextRun(spec.activeSince);
   if (!cursor || cursor > now) {
-    return { fire: [], skipped: 0, skippedAtLeast: false, nextRun };
+    // Not due. Keep the cursor even if it lies further ahead than the next
+    // slot after `now` (active_since ahead of this clock): earlier slots were
+    // never due.
+    return { fire: [], skipped: 0, skippedAtLeast: false, nextRun: cursor };
   }
+  const nextRun = cron.nextRun(now);
   // Walk forward from the cursor, but never further than limit + 1 slots: a
   // per-minute schedule down for a year has half a million.
   const due: Date[] = [];
