@@ -73,6 +73,14 @@ export function describeError(error: unknown, config?: Config): string {
   return e.message ?? String(error);
 }
 
+/** `pgfn start`'s flags; each --no-X turns a part off even if PGFN_X is true. */
+interface StartFlags {
+  listener: boolean;
+  worker: boolean;
+  scheduler: boolean;
+  migrate?: boolean;
+}
+
 export function buildProgram(): Command {
   const program = new Command()
     .name("pgfn")
@@ -99,17 +107,19 @@ export function buildProgram(): Command {
   program
     .command("start")
     .description(
-      "Run the daemon: listener (NOTIFY -> jobs) and worker (jobs -> handler runs) until SIGINT/SIGTERM.",
+      "Run the daemon: listener (NOTIFY -> jobs), worker (jobs -> handler runs) and scheduler (cron slots -> events) until SIGINT/SIGTERM.",
     )
     .option("--no-listener", "do not dispatch events (another daemon does)")
     .option("--no-worker", "do not run handlers (another daemon does)")
+    .option("--no-scheduler", "do not fire schedules (another daemon does)")
     .option("--migrate", "apply pending migrations before starting")
-    .action(async (opts: { listener: boolean; worker: boolean; migrate?: boolean }) => {
+    .action(async (opts: StartFlags) => {
       const base = loadConfig();
       const config: Config = {
         ...base,
         listener: base.listener && opts.listener,
         worker: base.worker && opts.worker,
+        scheduler: base.scheduler && opts.scheduler,
       };
       const url = requireDatabaseUrl(config);
       if (opts.migrate) await withPool(config, migrate);
@@ -216,6 +226,7 @@ export function buildProgram(): Command {
           ...config,
           listener: false,
           worker: false,
+          scheduler: false,
           sandboxThreads: 1,
           workerId: `cli-${process.pid}`,
         },

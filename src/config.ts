@@ -71,6 +71,13 @@ const schema = z.object({
   PGFN_LISTENER: bool.default(true),
   /** Run the worker (jobs -> handlers) in `pgfn start`. (Default: true) */
   PGFN_WORKER: bool.default(true),
+  /** Run the scheduler (pgfn.schedules -> events) in `pgfn start`. (Default: true) */
+  PGFN_SCHEDULER: bool.default(true),
+  /**
+   * How often the scheduler looks for due slots: a slot fires up to this late.
+   * (Default: 1000)
+   */
+  PGFN_SCHEDULER_INTERVAL_MS: int(50, 60_000).default(1000),
 });
 
 export type Config = Readonly<{
@@ -93,6 +100,8 @@ export type Config = Readonly<{
   logLevel: z.infer<typeof schema>["PGFN_LOG_LEVEL"];
   listener: boolean;
   worker: boolean;
+  scheduler: boolean;
+  schedulerIntervalMs: number;
 }>;
 
 /**
@@ -145,6 +154,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.PGFN_LOG_LEVEL,
     listener: e.PGFN_LISTENER,
     worker: e.PGFN_WORKER,
+    scheduler: e.PGFN_SCHEDULER,
+    schedulerIntervalMs: e.PGFN_SCHEDULER_INTERVAL_MS,
   });
 }
 

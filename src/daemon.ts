@@ -1,6 +1,6 @@
 /**
- * `pgfn start`: the listener (NOTIFY -> dispatch) and the worker (jobs ->
- * handler runs) over one pool. Stateless: every fact lives in Postgres, so
+ * `pgfn start`: the listener (NOTIFY -> dispatch), the worker (jobs ->
+ * handler runs) and the scheduler (cron slots -> events) over one pool. Stateless: every fact lives in Postgres, so
  * any number of daemons can run against one database.
  */
 import pg from "pg";
@@ -18,6 +18,7 @@ import { DbQueryExecutor } from "./sandbox/host/dbQuery.js";
 import { hostBindings } from "./sandbox/host/bindings.js";
 import { warmMemoryGuard } from "./sandbox/memoryGuard.js";
 import { createSandbox, type Sandbox } from "./sandbox/sandbox.js";
+import { Scheduler, type Clock } from "./scheduler/scheduler.js";
 import type { ExecutorDeps } from "./worker/execute.js";
 import { startHeartbeat, type Heartbeat } from "./worker/heartbeat.js";
 import { startWorker } from "./worker/worker.js";
@@ -28,6 +29,8 @@ export interface DaemonOptions {
   readonly logger: Logger;
   /** Called after each run this daemon records. */
   readonly onRunFinished?: (run: Run) => void;
+  /** The scheduler's time, so tests can move it. (Default: the system clock) */
+  readonly clock?: Clock;
 }
 
 export interface Daemon {
@@ -37,6 +40,7 @@ export interface Daemon {
   readonly dispatcher: Dispatcher | undefined;
   readonly listener: Listener | undefined;
   readonly worker: Runner | undefined;
+  readonly scheduler: Scheduler | undefined;
   /** Stops taking work, lets in-flight runs finish, closes every connection. */
   stop(): Promise<void>;
 }
@@ -50,6 +54,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   let sandbox: Sandbox | undefined;
   let dbQuery: DbQueryExecutor | undefined;
   let heartbeat: Heartbeat | undefined;
+  let scheduler: Scheduler | undefined;
   try {
     const pending = await pendingMigrations(pool);
     if (pending.length > 0) {
@@ -111,12 +116,22 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         logger,
       });
     }
+    if (config.scheduler) {
+      scheduler = new Scheduler({
+        db,
+        logger,
+        intervalMs: config.schedulerIntervalMs,
+        ...(options.clock && { clock: options.clock }),
+      });
+      scheduler.start();
+    }
     logger.info(
       {
         operation: "start",
         worker_id: config.workerId,
         listener: config.listener,
         worker: config.worker,
+        scheduler: config.scheduler,
       },
       "pgfn daemon started",
     );
@@ -128,8 +143,10 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       dispatcher,
       listener,
       worker,
+      scheduler,
       stop() {
         stopping ??= (async () => {
+          await scheduler?.stop();
           await listener?.stop();
           await dispatcher?.stop();
           // graphile-worker's stop waits for the jobs under way.
@@ -144,6 +161,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       },
     };
   } catch (error) {
+    await scheduler?.stop().catch(() => undefined);
     await listener?.stop().catch(() => undefined);
     await worker?.stop().catch(() => undefined);
     await sandbox?.close().catch(() => undefined);

@@ -22,6 +22,11 @@ export type Operation = "INSERT" | "UPDATE" | "DELETE";
 export type RunStatus = "running" | "succeeded" | "failed" | "abandoned";
 /** `pgfn.functions.ordering`. */
 export type Ordering = "none" | "function" | "row";
+/**
+ * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
+ * when one comes back: every one, the most recent one, or none.
+ */
+export type CatchUp = "all" | "latest" | "none";
 
 /** What a handler receives for a row change (DESIGN.md section 1). */
 export interface DatabaseEventInput {
@@ -37,14 +42,31 @@ export interface DatabaseEventInput {
   readonly timestamp: string;
 }
 
+/** What a handler receives for a slot of its schedule (`pgfn.schedule`). */
+export interface ScheduleEventInput {
+  readonly id: number;
+  readonly attempt: number;
+  readonly trigger: "schedule";
+  readonly function: string;
+  /** The schedule's cron expression when the slot fired. */
+  readonly cron: string;
+  /** The time zone the cron expression is read in. */
+  readonly timezone: string;
+  /** The slot: when the run was due (ISO 8601, UTC). */
+  readonly scheduled_time: string;
+  /** When the scheduler fired it: later than scheduled_time when caught up after downtime. */
+  readonly actual_time: string;
+  readonly timestamp: string;
+}
+
 /** What a handler receives when invoked by hand, over HTTP or by another source. */
 export interface PayloadEventInput {
   readonly id: number;
   readonly attempt: number;
-  readonly trigger: Exclude<EventSource, "database">;
+  readonly trigger: Exclude<EventSource, "database" | "schedule">;
   readonly function: string;
   readonly payload: unknown;
   readonly timestamp: string;
 }
 
-export type EventInput = DatabaseEventInput | PayloadEventInput;
+export type EventInput = DatabaseEventInput | ScheduleEventInput | PayloadEventInput;

@@ -5,7 +5,7 @@
 import { Kysely, PostgresDialect, type ColumnType, type Generated } from "kysely";
 import type pg from "pg";
 import type { ErrorCode } from "../errors.js";
-import type { EventSource, Operation, Ordering, RunStatus } from "../interfaces.js";
+import type { CatchUp, EventSource, Operation, Ordering, RunStatus } from "../interfaces.js";
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type Json = ColumnType<unknown, string, string>;
@@ -75,10 +75,24 @@ export interface FunctionRunsTable {
   job_id: string | null;
 }
 
+export interface SchedulesTable {
+  function_name: string;
+  cron: string;
+  timezone: Generated<string>;
+  catch_up: Generated<CatchUp>;
+  last_run: Timestamp | null;
+  next_run: Timestamp | null;
+  active_since: Generated<Date>;
+  error: string | null;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+}
+
 export interface Database {
   "pgfn.functions": FunctionsTable;
   "pgfn.events": EventsTable;
   "pgfn.function_runs": FunctionRunsTable;
+  "pgfn.schedules": SchedulesTable;
 }
 
 export type Db = Kysely<Database>;

@@ -56,6 +56,20 @@ export function toEventInput(event: EventRow, attempt: number): EventInput {
       new: (event.new as Record<string, unknown> | null) ?? null,
     };
   }
+  if (event.source === "schedule") {
+    // Written by the scheduler (src/scheduler/scheduler.ts); a hand-made
+    // schedule event with a different payload still gets every field.
+    const payload = (event.payload ?? {}) as Partial<Record<string, unknown>>;
+    const text = (value: unknown) => (typeof value === "string" ? value : "");
+    return {
+      ...common,
+      trigger: "schedule",
+      cron: text(payload.cron),
+      timezone: text(payload.timezone),
+      scheduled_time: text(payload.scheduled_time),
+      actual_time: text(payload.actual_time) || common.timestamp,
+    };
+  }
   return { ...common, trigger: event.source, payload: event.payload ?? null };
 }
 
