@@ -47,6 +47,7 @@ it("applies every migration once when ten processes migrate at once, and nothing
     "functions:BASE TABLE",
     "migrations:BASE TABLE",
     "pending:VIEW",
+    "schedules:BASE TABLE",
     "stats:VIEW",
   ]);
   const gw = await t.pool.query(`select to_regproc('graphile_worker.add_jobs') is not null as ok`);
