@@ -59,5 +59,7 @@ it("refuses a host that is not allowed: HOST_FUNCTION_ERROR naming the fix", asy
     error_code: "HOST_FUNCTION_ERROR",
     http_status: 500,
   });
-  expect(r.error_message).toMatch(/^http_fetch failed: .*not allowed.*--allow-host/);
+  expect(r.error_message).toMatch(
+    /^http_fetch to 127.0.0.1:\d+ is not allowed; add it with --allow-host/,
+  );
 });
