@@ -26,8 +26,8 @@ export interface ExecutorDeps {
   /** Written to `function_runs.worker_id`. */
   readonly workerId: string;
   readonly logger: Logger;
-  /** Called after each run is recorded (the dev console prints it). */
-  readonly onRunFinished?: (run: Run) => void;
+  /** Called after each run is recorded, with its event (the dev console, the metrics). */
+  readonly onRunFinished?: (run: Run, event: EventRow) => void;
 }
 
 /** The JSON a handler receives (DESIGN.md section 1). */
@@ -210,6 +210,6 @@ export async function executeEvent(
   };
   if (run.status === "succeeded") logger.info(line, "run succeeded");
   else logger.warn(line, "run failed");
-  deps.onRunFinished?.(run);
+  deps.onRunFinished?.(run, event);
   return run;
 }
