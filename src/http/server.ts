@@ -102,6 +102,17 @@ export async function buildApp(options: HttpServerOptions) {
     const scope = request.routeOptions.config.scope;
     if (scope) auth.check(request.headers.authorization, scope);
   });
+  // A request in flight when close() starts (a synchronous invoke) would
+  // leave its keep-alive socket open afterwards, and close() waits for every
+  // socket: its response says the connection ends.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onSend", async (_request, reply, payload) => {
+    if (closing) void reply.header("connection", "close");
+    return payload;
+  });
   app.addHook("onResponse", async (request, reply) => {
     const line = {
       operation: "http",
