@@ -75,6 +75,9 @@ const schema = z.object({
   PGFN_WORKER: bool.default(true),
 });
 
+/** Every environment variable pgfn reads (README "Configuration", docker-compose.yml). */
+export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));
+
 export type Config = Readonly<{
   databaseUrl: string | undefined;
   httpPort: number;
