@@ -321,6 +321,26 @@ describe("slow clients and shutdown", () => {
     }
   });
 
+  it("a port in use is a clear error naming PGFN_HTTP_PORT", async () => {
+    const options = {
+      host: "127.0.0.1",
+      db: daemon.db,
+      executor: daemon.executor,
+      auth: { adminToken: ADMIN_TOKEN, invokeTokens: [] },
+      metrics: daemon.metrics.registry,
+      readiness: () => checkReadiness({ pool: t.pool, listener: undefined }),
+      logger: silentLogger(),
+    };
+    const first = await startHttpServer({ ...options, port: 0 });
+    try {
+      await expect(startHttpServer({ ...options, port: first.port })).rejects.toThrow(
+        /cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)\. Set PGFN_HTTP_PORT/,
+      );
+    } finally {
+      await first.close();
+    }
+  });
+
   it("stop() lets an invocation in flight finish, then refuses new connections", async () => {
     const inFlight = invoke("busy", { millions: 1500 });
     await waitFor(

@@ -25,6 +25,8 @@ function daemon(id: string): ChildProcess {
       PGFN_SANDBOX_THREADS: "2",
       PGFN_WORKER_CONCURRENCY: "8",
       PGFN_LOG_LEVEL: "error",
+      // Two daemons run at once here; both on the default port would collide.
+      PGFN_HTTP_PORT: "0",
     },
     stdio: "ignore",
   });

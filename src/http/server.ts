@@ -199,11 +199,26 @@ export async function buildApp(options: HttpServerOptions) {
 
 export async function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
   const app = await buildApp(options);
-  await app.listen({ port: options.port, host: options.host ?? "0.0.0.0" });
+  const host = options.host ?? "0.0.0.0";
+  try {
+    await app.listen({ port: options.port, host });
+  } catch (error) {
+    await app.close().catch(() => undefined);
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE" || code === "EACCES" || code === "EADDRNOTAVAIL") {
+      throw new PgfnError(
+        "INVALID_REQUEST",
+        `The HTTP API cannot listen on ${host}:${options.port} (${code}). Set PGFN_HTTP_PORT to a free port (0 disables HTTP) or PGFN_HTTP_HOST to an address of this machine.`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
-  const host = options.host && options.host !== "0.0.0.0" ? options.host : "127.0.0.1";
-  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  // A wildcard address is not one to connect to; loopback reaches it.
+  const reachable = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+  const url = `http://${reachable.includes(":") ? `[${reachable}]` : reachable}:${port}`;
   options.logger.info({ operation: "http", url }, "HTTP API listening");
   let closing: Promise<void> | undefined;
   return {
