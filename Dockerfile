@@ -8,5 +8,7 @@ COPY sql ./sql
 COPY examples ./examples
 RUN npm ci && npm prune --omit=dev
 ENV NODE_ENV=production
+# The HTTP API (PGFN_HTTP_PORT).
+EXPOSE 7780
 ENTRYPOINT ["node", "bin/pgfn.js"]
 CMD ["start", "--migrate"]

@@ -107,7 +107,7 @@ export function buildProgram(): Command {
   program
     .command("start")
     .description(
-      "Run the daemon: listener (NOTIFY -> jobs), worker (jobs -> handler runs) and scheduler (cron slots -> events) until SIGINT/SIGTERM.",
+      "Run the daemon: listener (NOTIFY -> jobs), worker (jobs -> handler runs), scheduler (cron slots -> events) and HTTP API (PGFN_HTTP_PORT) until SIGINT/SIGTERM.",
     )
     .option("--no-listener", "do not dispatch events (another daemon does)")
     .option("--no-worker", "do not run handlers (another daemon does)")
@@ -124,7 +124,13 @@ export function buildProgram(): Command {
       const url = requireDatabaseUrl(config);
       if (opts.migrate) await withPool(config, migrate);
       const logger = createLogger({ level: config.logLevel });
-      const daemon = await startDaemon({ connectionString: url, config, logger });
+      const daemon = await startDaemon({
+        connectionString: url,
+        config,
+        logger,
+        // PGFN_HTTP_PORT=0 turns the HTTP API off (DESIGN.md section 6).
+        ...(config.httpPort !== 0 && { http: { port: config.httpPort, host: config.httpHost } }),
+      });
       await waitForSignal();
       await daemon.stop();
     });

@@ -20,6 +20,8 @@ const schema = z.object({
     .optional(),
   /** HTTP API port; 0 disables it. (Default: 7780) */
   PGFN_HTTP_PORT: int(0, 65535).default(7780),
+  /** Interface the HTTP API listens on. (Default: 0.0.0.0, every interface) */
+  PGFN_HTTP_HOST: z.string().min(1).default("0.0.0.0"),
   /** Token for deploy, manage and invoke over HTTP. */
   PGFN_ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   /** Comma-separated invoke-only tokens. */
@@ -80,9 +82,13 @@ const schema = z.object({
   PGFN_SCHEDULER_INTERVAL_MS: int(50, 60_000).default(1000),
 });
 
+/** Every environment variable pgfn reads (README "Configuration", docker-compose.yml). */
+export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));
+
 export type Config = Readonly<{
   databaseUrl: string | undefined;
   httpPort: number;
+  httpHost: string;
   adminToken: string | undefined;
   invokeTokens: readonly string[];
   workerConcurrency: number;
@@ -130,6 +136,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return Object.freeze({
     databaseUrl: e.DATABASE_URL,
     httpPort: e.PGFN_HTTP_PORT,
+    httpHost: e.PGFN_HTTP_HOST,
     adminToken: e.PGFN_ADMIN_TOKEN,
     invokeTokens: Object.freeze(
       (e.PGFN_INVOKE_TOKENS ?? "")

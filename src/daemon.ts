@@ -1,6 +1,7 @@
 /**
  * `pgfn start`: the listener (NOTIFY -> dispatch), the worker (jobs ->
- * handler runs) and the scheduler (cron slots -> events) over one pool. Stateless: every fact lives in Postgres, so
+ * handler runs), the scheduler (cron slots -> events) and the HTTP API over
+ * one pool. Stateless: every fact lives in Postgres, so
  * any number of daemons can run against one database.
  */
 import pg from "pg";
@@ -9,10 +10,14 @@ import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { createDb, type Db } from "./db/database.js";
 import { createPool } from "./db/pool.js";
+import type { EventRow } from "./db/events.js";
 import type { Run } from "./db/runs.js";
 import { PgfnError } from "./errors.js";
+import { checkReadiness } from "./http/health.js";
+import { startHttpServer, type HttpServer } from "./http/server.js";
 import { Dispatcher } from "./listener/dispatcher.js";
 import { startListener, type Listener } from "./listener/listener.js";
+import { createMetrics, type Metrics } from "./metrics.js";
 import { pendingMigrations } from "./migrate.js";
 import { DbQueryExecutor } from "./sandbox/host/dbQuery.js";
 import { hostBindings } from "./sandbox/host/bindings.js";
@@ -28,7 +33,13 @@ export interface DaemonOptions {
   readonly config: Config;
   readonly logger: Logger;
   /** Called after each run this daemon records. */
-  readonly onRunFinished?: (run: Run) => void;
+  readonly onRunFinished?: (run: Run, event: EventRow) => void;
+  /**
+   * Serve the HTTP API here (`pgfn start` passes PGFN_HTTP_PORT unless it is
+   * 0). Port 0 picks a free port (tests). Tokens come from `config`.
+   * (Default: no HTTP server)
+   */
+  readonly http?: { readonly port: number; readonly host?: string };
   /** The scheduler's time, so tests can move it. (Default: the system clock) */
   readonly clock?: Clock;
 }
@@ -41,6 +52,9 @@ export interface Daemon {
   readonly listener: Listener | undefined;
   readonly worker: Runner | undefined;
   readonly scheduler: Scheduler | undefined;
+  /** This daemon's metrics, fed by the runs it records (GET /metrics). */
+  readonly metrics: Metrics;
+  readonly http: HttpServer | undefined;
   /** Stops taking work, lets in-flight runs finish, closes every connection. */
   stop(): Promise<void>;
 }
@@ -55,6 +69,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   let dbQuery: DbQueryExecutor | undefined;
   let heartbeat: Heartbeat | undefined;
   let scheduler: Scheduler | undefined;
+  let http: HttpServer | undefined;
   try {
     const pending = await pendingMigrations(pool);
     if (pending.length > 0) {
@@ -76,6 +91,8 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     });
     await warnIfSuperuser(config.dbQueryUrl ?? options.connectionString, logger);
     const bindingsOptions = { dbQuery };
+    const metrics = createMetrics({ db, logger });
+    const onRunFinished = options.onRunFinished;
     const executor: ExecutorDeps = {
       hostFunctions: (fn, deadline) => hostBindings(bindingsOptions, fn, deadline),
       db,
@@ -83,7 +100,10 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       sandbox: sandbox.pool,
       workerId: config.workerId,
       logger,
-      ...(options.onRunFinished && { onRunFinished: options.onRunFinished }),
+      onRunFinished: (run, event) => {
+        metrics.observeRun(run, event);
+        onRunFinished?.(run, event);
+      },
     };
     const graphileWorkerIds: string[] = [];
     // Registered before any run can start, so every run has a daemon to outlive.
@@ -125,6 +145,20 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       });
       scheduler.start();
     }
+    if (options.http) {
+      // Last: /readyz must not say ready before the listener is up.
+      const current = listener;
+      http = await startHttpServer({
+        port: options.http.port,
+        ...(options.http.host !== undefined && { host: options.http.host }),
+        db,
+        executor,
+        auth: { adminToken: config.adminToken, invokeTokens: config.invokeTokens },
+        metrics: metrics.registry,
+        readiness: () => checkReadiness({ pool, listener: current }),
+        logger,
+      });
+    }
     logger.info(
       {
         operation: "start",
@@ -132,6 +166,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         listener: config.listener,
         worker: config.worker,
         scheduler: config.scheduler,
+        http: http?.url ?? false,
       },
       "pgfn daemon started",
     );
@@ -144,8 +179,13 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       listener,
       worker,
       scheduler,
+      metrics,
+      http,
       stop() {
         stopping ??= (async () => {
+          // First, and waited for: synchronous invokes in flight finish
+          // while the sandbox and the pool are still there.
+          await http?.close();
           await scheduler?.stop();
           await listener?.stop();
           await dispatcher?.stop();
@@ -162,6 +202,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     };
   } catch (error) {
     await scheduler?.stop().catch(() => undefined);
+    await http?.close().catch(() => undefined);
     await listener?.stop().catch(() => undefined);
     await worker?.stop().catch(() => undefined);
     await sandbox?.close().catch(() => undefined);

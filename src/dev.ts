@@ -70,6 +70,7 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
   const logger = createLogger({
     level: base.logLevel === "info" ? "error" : base.logLevel,
     destination: process.stderr,
+    pretty: process.stderr.isTTY === true,
   });
 
   const setup = createPool(url, 2, logger);

@@ -3,6 +3,7 @@
  * DESIGN.md section 5. Values under secret-looking keys never reach a line.
  */
 import { pino, type Logger } from "pino";
+import pretty from "pino-pretty";
 
 export type { Logger };
 
@@ -14,6 +15,12 @@ export interface LoggerOptions {
   readonly level?: string;
   /** Where lines go. (Default: stdout) */
   readonly destination?: NodeJS.WritableStream;
+  /**
+   * Colored, one readable line per entry (pino-pretty) instead of JSON: for
+   * a person at a terminal (`pgfn dev`), never for log collectors. Redaction
+   * applies all the same. (Default: false)
+   */
+  readonly pretty?: boolean;
 }
 
 export function createLogger(options: LoggerOptions = {}): Logger {
@@ -38,7 +45,14 @@ export function createLogger(options: LoggerOptions = {}): Logger {
         censor: "[redacted]",
       },
     },
-    options.destination ?? process.stdout,
+    options.pretty
+      ? pretty({
+          destination: options.destination ?? process.stdout,
+          ignore: "pid,hostname,service",
+          translateTime: "SYS:HH:MM:ss.l",
+          sync: true,
+        })
+      : (options.destination ?? process.stdout),
   );
 }
 

@@ -31,6 +31,8 @@ function daemon(id: string): ChildProcess {
       PGFN_SANDBOX_THREADS: "2",
       PGFN_WORKER_CONCURRENCY: "8",
       PGFN_LOG_LEVEL: "warn",
+      // Two daemons run at once here; both on the default port would collide.
+      PGFN_HTTP_PORT: "0",
     },
     stdio: ["ignore", "ignore", openSync(path.join(logDir, `${id}.log`), "a")],
   });

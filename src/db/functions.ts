@@ -144,3 +144,68 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     throw error;
   }
 }
+
+/** Settings that can change without a new module (`PATCH /functions/v1/:name`). */
+export interface FunctionPatch {
+  readonly description?: string;
+  readonly enabled?: boolean;
+  readonly timeoutMs?: number;
+  readonly memoryLimitMb?: number;
+  readonly maxConcurrency?: number;
+  readonly maxAttempts?: number;
+  readonly retryBaseMs?: number;
+  readonly retryMaxMs?: number;
+  readonly env?: Readonly<Record<string, string>>;
+  readonly allowedHosts?: readonly string[];
+  /** null clears it. */
+  readonly dbRole?: string | null;
+  /** null clears it. */
+  readonly onError?: string | null;
+}
+
+/** Applies `patch`; undefined when there is no such function. */
+export async function updateFunction(
+  db: Db,
+  name: string,
+  patch: FunctionPatch,
+): Promise<FunctionInfo | undefined> {
+  const values = {
+    ...(patch.description !== undefined && { description: patch.description }),
+    ...(patch.enabled !== undefined && { enabled: patch.enabled }),
+    ...(patch.timeoutMs !== undefined && { timeout_ms: patch.timeoutMs }),
+    ...(patch.memoryLimitMb !== undefined && { memory_limit_mb: patch.memoryLimitMb }),
+    ...(patch.maxConcurrency !== undefined && { max_concurrency: patch.maxConcurrency }),
+    ...(patch.maxAttempts !== undefined && { max_attempts: patch.maxAttempts }),
+    ...(patch.retryBaseMs !== undefined && { retry_base_ms: patch.retryBaseMs }),
+    ...(patch.retryMaxMs !== undefined && { retry_max_ms: patch.retryMaxMs }),
+    ...(patch.env !== undefined && { env: JSON.stringify(patch.env) }),
+    ...(patch.allowedHosts !== undefined && { allowed_hosts: [...patch.allowedHosts] }),
+    ...(patch.dbRole !== undefined && { db_role: patch.dbRole }),
+    ...(patch.onError !== undefined && { on_error: patch.onError }),
+  };
+  try {
+    return await db
+      .updateTable("pgfn.functions")
+      .set({ ...values, updated_at: sql<Date>`now()` })
+      .where("name", "=", name)
+      .returning(INFO_COLUMNS)
+      .executeTakeFirst();
+  } catch (error) {
+    if (sqlState(error) === SQLSTATE.CHECK_VIOLATION) {
+      const constraint = (error as { constraint?: string }).constraint ?? "a check";
+      throw new PgfnError("INVALID_REQUEST", `Function "${name}" would violate ${constraint}.`, {
+        cause: error,
+      });
+    }
+    throw error;
+  }
+}
+
+/**
+ * Deletes a function; its events and runs stay (they are history). Events
+ * that arrive for it later fail as FUNCTION_NOT_FOUND. False when there was none.
+ */
+export async function deleteFunction(db: Db, name: string): Promise<boolean> {
+  const result = await db.deleteFrom("pgfn.functions").where("name", "=", name).executeTakeFirst();
+  return result.numDeletedRows > 0n;
+}

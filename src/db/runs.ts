@@ -134,6 +134,8 @@ export interface ListRunsOptions {
   readonly functionName?: string;
   /** (Default: 20) */
   readonly limit?: number;
+  /** Only runs with a smaller id: the cursor of the next page. */
+  readonly before?: string;
 }
 
 /** Newest first. */
@@ -144,6 +146,7 @@ export async function listRuns(db: Db, options: ListRunsOptions = {}): Promise<R
     .$if(options.functionName !== undefined, (q) =>
       q.where("function_name", "=", options.functionName!),
     )
+    .$if(options.before !== undefined, (q) => q.where("id", "<", options.before!))
     .orderBy("id", "desc")
     .limit(options.limit ?? 20)
     .execute();

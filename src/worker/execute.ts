@@ -33,8 +33,8 @@ export interface ExecutorDeps {
   /** Written to `function_runs.worker_id`. */
   readonly workerId: string;
   readonly logger: Logger;
-  /** Called after each run is recorded (the dev console prints it). */
-  readonly onRunFinished?: (run: Run) => void;
+  /** Called after each run is recorded, with its event (the dev console, the metrics). */
+  readonly onRunFinished?: (run: Run, event: EventRow) => void;
 }
 
 /** The JSON a handler receives (DESIGN.md section 1). */
@@ -288,6 +288,6 @@ export async function executeEvent(
       );
     }
   }
-  deps.onRunFinished?.(run);
+  deps.onRunFinished?.(run, event);
   return run;
 }

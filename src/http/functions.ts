@@ -1,0 +1,288 @@
+/**
+ * The functions API (DESIGN.md section 5), under /functions/v1: deploy,
+ * read, change, delete, invoke synchronously, list runs. Each route says
+ * which token it needs (`config.scope`, checked in server.ts before the body
+ * is read).
+ */
+import type { FastifyPluginAsync } from "fastify";
+import type { ZodTypeProvider } from "fastify-type-provider-zod";
+import type { Db } from "../db/database.js";
+import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "../db/functions.js";
+import { listRuns, type Run } from "../db/runs.js";
+import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
+import { PgfnError } from "../errors.js";
+import { invokeNow } from "../invoke.js";
+import { SECRET_KEY } from "../sandbox/host/redact.js";
+import type { ExecutorDeps } from "../worker/execute.js";
+import type { Scope } from "./auth.js";
+import { errorBody } from "./errors.js";
+import {
+  DeleteResponse,
+  DeployBody,
+  DeployResponse,
+  errors,
+  FunctionView,
+  NameParams,
+  PatchBody,
+  RunsQuery,
+  RunsResponse,
+} from "./schemas.js";
+
+/** A 10 MiB module as base64 (4 characters per 3 bytes), plus room for the settings. */
+export const DEPLOY_BODY_LIMIT = Math.ceil(MAX_WASM_BYTES / 3) * 4 + 1024 * 1024;
+/** An invocation's JSON payload. (1 MiB) */
+export const INVOKE_BODY_LIMIT = 1024 * 1024;
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /** The token a route needs (auth.ts). */
+    scope?: Scope;
+  }
+}
+
+export interface FunctionsRoutesOptions {
+  readonly db: Db;
+  readonly executor: ExecutorDeps;
+}
+
+const iso = (d: Date) => d.toISOString();
+const isoOrNull = (d: Date | null) => (d ? d.toISOString() : null);
+
+function functionView(fn: FunctionInfo) {
+  return {
+    name: fn.name,
+    description: fn.description,
+    wasm_sha256: fn.wasm_sha256,
+    enabled: fn.enabled,
+    timeout_ms: fn.timeout_ms,
+    memory_limit_mb: fn.memory_limit_mb,
+    max_concurrency: fn.max_concurrency,
+    max_attempts: fn.max_attempts,
+    retry_base_ms: fn.retry_base_ms,
+    retry_max_ms: fn.retry_max_ms,
+    // An API key put in env must not come back out of a GET.
+    env: Object.fromEntries(
+      Object.entries(fn.env).map(([k, v]) => [k, SECRET_KEY.test(k) ? "[redacted]" : v]),
+    ),
+    allowed_hosts: fn.allowed_hosts,
+    db_role: fn.db_role,
+    on_error: fn.on_error,
+    ordering: fn.ordering,
+    last_run_at: isoOrNull(fn.last_run_at),
+    last_status: fn.last_status,
+    created_at: iso(fn.created_at),
+    updated_at: iso(fn.updated_at),
+  };
+}
+
+function runView(run: Run) {
+  return {
+    id: Number(run.id),
+    event_id: Number(run.event_id),
+    function_name: run.function_name,
+    wasm_sha256: run.wasm_sha256,
+    attempt: run.attempt,
+    status: run.status,
+    error_code: run.error_code,
+    http_status: run.http_status,
+    error_message: run.error_message,
+    result: (run.result ?? null) as never,
+    logs: (run.logs ?? []) as never,
+    duration_ms: run.duration_ms,
+    memory_peak_bytes: run.memory_peak_bytes === null ? null : Number(run.memory_peak_bytes),
+    started_at: iso(run.started_at),
+    finished_at: isoOrNull(run.finished_at),
+    will_retry: run.will_retry,
+    next_attempt_at: isoOrNull(run.next_attempt_at),
+    worker_id: run.worker_id,
+  };
+}
+
+function notFound(name: string): PgfnError {
+  return new PgfnError(
+    "FUNCTION_NOT_FOUND",
+    `Function "${name}" is not deployed (POST /functions/v1/deploy).`,
+  );
+}
+
+export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async (
+  fastify,
+  options,
+) => {
+  const app = fastify.withTypeProvider<ZodTypeProvider>();
+  const { db, executor } = options;
+
+  app.post(
+    "/deploy",
+    {
+      config: { scope: "admin" },
+      bodyLimit: DEPLOY_BODY_LIMIT,
+      schema: {
+        summary: "Deploy a function (201), or replace it with update: true (200).",
+        body: DeployBody,
+        response: { 200: DeployResponse, 201: DeployResponse, ...errors(400, 401, 403, 409, 413) },
+      },
+    },
+    async (request, reply) => {
+      const b = request.body;
+      const result = await deployFunction(db, {
+        name: b.name,
+        wasm: Buffer.from(b.wasm, "base64"),
+        ...(b.description !== undefined && { description: b.description }),
+        ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
+        ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
+        ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
+        ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
+        ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
+        ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
+        ...(b.env !== undefined && { env: b.env }),
+        ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
+        ...(b.db_role !== undefined && { dbRole: b.db_role }),
+        ...(b.on_error !== undefined && { onError: b.on_error }),
+        update: b.update ?? false,
+      });
+      return reply.code(result.created ? 201 : 200).send({
+        name: result.name,
+        hash: result.wasmSha256,
+        created: result.created,
+        created_at: iso(result.createdAt),
+        updated_at: iso(result.updatedAt),
+      });
+    },
+  );
+
+  app.get(
+    "/:name",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary: "A function's settings and last run (not its module).",
+        params: NameParams,
+        response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      assertFunctionName(request.params.name);
+      const fn = await getFunction(db, request.params.name);
+      if (!fn) throw notFound(request.params.name);
+      return functionView(fn);
+    },
+  );
+
+  app.patch(
+    "/:name",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary: "Change settings (not the module: deploy with update: true for that).",
+        params: NameParams,
+        body: PatchBody,
+        response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const { name } = request.params;
+      assertFunctionName(name);
+      const b = request.body;
+      const fn = await updateFunction(db, name, {
+        ...(b.description !== undefined && { description: b.description }),
+        ...(b.enabled !== undefined && { enabled: b.enabled }),
+        ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
+        ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
+        ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
+        ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
+        ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
+        ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
+        ...(b.env !== undefined && { env: b.env }),
+        ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
+        ...(b.db_role !== undefined && { dbRole: b.db_role }),
+        ...(b.on_error !== undefined && { onError: b.on_error }),
+      });
+      if (!fn) throw notFound(name);
+      return functionView(fn);
+    },
+  );
+
+  app.delete(
+    "/:name",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary: "Delete a function. Its events and runs stay; new events for it fail as 404.",
+        params: NameParams,
+        response: { 200: DeleteResponse, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const { name } = request.params;
+      assertFunctionName(name);
+      if (!(await deleteFunction(db, name))) throw notFound(name);
+      return { name, deleted: true as const };
+    },
+  );
+
+  app.get(
+    "/:name/runs",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary: "A function's runs (one per attempt), newest first, a page at a time.",
+        params: NameParams,
+        querystring: RunsQuery,
+        response: { 200: RunsResponse, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const { name } = request.params;
+      assertFunctionName(name);
+      if (!(await getFunction(db, name))) throw notFound(name);
+      const { limit, before } = request.query;
+      // One more than asked: whether there is a next page, without a count.
+      const runs = await listRuns(db, {
+        functionName: name,
+        limit: limit + 1,
+        ...(before !== undefined && { before: String(before) }),
+      });
+      const page = runs.slice(0, limit);
+      return {
+        runs: page.map(runView),
+        next_before: runs.length > limit ? Number(page[page.length - 1]!.id) : null,
+      };
+    },
+  );
+
+  app.post(
+    "/invoke/:name",
+    {
+      config: { scope: "invoke" },
+      bodyLimit: INVOKE_BODY_LIMIT,
+      schema: {
+        summary:
+          "Run a function now with the JSON body as its payload; the handler's result is the response.",
+        description:
+          "The handler receives {trigger: 'http', payload: <body>, ...}. Its JSON output is the 200 body. Failures answer with the failure model's status: 500 FUNCTION_ERROR / HOST_FUNCTION_ERROR, 504 TIMEOUT, 507 MEMORY_EXCEEDED, 429 CONCURRENCY_LIMIT. The run is recorded in pgfn.function_runs either way (headers x-pgfn-run-id, x-pgfn-event-id).",
+        params: NameParams,
+        response: errors(400, 401, 403, 404, 413, 429, 500, 503, 504, 507),
+      },
+    },
+    async (request, reply) => {
+      const { name } = request.params;
+      const run = await invokeNow(executor, name, request.body ?? null, "http");
+      void reply.header("x-pgfn-run-id", run.id).header("x-pgfn-event-id", run.event_id);
+      if (run.status === "succeeded") {
+        // Serialized here, since a handler may answer with any JSON, a bare
+        // string included; fastify sends a string typed JSON as it is. (The
+        // cast: the route's typed replies are its error bodies.)
+        return reply
+          .code(200)
+          .type("application/json; charset=utf-8")
+          .send(JSON.stringify(run.result ?? null) as never);
+      }
+      const code = run.error_code ?? "INTERNAL";
+      return reply.code(run.http_status ?? 500).send({
+        ...errorBody(code, run.error_message ?? `Run ${run.id} failed.`),
+        run_id: Number(run.id),
+      });
+    },
+  );
+};
