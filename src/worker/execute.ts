@@ -6,8 +6,8 @@
 import { sql } from "kysely";
 import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
-import { getEvent, type EventRow } from "../db/events.js";
-import { getFunction, getWasm, type FunctionInfo } from "../db/functions.js";
+import { getEventForRun, type EventRow } from "../db/events.js";
+import { getWasm, type FunctionInfo } from "../db/functions.js";
 import {
   recordCircuit,
   startRun,
@@ -86,22 +86,21 @@ export async function executeEvent(
   options: { readonly sync?: boolean } = {},
 ): Promise<Run | undefined> {
   const { db, logger } = deps;
-  const event = await getEvent(db, eventId);
-  if (!event) {
+  const loaded = await getEventForRun(db, eventId);
+  if (!loaded) {
     logger.warn({ operation: "run", event_id: eventId }, "event no longer exists; nothing to run");
     return undefined;
   }
+  const { event, fn } = loaded;
   // A job can outlive its success: a daemon killed after recording the run
   // but before graphile-worker completed the job leaves it to run again.
-  const done = await succeededRun(db, eventId);
-  if (done) {
+  if (loaded.succeededRunId) {
     logger.info(
-      { operation: "run", event_id: eventId, run_id: done.id },
+      { operation: "run", event_id: eventId, run_id: loaded.succeededRunId },
       "event already succeeded; not run again",
     );
-    return done;
+    return succeededRun(db, eventId);
   }
-  const fn = await getFunction(db, event.function_name);
   const slot = await startRun(db, {
     eventId,
     functionName: event.function_name,
