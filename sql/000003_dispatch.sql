@@ -51,3 +51,34 @@ $$;
 
 comment on function pgfn.dispatch(integer) is
   'Turns up to p_limit undispatched events into graphile-worker jobs and returns how many. The daemon calls it; calling it by hand is harmless.';
+
+-- Dispatch for a listener that polls while there is work (see pgfn.wake):
+-- finding work keeps triggers from sending NOTIFY for p_awake_ms more; the
+-- caller may go back to waiting for notifications (may_sleep) only once
+-- p_margin_ms have passed after that, long enough for any transaction that
+-- skipped its NOTIFY to have become visible to a poll.
+create or replace function pgfn.dispatch_awake(p_limit integer, p_awake_ms integer, p_margin_ms integer)
+returns table (dispatched integer, may_sleep boolean)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_n integer := pgfn.dispatch(p_limit);
+  v_until timestamptz;
+begin
+  if v_n > 0 then
+    -- Skip locked: if another listener's dispatch holds the row, it is
+    -- extending the same promise; waiting for it would serialize commits.
+    perform 1 from pgfn.listener_state for update skip locked;
+    if found then
+      update pgfn.listener_state set awake_until = clock_timestamp() + make_interval(secs => p_awake_ms / 1000.0);
+    elsif not exists (select 1 from pgfn.listener_state) then
+      -- Unlogged: a server crash empties it.
+      insert into pgfn.listener_state (id) values (true) on conflict do nothing;
+    end if;
+  end if;
+  select awake_until into v_until from pgfn.listener_state;
+  return query select v_n,
+    v_n = 0 and (v_until is null or clock_timestamp() > v_until + make_interval(secs => p_margin_ms / 1000.0));
+end
+$$;

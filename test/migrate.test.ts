@@ -45,6 +45,7 @@ it("applies every migration once when ten processes migrate at once, and nothing
     "failures:VIEW",
     "function_runs:BASE TABLE",
     "functions:BASE TABLE",
+    "listener_state:BASE TABLE",
     "migrations:BASE TABLE",
     "pending:VIEW",
     "schedules:BASE TABLE",

@@ -59,12 +59,22 @@ export async function getEventForRun(db: Db, id: string): Promise<EventForRun | 
 }
 
 /**
- * Turns up to `limit` undispatched events into jobs (sql/000003_dispatch.sql)
- * and returns how many.
+ * Turns up to `limit` undispatched events into jobs (sql/000003_dispatch.sql).
+ * Finding some keeps triggers from sending NOTIFY for `awakeMs`; `maySleep`
+ * says the caller has polled long enough after that to go back to waiting
+ * for notifications.
  */
-export async function dispatchBatch(db: Db, limit: number): Promise<number> {
-  const { rows } = await sql<{ n: number }>`select pgfn.dispatch(${limit}) as n`.execute(db);
-  return rows[0]?.n ?? 0;
+export async function dispatchBatch(
+  db: Db,
+  limit: number,
+  awakeMs: number,
+  marginMs: number,
+): Promise<{ dispatched: number; maySleep: boolean }> {
+  const { rows } = await sql<{ dispatched: number; may_sleep: boolean }>`
+    select dispatched, may_sleep from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs})`.execute(
+    db,
+  );
+  return { dispatched: rows[0]?.dispatched ?? 0, maySleep: rows[0]?.may_sleep ?? true };
 }
 
 /**

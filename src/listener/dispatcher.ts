@@ -2,6 +2,10 @@
  * Dispatch: undispatched events become jobs (pgfn.dispatch, one transaction
  * per batch). Any number of reasons to dispatch (notifications, the sweep, a
  * reconnect) collapse into at most one pass running and one queued.
+ *
+ * While passes find work the dispatcher stays awake: it polls every
+ * AWAKE_POLL_MS and triggers skip their NOTIFY (see pgfn.wake), which would
+ * otherwise cost every writing transaction a server-wide lock at commit.
  */
 import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
@@ -14,8 +18,20 @@ export interface DispatcherOptions {
   readonly logger: Logger;
 }
 
+/** How often an awake dispatcher polls: the latency an event can wait for it. */
+const AWAKE_POLL_MS = 2;
+/** Each pass that finds work keeps triggers quiet this long... */
+const AWAKE_MS = 50;
+/**
+ * ...and the dispatcher polls this long after that before it sleeps: a
+ * transaction that skipped its NOTIFY must have become visible by then (its
+ * check runs just before its commit). Slower ones are found by the sweep.
+ */
+const AWAKE_MARGIN_MS = 100;
+
 export class Dispatcher {
   private running: Promise<void> | undefined;
+  private poll: NodeJS.Timeout | undefined;
   private again = false;
   private stopped = false;
   /** Events dispatched by this process since it started. */
@@ -39,21 +55,26 @@ export class Dispatcher {
   /** Stops taking requests and waits for the pass under way. */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.poll);
     await this.running;
   }
 
   private async loop(): Promise<void> {
     const { db, batchSize, logger } = this.options;
+    let maySleep = true;
     do {
       this.again = false;
       try {
         // A full batch means there may be more: keep going until one is short.
-        let n: number;
+        let pass: { dispatched: number; maySleep: boolean };
         do {
-          n = await dispatchBatch(db, batchSize);
-          this.dispatched += n;
-          if (n > 0) logger.debug({ operation: "dispatch", count: n }, "dispatched events");
-        } while (n === batchSize && !this.stopped);
+          pass = await dispatchBatch(db, batchSize, AWAKE_MS, AWAKE_MARGIN_MS);
+          this.dispatched += pass.dispatched;
+          if (pass.dispatched > 0) {
+            logger.debug({ operation: "dispatch", count: pass.dispatched }, "dispatched events");
+          }
+        } while (pass.dispatched === batchSize && !this.stopped);
+        maySleep = pass.maySleep;
       } catch (error) {
         // The events stay undispatched; the next kick (sweep, reconnect) retries.
         logger.warn(
@@ -63,5 +84,9 @@ export class Dispatcher {
         return;
       }
     } while (this.again && !this.stopped);
+    if (!maySleep && !this.stopped) {
+      clearTimeout(this.poll);
+      this.poll = setTimeout(() => void this.kick(), AWAKE_POLL_MS);
+    }
   }
 }
