@@ -50,6 +50,8 @@ interface Slot {
   invocations: number;
   job: Job | undefined;
   retired: boolean;
+  /** Modules this thread already holds (recycling the thread forgets them). */
+  readonly modules: Set<number>;
 }
 
 interface Job {
@@ -167,6 +169,7 @@ export class SandboxPool {
       header: new Int32Array(hostBuffer, 0, 2),
       data: new Uint8Array(hostBuffer, HOST_HEADER_BYTES),
       invocations: 0,
+      modules: new Set(),
       job: undefined,
       retired: false,
     };
@@ -186,6 +189,15 @@ export class SandboxPool {
     return slot;
   }
 
+  private readonly moduleIds = new WeakMap<WebAssembly.Module, number>();
+  private nextModuleId = 1;
+
+  private moduleId(module: WebAssembly.Module): number {
+    let id = this.moduleIds.get(module);
+    if (id === undefined) this.moduleIds.set(module, (id = this.nextModuleId++));
+    return id;
+  }
+
   private schedule(): void {
     while (this.queue.length > 0) {
       let slot = [...this.slots].find((s) => !s.job && !s.retired);
@@ -196,10 +208,14 @@ export class SandboxPool {
       slot.invocations++;
       slot.worker.ref();
       const { request } = job;
+      const moduleId = this.moduleId(request.module);
+      const known = slot.modules.has(moduleId);
+      slot.modules.add(moduleId);
       const message: InvokeMessage = {
         type: "invoke",
         id: job.id,
-        module: request.module,
+        moduleId,
+        ...(!known && { module: request.module }),
         input: request.input,
         entry: request.entry ?? "handle",
         memoryLimitBytes: request.memoryLimitBytes,

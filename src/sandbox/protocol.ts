@@ -5,8 +5,13 @@ import type { InvokeOutcome } from "./invoke.js";
 export interface InvokeMessage {
   readonly type: "invoke";
   readonly id: number;
-  /** Compiled and memory-guarded; shared with the thread, not copied. */
-  readonly module: WebAssembly.Module;
+  /** Which module: the thread keeps the ones it was sent. */
+  readonly moduleId: number;
+  /**
+   * Compiled and memory-guarded; sent only the first time a thread runs it
+   * (cloning a Module into a thread costs more than the whole echo handler).
+   */
+  readonly module?: WebAssembly.Module;
   readonly input: unknown;
   readonly entry: string;
   readonly memoryLimitBytes: number;

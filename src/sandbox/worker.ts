@@ -81,8 +81,14 @@ const retryFunctions: Record<string, HostFunction> = {
   },
 };
 
+// The modules this thread was sent, by the pool's id. Bounded by the
+// thread's life: the pool recycles it after PGFN_SANDBOX_RECYCLE_AFTER runs.
+const modules = new Map<number, WebAssembly.Module>();
+
 port.on("message", async (msg: InvokeMessage) => {
   current = msg;
+  if (msg.module) modules.set(msg.moduleId, msg.module);
+  const module = modules.get(msg.moduleId)!;
   hostFailure = undefined;
   retry = undefined;
   const userFunctions = {
@@ -91,7 +97,7 @@ port.on("message", async (msg: InvokeMessage) => {
       msg.hostFunctions.map((name) => [`pgfn_${name}`, jsonHostFunction(name)]),
     ),
   };
-  let outcome = await invokeHandler(msg.module, msg.input, {
+  let outcome = await invokeHandler(module, msg.input, {
     entry: msg.entry,
     memoryLimitBytes: msg.memoryLimitBytes,
     config: msg.config,
