@@ -5,7 +5,7 @@ import { inject } from "vitest";
 import { examplePath } from "../examples/build.js";
 import { createPool } from "../src/db/pool.js";
 import { loadConfig, type Config } from "../src/config.js";
-import { startDaemon, type Daemon } from "../src/daemon.js";
+import { startDaemon, type Daemon, type DaemonOptions } from "../src/daemon.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { withClient, withDatabase } from "./connections.js";
 
@@ -177,8 +177,10 @@ export function startTestDaemon(
   url: string,
   overrides: Partial<Config> = {},
   logger: Logger = silentLogger(),
+  options: Partial<Pick<DaemonOptions, "http" | "clock">> = {},
 ): Promise<Daemon> {
   return startDaemon({
+    ...options,
     connectionString: url,
     config: {
       ...loadConfig({}),

@@ -2,10 +2,10 @@
 // requests with a token, example modules as base64.
 import { readFile } from "node:fs/promises";
 import { Writable } from "node:stream";
-import { loadConfig, type Config } from "../src/config.js";
-import { startDaemon, type Daemon } from "../src/daemon.js";
+import type { Config } from "../src/config.js";
+import type { Daemon } from "../src/daemon.js";
 import { createLogger, silentLogger, type Logger } from "../src/logger.js";
-import { exampleWasm } from "./helpers.js";
+import { exampleWasm, startTestDaemon } from "./helpers.js";
 
 export const ADMIN_TOKEN = "admin-token-0123456789abcdef";
 export const INVOKE_TOKEN = "invoke-token-0123456789abcdef";
@@ -16,13 +16,9 @@ export function startHttpDaemon(
   overrides: Partial<Config> = {},
   logger: Logger = silentLogger(),
 ): Promise<Daemon> {
-  return startDaemon({
-    connectionString: url,
-    config: {
-      ...loadConfig({}),
-      databaseUrl: url,
-      dbQueryUrl: url,
-      sweepIntervalMs: 200,
+  return startTestDaemon(
+    url,
+    {
       workerConcurrency: 2,
       sandboxThreads: 2,
       adminToken: ADMIN_TOKEN,
@@ -30,8 +26,8 @@ export function startHttpDaemon(
       ...overrides,
     },
     logger,
-    http: { port: 0, host: "127.0.0.1" },
-  });
+    { http: { port: 0, host: "127.0.0.1" } },
+  );
 }
 
 /** The daemon's base URL; throws if it has no HTTP server. */

@@ -5,10 +5,9 @@
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
-import { startDaemon, type Daemon } from "../src/daemon.js";
+import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
-import { silentLogger } from "../src/logger.js";
 import {
   createTestDatabase,
   exampleWasm,
@@ -34,22 +33,12 @@ beforeAll(async () => {
     retryBaseMs: 0,
     retryMaxMs: 0,
   });
-  // As test/helpers.ts startTestDaemon, plus the clock.
-  daemon = await startDaemon({
-    connectionString: t.url,
-    config: {
-      ...loadConfig({}),
-      databaseUrl: t.url,
-      dbQueryUrl: t.url,
-      sweepIntervalMs: 200,
-      pollIntervalMs: 100,
-      workerConcurrency: 2,
-      sandboxThreads: 2,
-      schedulerIntervalMs: 50,
-    },
-    logger: silentLogger(),
-    clock: () => new Date(now),
-  });
+  daemon = await startTestDaemon(
+    t.url,
+    { pollIntervalMs: 100, workerConcurrency: 2, sandboxThreads: 2, schedulerIntervalMs: 50 },
+    undefined,
+    { clock: () => new Date(now) },
+  );
 });
 afterAll(async () => {
   await daemon?.stop();

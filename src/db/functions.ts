@@ -56,19 +56,10 @@ export async function getWasm(
   return row?.wasm;
 }
 
-export interface DeployInput {
+export interface DeployInput extends Omit<FunctionPatch, "enabled" | "dbRole" | "onError"> {
   readonly name: string;
   readonly wasm: Uint8Array;
   readonly wasmSha256: string;
-  readonly description?: string;
-  readonly timeoutMs?: number;
-  readonly memoryLimitMb?: number;
-  readonly maxConcurrency?: number;
-  readonly maxAttempts?: number;
-  readonly retryBaseMs?: number;
-  readonly retryMaxMs?: number;
-  readonly env?: Readonly<Record<string, string>>;
-  readonly allowedHosts?: readonly string[];
   readonly dbRole?: string;
   readonly onError?: string;
   /** Replace an existing function of this name instead of failing with CONFLICT. */
@@ -92,17 +83,7 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     wasm: Buffer.from(input.wasm),
     wasm_sha256: input.wasmSha256,
     updated_at: sql<Date>`now()`,
-    ...(input.description !== undefined && { description: input.description }),
-    ...(input.timeoutMs !== undefined && { timeout_ms: input.timeoutMs }),
-    ...(input.memoryLimitMb !== undefined && { memory_limit_mb: input.memoryLimitMb }),
-    ...(input.maxConcurrency !== undefined && { max_concurrency: input.maxConcurrency }),
-    ...(input.maxAttempts !== undefined && { max_attempts: input.maxAttempts }),
-    ...(input.retryBaseMs !== undefined && { retry_base_ms: input.retryBaseMs }),
-    ...(input.retryMaxMs !== undefined && { retry_max_ms: input.retryMaxMs }),
-    ...(input.env !== undefined && { env: JSON.stringify(input.env) }),
-    ...(input.allowedHosts !== undefined && { allowed_hosts: [...input.allowedHosts] }),
-    ...(input.dbRole !== undefined && { db_role: input.dbRole }),
-    ...(input.onError !== undefined && { on_error: input.onError }),
+    ...settingColumns(input),
   };
   try {
     const row = await db
@@ -163,26 +144,31 @@ export interface FunctionPatch {
   readonly onError?: string | null;
 }
 
+/** The columns a deploy or a patch sets: only the settings it names. */
+function settingColumns(s: FunctionPatch) {
+  return {
+    ...(s.description !== undefined && { description: s.description }),
+    ...(s.enabled !== undefined && { enabled: s.enabled }),
+    ...(s.timeoutMs !== undefined && { timeout_ms: s.timeoutMs }),
+    ...(s.memoryLimitMb !== undefined && { memory_limit_mb: s.memoryLimitMb }),
+    ...(s.maxConcurrency !== undefined && { max_concurrency: s.maxConcurrency }),
+    ...(s.maxAttempts !== undefined && { max_attempts: s.maxAttempts }),
+    ...(s.retryBaseMs !== undefined && { retry_base_ms: s.retryBaseMs }),
+    ...(s.retryMaxMs !== undefined && { retry_max_ms: s.retryMaxMs }),
+    ...(s.env !== undefined && { env: JSON.stringify(s.env) }),
+    ...(s.allowedHosts !== undefined && { allowed_hosts: [...s.allowedHosts] }),
+    ...(s.dbRole !== undefined && { db_role: s.dbRole }),
+    ...(s.onError !== undefined && { on_error: s.onError }),
+  };
+}
+
 /** Applies `patch`; undefined when there is no such function. */
 export async function updateFunction(
   db: Db,
   name: string,
   patch: FunctionPatch,
 ): Promise<FunctionInfo | undefined> {
-  const values = {
-    ...(patch.description !== undefined && { description: patch.description }),
-    ...(patch.enabled !== undefined && { enabled: patch.enabled }),
-    ...(patch.timeoutMs !== undefined && { timeout_ms: patch.timeoutMs }),
-    ...(patch.memoryLimitMb !== undefined && { memory_limit_mb: patch.memoryLimitMb }),
-    ...(patch.maxConcurrency !== undefined && { max_concurrency: patch.maxConcurrency }),
-    ...(patch.maxAttempts !== undefined && { max_attempts: patch.maxAttempts }),
-    ...(patch.retryBaseMs !== undefined && { retry_base_ms: patch.retryBaseMs }),
-    ...(patch.retryMaxMs !== undefined && { retry_max_ms: patch.retryMaxMs }),
-    ...(patch.env !== undefined && { env: JSON.stringify(patch.env) }),
-    ...(patch.allowedHosts !== undefined && { allowed_hosts: [...patch.allowedHosts] }),
-    ...(patch.dbRole !== undefined && { db_role: patch.dbRole }),
-    ...(patch.onError !== undefined && { on_error: patch.onError }),
-  };
+  const values = settingColumns(patch);
   try {
     return await db
       .updateTable("pgfn.functions")
