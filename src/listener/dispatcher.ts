@@ -61,7 +61,7 @@ export class Dispatcher {
 
   private async loop(): Promise<void> {
     const { db, batchSize, logger } = this.options;
-    let maySleep = true;
+    let maySleep: boolean;
     do {
       this.again = false;
       try {
