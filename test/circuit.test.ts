@@ -229,6 +229,10 @@ it("lets a new probe through when the last one was lost", async () => {
 });
 
 it("closes by hand with pgfn.close_circuit, and names a missing function", async () => {
+  // A long cooldown: the circuit must still be open when the invoke comes.
+  await t.pool.query(
+    `update pgfn.functions set circuit_cooldown_ms = 600000 where name = 'mailer'`,
+  );
   await t.pool.query(
     `update pgfn.circuits set state = 'open', opened_at = now() where function_name = 'mailer'`,
   );
