@@ -19,5 +19,12 @@ if (!options) {
   console.log(USAGE);
   process.exit(0);
 }
+// The sandbox loads node:wasi, and Node warns that WASI is experimental:
+// noise in the middle of the tables (src/main.ts drops it the same way).
+process.removeAllListeners("warning");
+process.on("warning", (warning) => {
+  if (warning.name === "ExperimentalWarning" && /WASI/.test(warning.message)) return;
+  console.error(`${warning.name}: ${warning.message}`);
+});
 const { runBench } = await import("./harness.js");
 process.exitCode = await runBench(options);

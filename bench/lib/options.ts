@@ -15,9 +15,9 @@ export interface BenchOptions {
   readonly systems: readonly SystemName[];
   /** Open-loop arrival rates for the latency table, events/s. (Default: 100,1000,3000) */
   readonly rates: readonly number[];
-  /** Seconds of load per latency rate. (Default: 10; --quick: 4) */
+  /** Seconds of load per latency rate. (Default: 10; --quick: 3) */
   readonly latencySeconds: number;
-  /** Seconds of sustained load per throughput row. (Default: 60; --quick: 15) */
+  /** Seconds of sustained load per throughput row. (Default: 60; --quick: 10) */
   readonly seconds: number;
   /** Offered events/s for the single-row and the 10-row throughput rows. (Default: 1500,5000) */
   readonly throughputRates: readonly [number, number];
@@ -27,35 +27,35 @@ export interface BenchOptions {
   readonly writepathSeconds: number;
   /** Events/s while the daemon is killed. (Default: 500) */
   readonly recoveryRate: number;
-  /** Seconds of load before the kill. (Default: 4; --quick: 3) */
+  /** Seconds of load before the kill. (Default: 4; --quick: 2) */
   readonly recoverySeconds: number;
-  /** Longest wait for recovery after the kill. (Default: 30; --quick: 20) */
+  /** Longest wait for recovery after the kill. (Default: 20; --quick: 12) */
   readonly recoveryTimeout: number;
   /** Connections the open-loop generator spreads arrivals over. (Default: 16) */
   readonly clients: number;
   /** PGFN_WORKER_CONCURRENCY of the daemon, and the direct runner's concurrency. (Default: 10) */
   readonly daemonConcurrency: number;
-  /** Calls per sandbox row. (Default: 2000; --quick: 500) */
+  /** Calls per sandbox row. (Default: 2000; --quick: 300) */
   readonly sandboxCalls: number;
 }
 
 export const USAGE = `Usage: npm run bench -- [options]
 
-  --quick                      short durations, everything in about 2 minutes
+  --quick                      short durations for a smoke run (a few minutes)
   --only LIST                  sections, of ${SECTIONS.join(",")} (default: all)
   --systems LIST               of ${SYSTEMS.join(",")} (default: all; write path always has none)
   --rates LIST                 latency arrival rates, events/s (default: 100,1000,3000)
-  --latency-seconds N          seconds of load per latency rate (default: 10; quick: 4)
-  --seconds N                  seconds of sustained throughput load (default: 60; quick: 15)
+  --latency-seconds N          seconds of load per latency rate (default: 10; quick: 3)
+  --seconds N                  seconds of sustained throughput load (default: 60; quick: 10)
   --throughput-rates A,B       offered events/s, single-row and 10-row (default: 1500,5000)
   --writepath-clients LIST     closed-loop client counts (default: 1,4,16)
   --writepath-seconds N        seconds per write-path cell, run twice (default: 3; quick: 1)
   --recovery-rate N            events/s when the daemon is killed (default: 500)
-  --recovery-seconds N         seconds of load before the kill (default: 4; quick: 3)
-  --recovery-timeout N         longest wait for recovery, seconds (default: 30; quick: 20)
+  --recovery-seconds N         seconds of load before the kill (default: 4; quick: 2)
+  --recovery-timeout N         longest wait for recovery, seconds (default: 20; quick: 12)
   --clients N                  open-loop connections (default: 16)
   --daemon-concurrency N       PGFN_WORKER_CONCURRENCY, also the direct runner's (default: 10)
-  --sandbox-calls N            calls per sandbox row (default: 2000; quick: 500)
+  --sandbox-calls N            calls per sandbox row (default: 2000; quick: 300)
   --help
 
 Uses DATABASE_URL's server (a scratch database, dropped afterwards) or an
@@ -139,18 +139,18 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     only: values.only ? names("only", values.only, SECTIONS) : [...SECTIONS],
     systems: values.systems ? names("systems", values.systems, SYSTEMS) : [...SYSTEMS],
     rates: values.rates ? list("rates", values.rates) : [100, 1000, 3000],
-    latencySeconds: num("latency-seconds", 10, 4),
-    seconds: num("seconds", 60, 15),
+    latencySeconds: num("latency-seconds", 10, 3),
+    seconds: num("seconds", 60, 10),
     throughputRates: [throughputRates[0]!, throughputRates[1]!],
     writepathClients: values["writepath-clients"]
       ? list("writepath-clients", values["writepath-clients"])
       : [1, 4, 16],
     writepathSeconds: num("writepath-seconds", 3, 1),
     recoveryRate: num("recovery-rate", 500, 500),
-    recoverySeconds: num("recovery-seconds", 4, 3),
-    recoveryTimeout: num("recovery-timeout", 30, 20),
+    recoverySeconds: num("recovery-seconds", 4, 2),
+    recoveryTimeout: num("recovery-timeout", 20, 12),
     clients: num("clients", 16, 16),
     daemonConcurrency: num("daemon-concurrency", 10, 10),
-    sandboxCalls: num("sandbox-calls", 2000, 500),
+    sandboxCalls: num("sandbox-calls", 2000, 300),
   };
 }

@@ -10,6 +10,9 @@ import { summarise, type LatencySummary } from "../lib/stats.js";
 import { insertSql, SYSTEMS } from "../lib/systems.js";
 import type { SystemName } from "../lib/options.js";
 
+/** The longest wait, after the load, for every event to have started. */
+const DRAIN_MS = 5000;
+
 export interface LatencyRow {
   readonly system: SystemName;
   readonly rate: number;
@@ -26,7 +29,7 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
   const { rates, latencySeconds, systems } = ctx.options;
   // Long enough to drain whatever a system can keep up with; a system that
   // cannot is measured with its queue, not waited out.
-  const drainMs = Math.max(5, latencySeconds) * 1000;
+  const drainMs = DRAIN_MS;
   const rows: LatencyRow[] = [];
   for (const name of systems) {
     const system = SYSTEMS[name];
@@ -46,6 +49,7 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
           tps: rate,
           seconds: latencySeconds,
           sql: insertSql(system.table, 1),
+          connections: ctx.options.clients,
         });
         if (load.errors > 0) {
           ctx.progress(`warning: ${load.errors} inserts failed, the first: ${load.firstError}`);

@@ -41,6 +41,7 @@ export async function runRecovery(ctx: Context): Promise<RecoveryRow[]> {
         tps: recoveryRate,
         seconds: recoverySeconds,
         sql: insertSql(system.table, 1),
+        connections: ctx.options.clients,
       });
       if (load.errors > 0) {
         ctx.progress(`warning: ${load.errors} inserts failed, the first: ${load.firstError}`);

@@ -80,6 +80,7 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
           tps: offered / rowsPerTx,
           seconds,
           sql: insertSql(system.table, rowsPerTx),
+          connections: ctx.options.clients,
         }).finally(() => (loading = false));
         await sampler;
         const last = await sample();
