@@ -71,12 +71,17 @@ export async function runBench(options: BenchOptions): Promise<number> {
           .finally(() => clearTimeout(timer));
       }
     })());
+  // `on`, not `once`: tsx passes the terminal's SIGINT on to us, so a Ctrl-C
+  // arrives twice, and the second must not kill the process mid-cleanup.
+  let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
     progress(`${signal}: stopping the consumers and dropping the scratch database`);
     void cleanup().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
   };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
 
   let failed = false;
   const logDir = await mkdtemp(path.join(os.tmpdir(), "pgfn-bench-logs-"));
@@ -197,6 +202,8 @@ export async function runBench(options: BenchOptions): Promise<number> {
     return 0;
   } catch (error) {
     failed = true;
+    // After a Ctrl-C, the sections fail because their connections were closed.
+    if (interrupted) return 130;
     progress(`failed: ${(error as Error).message}`);
     if (process.env.PGFN_BENCH_DEBUG) console.error(error);
     progress(`consumer logs kept in ${logDir}`);
