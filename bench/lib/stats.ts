@@ -20,7 +20,7 @@ export interface LatencySummary {
   readonly p95: number;
   readonly p99: number;
   readonly max: number;
-  /** Per figure: true when it falls on an open sample, so the true value is larger. */
+  /** Per figure: true when open samples may lie under it, so the true value may be larger. */
   readonly lowerBound: { p50: boolean; p95: boolean; p99: boolean; max: boolean };
 }
 
@@ -32,8 +32,12 @@ export interface LatencySummary {
 export function summarise(samples: readonly Sample[]): LatencySummary {
   const sorted = [...samples].sort((a, b) => a.ms - b.ms);
   const ms = sorted.map((s) => s.ms);
-  const at = (p: number) =>
-    sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+  // An open sample's true value is larger than its `ms`, so it can move past
+  // any rank at or above its own: a percentile is exact only when no open
+  // sample sorts at or below it.
+  const firstOpen = sorted.findIndex((s) => s.open);
+  const bound = (p: number) =>
+    firstOpen !== -1 && firstOpen <= Math.ceil((p / 100) * sorted.length) - 1;
   return {
     count: sorted.length,
     open: sorted.filter((s) => s.open).length,
@@ -41,12 +45,7 @@ export function summarise(samples: readonly Sample[]): LatencySummary {
     p95: percentile(ms, 95),
     p99: percentile(ms, 99),
     max: ms.at(-1) ?? NaN,
-    lowerBound: {
-      p50: at(50)?.open ?? false,
-      p95: at(95)?.open ?? false,
-      p99: at(99)?.open ?? false,
-      max: sorted.at(-1)?.open ?? false,
-    },
+    lowerBound: { p50: bound(50), p95: bound(95), p99: bound(99), max: firstOpen !== -1 },
   };
 }
 

@@ -90,7 +90,7 @@ export function latencyTable(rows: readonly LatencyRow[]): [string[], string[][]
       "system",
       "offered/s",
       "achieved/s",
-      "commit p99",
+      "commit p99 ms",
       "events",
       "not started",
       "p50 ms",

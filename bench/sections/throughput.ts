@@ -64,7 +64,9 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
           return s;
         };
         let loading = true;
-        const sampler = (async () => {
+        // Settled into a value, not left rejected: a consumer that dies during
+        // the load is reported after it, not as an unhandled rejection.
+        const sampler = (async (): Promise<Error | undefined> => {
           await sample();
           while (loading) {
             await sleep(sampleEveryMs);
@@ -75,14 +77,16 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
               `throughput: ${name} t=${s.t.toFixed(0)} s: ${s.events} events, ${s.done} done, backlog ${s.events - s.done}`,
             );
           }
-        })();
+          return undefined;
+        })().catch((error: Error) => error);
         const load = await openLoop(ctx.pool, {
           tps: offered / rowsPerTx,
           seconds,
           sql: insertSql(system.table, rowsPerTx),
           connections: ctx.options.clients,
         }).finally(() => (loading = false));
-        await sampler;
+        const samplerError = await sampler;
+        if (samplerError) throw samplerError;
         const last = await sample();
         if (load.errors > 0) {
           ctx.progress(`warning: ${load.errors} inserts failed, the first: ${load.firstError}`);
