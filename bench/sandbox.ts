@@ -2,9 +2,11 @@
 // the echo handler with 1 KB of JSON in and out, through the thread pool and
 // directly on the main thread (so the pool's overhead shows as a ratio); the
 // same with one db_query; and the first (cold) invocation of a new module.
+// `npm run bench` runs it too, through runSandboxBench.
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { parseArgs } from "node:util";
 import { examplePath } from "../examples/build.js";
@@ -16,156 +18,185 @@ import { guardMemory } from "../src/sandbox/memoryGuard.js";
 import { createSandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 
-const { values } = parseArgs({
-  options: {
-    calls: { type: "string", default: "5000" },
-    threads: { type: "string", default: "2" },
-  },
-});
-const calls = Number(values.calls);
-const threads = Number(values.threads);
-if (!(calls > 0) || !(threads > 0)) {
-  console.error("bench: --calls and --threads take positive numbers");
-  process.exit(1);
-}
+export const SANDBOX_HEADERS = ["case", "p50 ms", "p99 ms", "calls/s", "p50 vs main"];
 
-const input = {
-  id: 1,
-  attempt: 1,
-  trigger: "manual",
-  function: "echo",
-  payload: { blob: "x".repeat(1000) },
-};
-const pct = (sorted: number[], p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+/**
+ * Runs the sandbox measurements and returns the table's rows. `url`: a
+ * superuser URL for the db_query rows (a role is created and dropped);
+ * without one, an embedded Postgres is started for them.
+ */
+export async function runSandboxBench(options: {
+  readonly calls: number;
+  readonly threads: number;
+  readonly url?: string | undefined;
+}): Promise<string[][]> {
+  const { calls, threads } = options;
+  const input = {
+    id: 1,
+    attempt: 1,
+    trigger: "manual",
+    function: "echo",
+    payload: { blob: "x".repeat(1000) },
+  };
+  const pct = (sorted: number[], p: number) =>
+    sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 
-/** Runs `once` `calls` times with `parallel` in flight; returns p50, p99 (ms) and calls/s. */
-async function measure(parallel: number, once: () => Promise<unknown>) {
-  for (let i = 0; i < 200; i++) await once(); // warm-up
-  const latencies: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: parallel }, async () => {
-      while (next++ < calls) {
-        const t = performance.now();
-        await once();
-        latencies.push(performance.now() - t);
-      }
-    }),
-  );
-  const seconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  return { p50: pct(latencies, 50), p99: pct(latencies, 99), rate: latencies.length / seconds };
-}
-
-const echoBytes = await readFile(examplePath("echo"));
-const sandbox = createSandbox({ size: threads, maxInvocationsPerThread: 1_000_000 });
-await sandbox.pool.warm();
-const echo = await sandbox.modules.get(sha256Hex(echoBytes), async () => echoBytes);
-const limits = { timeoutMs: 10_000, memoryLimitBytes: 128 * 2 ** 20 };
-
-const rows: string[][] = [];
-const row = (name: string, r: { p50: number; p99: number; rate: number }, base?: { p50: number }) =>
-  rows.push([
-    name,
-    r.p50.toFixed(3),
-    r.p99.toFixed(3),
-    r.rate.toFixed(0),
-    base ? `${(r.p50 / base.p50).toFixed(1)}x` : "",
-  ]);
-
-const direct = await measure(1, () =>
-  invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes }),
-);
-row("echo, main thread, 1 at a time", direct);
-row(
-  "echo, pool, 1 at a time",
-  await measure(1, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
-  direct,
-);
-row(
-  `echo, pool, ${threads * 2} in flight`,
-  await measure(threads * 2, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
-  direct,
-);
-
-// A host call's round trip (thread -> main -> thread) with a no-op host side;
-// with a database behind it, add the query's own time.
-const queryBytes = await readFile(examplePath("query"));
-const query = await sandbox.modules.get(sha256Hex(queryBytes), async () => queryBytes);
-const host: Record<string, HostBinding> = {
-  db_query: async () => ({ rows: [{ one: 1 }], rowCount: 1, fields: ["one"] }),
-};
-row(
-  "one db_query (host round trip, no database)",
-  await measure(1, () =>
-    sandbox.pool.invoke({
-      module: query,
-      input: { payload: { sql: "select 1" } },
-      host,
-      ...limits,
-    }),
-  ),
-  direct,
-);
-
-// The same through a real Postgres: db_query as a role, its own transaction.
-const server = process.env.DATABASE_URL
-  ? undefined
-  : await startEmbeddedPostgres({
-      dataDir: path.join(await mkdtemp(path.join(tmpdir(), "pgfn-bench-")), "data"),
-    });
-const url = process.env.DATABASE_URL || server!.connectionString;
-const setup = new pg.Client({ connectionString: url });
-await setup.connect();
-const role = `pgfn_bench_${process.pid}`;
-await setup.query(`create role ${role} nologin`);
-const dbQuery = new DbQueryExecutor({ connectionString: url, poolSize: 4 });
-const realHost: Record<string, HostBinding> = {
-  db_query: async (payload) =>
-    dbQuery.query({ role, deadline: Date.now() + 10_000 }, (payload as { sql: string }).sql, []),
-};
-try {
-  row(
-    "one db_query (select 1, real Postgres)",
-    await measure(1, () =>
-      sandbox.pool.invoke({
-        module: query,
-        input: { payload: { sql: "select 1 as one" } },
-        host: realHost,
-        ...limits,
+  /** Runs `once` `calls` times with `parallel` in flight; returns p50, p99 (ms) and calls/s. */
+  async function measure(parallel: number, once: () => Promise<unknown>) {
+    for (let i = 0; i < 200; i++) await once(); // warm-up
+    const latencies: number[] = [];
+    let next = 0;
+    const started = performance.now();
+    await Promise.all(
+      Array.from({ length: parallel }, async () => {
+        while (next++ < calls) {
+          const t = performance.now();
+          await once();
+          latencies.push(performance.now() - t);
+        }
       }),
-    ),
-    direct,
+    );
+    const seconds = (performance.now() - started) / 1000;
+    latencies.sort((a, b) => a - b);
+    return { p50: pct(latencies, 50), p99: pct(latencies, 99), rate: latencies.length / seconds };
+  }
+
+  const echoBytes = await readFile(examplePath("echo"));
+  const sandbox = createSandbox({ size: threads, maxInvocationsPerThread: 1_000_000 });
+  await sandbox.pool.warm();
+  const rows: string[][] = [];
+  try {
+    const echo = await sandbox.modules.get(sha256Hex(echoBytes), async () => echoBytes);
+    const limits = { timeoutMs: 10_000, memoryLimitBytes: 128 * 2 ** 20 };
+
+    const row = (
+      name: string,
+      r: { p50: number; p99: number; rate: number },
+      base?: { p50: number },
+    ) =>
+      rows.push([
+        name,
+        r.p50.toFixed(3),
+        r.p99.toFixed(3),
+        r.rate.toFixed(0),
+        base ? `${(r.p50 / base.p50).toFixed(1)}x` : "",
+      ]);
+
+    const direct = await measure(1, () =>
+      invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes }),
+    );
+    row("echo, main thread, 1 at a time", direct);
+    row(
+      "echo, pool, 1 at a time",
+      await measure(1, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
+      direct,
+    );
+    row(
+      `echo, pool, ${threads * 2} in flight`,
+      await measure(threads * 2, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
+      direct,
+    );
+
+    // A host call's round trip (thread -> main -> thread) with a no-op host side;
+    // with a database behind it, add the query's own time.
+    const queryBytes = await readFile(examplePath("query"));
+    const query = await sandbox.modules.get(sha256Hex(queryBytes), async () => queryBytes);
+    const host: Record<string, HostBinding> = {
+      db_query: async () => ({ rows: [{ one: 1 }], rowCount: 1, fields: ["one"] }),
+    };
+    row(
+      "one db_query (host round trip, no database)",
+      await measure(1, () =>
+        sandbox.pool.invoke({
+          module: query,
+          input: { payload: { sql: "select 1" } },
+          host,
+          ...limits,
+        }),
+      ),
+      direct,
+    );
+
+    // The same through a real Postgres: db_query as a role, its own transaction.
+    const server = options.url
+      ? undefined
+      : await startEmbeddedPostgres({
+          dataDir: path.join(await mkdtemp(path.join(tmpdir(), "pgfn-bench-")), "data"),
+        });
+    const url = options.url || server!.connectionString;
+    const setup = new pg.Client({ connectionString: url });
+    await setup.connect();
+    const role = `pgfn_bench_${process.pid}`;
+    await setup.query(`create role ${role} nologin`);
+    const dbQuery = new DbQueryExecutor({ connectionString: url, poolSize: 4 });
+    const realHost: Record<string, HostBinding> = {
+      db_query: async (payload) =>
+        dbQuery.query(
+          { role, deadline: Date.now() + 10_000 },
+          (payload as { sql: string }).sql,
+          [],
+        ),
+    };
+    try {
+      row(
+        "one db_query (select 1, real Postgres)",
+        await measure(1, () =>
+          sandbox.pool.invoke({
+            module: query,
+            input: { payload: { sql: "select 1 as one" } },
+            host: realHost,
+            ...limits,
+          }),
+        ),
+        direct,
+      );
+    } finally {
+      await dbQuery.end();
+      await setup.query(`drop role ${role}`);
+      await setup.end();
+      await server?.stop();
+    }
+
+    // Cold: a module never seen (a fresh cache each time): guard + compile + first call.
+    const cold: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const t = performance.now();
+      const modules = new ModuleCache(1, guardMemory);
+      const module = await modules.get(sha256Hex(echoBytes), async () => echoBytes);
+      await sandbox.pool.invoke({ module, input, ...limits });
+      cold.push(performance.now() - t);
+    }
+    cold.sort((a, b) => a - b);
+    rows.push([
+      "cold: guard + compile + first call",
+      pct(cold, 50).toFixed(3),
+      pct(cold, 99).toFixed(3),
+      "",
+      "",
+    ]);
+  } finally {
+    await sandbox.close();
+  }
+  return rows;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  const { values } = parseArgs({
+    options: {
+      calls: { type: "string", default: "5000" },
+      threads: { type: "string", default: "2" },
+    },
+  });
+  const calls = Number(values.calls);
+  const threads = Number(values.threads);
+  if (!(calls > 0) || !(threads > 0)) {
+    console.error("bench: --calls and --threads take positive numbers");
+    process.exit(1);
+  }
+  const url = process.env.DATABASE_URL;
+  const rows = await runSandboxBench({ calls, threads, url });
+  console.log(
+    `\nsandbox, ${calls} calls per row, ${threads} threads, 1 KB JSON in and out, ${url ? "DATABASE_URL server" : "embedded Postgres"}\n`,
   );
-} finally {
-  await dbQuery.end();
-  await setup.query(`drop role ${role}`);
-  await setup.end();
-  await server?.stop();
+  console.log(formatTable(SANDBOX_HEADERS, rows));
 }
-
-// Cold: a module never seen (a fresh cache each time): guard + compile + first call.
-const cold: number[] = [];
-for (let i = 0; i < 20; i++) {
-  const t = performance.now();
-  const modules = new ModuleCache(1, guardMemory);
-  const module = await modules.get(sha256Hex(echoBytes), async () => echoBytes);
-  await sandbox.pool.invoke({ module, input, ...limits });
-  cold.push(performance.now() - t);
-}
-cold.sort((a, b) => a - b);
-rows.push([
-  "cold: guard + compile + first call",
-  pct(cold, 50).toFixed(3),
-  pct(cold, 99).toFixed(3),
-  "",
-  "",
-]);
-await sandbox.close();
-
-console.log(
-  `\nsandbox, ${calls} calls per row, ${threads} threads, 1 KB JSON in and out, ${process.env.DATABASE_URL ? "DATABASE_URL server" : "embedded Postgres"}\n`,
-);
-console.log(formatTable(["case", "p50 ms", "p99 ms", "calls/s", "p50 vs main"], rows));
