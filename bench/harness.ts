@@ -156,7 +156,7 @@ export async function runBench(options: BenchOptions): Promise<number> {
     if (only.includes("writepath")) {
       results.writepath = await runWritePath(ctx);
       show(
-        `Write path: single-row INSERT transactions/s, closed loop, mean of 2 runs of ${options.writepathSeconds} s, no consumer running`,
+        `Write path: single-row INSERT transactions/s, closed loop, mean of 2 runs of ${options.writepathSeconds} s, without and with each system's consumer running`,
         writePathTable(results.writepath, systems),
       );
     }

@@ -54,10 +54,15 @@ const schema = z.object({
   PGFN_POLL_INTERVAL_MS: int(50, 600000).default(1000),
   /** Connections in the daemon's pool. (Default: worker concurrency + 4) */
   PGFN_POOL_SIZE: int(2, 1000).optional(),
-  /** How often a daemon heartbeats and reaps silent ones. (Default: 2000) */
-  PGFN_HEARTBEAT_INTERVAL_MS: int(100, 60_000).default(2000),
-  /** Silence after which a daemon is reaped and its runs retried. (Default: 6000) */
-  PGFN_DEAD_AFTER_MS: int(300, 600_000).default(6000),
+  /** How often a daemon heartbeats and reaps silent ones. (Default: 1000) */
+  PGFN_HEARTBEAT_INTERVAL_MS: int(100, 60_000).default(1000),
+  /**
+   * Silence after which a daemon is reaped and its runs retried: a SIGKILLed
+   * daemon's attempts run again 4-5 s later. Raise it where event-loop stalls
+   * of seconds are normal (a reaped live daemon only means duplicate runs).
+   * (Default: 4000)
+   */
+  PGFN_DEAD_AFTER_MS: int(300, 600_000).default(4000),
   /**
    * Identifies this daemon in `function_runs.worker_id`; must be unique among
    * running daemons. (Default: host-pid-random)

@@ -63,12 +63,13 @@ export function evaluateTargets(results: {
     });
   }
 
-  const wp = results.writepath?.find((r) => r.clients === 4);
+  // As deployed: with pgfn's daemon running (its listener awake spares the NOTIFY).
+  const wp = results.writepath?.find((r) => r.clients === 4 && r.mode === "consumer");
   if (wp?.tps.none && wp.tps.pgfn) {
     const pct = (wp.tps.pgfn / wp.tps.none) * 100;
     rows.push({
       target: "write path >= 90% of none at 4 clients",
-      measured: `${pct.toFixed(0)}% (${wp.tps.pgfn.toFixed(0)} of ${wp.tps.none.toFixed(0)} tx/s)`,
+      measured: `${pct.toFixed(0)}% with the daemon running (${wp.tps.pgfn.toFixed(0)} of ${wp.tps.none.toFixed(0)} tx/s)`,
       met: pct >= 90,
     });
   } else {
