@@ -241,3 +241,53 @@ begin
 end
 $$;
 
+
+-- A function without its module: what a run needs to know, without reading
+-- (and detoasting) up to 10 MB of WebAssembly per event. List new columns of
+-- pgfn.functions here too.
+create or replace view pgfn.function_info as
+select name, description, wasm_sha256, entrypoint, enabled, timeout_ms, memory_limit_mb,
+       max_concurrency, max_attempts, retry_base_ms, retry_max_ms, env, allowed_hosts, db_role,
+       on_error, ordering, circuit_error_rate, circuit_min_volume, circuit_window_ms,
+       circuit_cooldown_ms, last_run_at, last_status, created_at, updated_at
+from pgfn.functions;
+
+-- Everything a worker does before running an event, in one round trip (it
+-- is the hot path): the event, its function, whether it already succeeded
+-- (then it must not run again), and the start of the attempt as
+-- pgfn.start_run decides it. No row: the event no longer exists.
+create or replace function pgfn.begin_run(p_event_id bigint, p_worker_id text, p_job_id bigint)
+returns table (
+  event jsonb, fn jsonb, succeeded_run_id bigint,
+  run_id bigint, attempt integer, probe boolean, refused text, retry_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_event pgfn.events;
+  v_fn pgfn.function_info;
+  v_done bigint;
+begin
+  select * into v_event from pgfn.events e where e.id = p_event_id;
+  if not found then
+    return;
+  end if;
+  select * into v_fn from pgfn.function_info f where f.name = v_event.function_name;
+  select r.id into v_done from pgfn.function_runs r
+  where r.event_id = p_event_id and r.status = 'succeeded' limit 1;
+  if v_done is not null then
+    return query select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, v_done,
+      null::bigint, null::integer, false, null::text, null::timestamptz;
+    return;
+  end if;
+  return query
+    select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, null::bigint,
+           s.id, s.attempt, s.probe, s.refused, s.retry_at
+    from pgfn.start_run(p_event_id, v_event.function_name, v_fn.wasm_sha256, p_worker_id, p_job_id,
+                        case when v_fn.enabled then v_fn.max_concurrency end) s;
+end
+$$;
+
+comment on function pgfn.begin_run(bigint, text, bigint) is
+  'Loads an event and its function and starts an attempt (see pgfn.start_run), in one call. The daemon calls it.';

@@ -43,6 +43,7 @@ it("applies every migration once when ten processes migrate at once, and nothing
     "dead_letters:BASE TABLE",
     "events:BASE TABLE",
     "failures:VIEW",
+    "function_info:VIEW",
     "function_runs:BASE TABLE",
     "functions:BASE TABLE",
     "listener_state:BASE TABLE",

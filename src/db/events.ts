@@ -1,62 +1,9 @@
 /** Queries on `pgfn.events`, the durable outbox. */
 import { sql, type Selectable } from "kysely";
 import type { Db, EventsTable } from "./database.js";
-import type { FunctionInfo } from "./functions.js";
 import type { EventSource } from "../interfaces.js";
 
 export type EventRow = Selectable<EventsTable>;
-
-/** What a worker needs to know before running an event. */
-export interface EventForRun {
-  readonly event: EventRow;
-  /** The event's succeeded run, if it already has one (then it must not run again). */
-  readonly succeededRunId: string | null;
-  /** Its function; undefined when not deployed. */
-  readonly fn: FunctionInfo | undefined;
-}
-
-/**
- * The event, whether it already succeeded, and its function, in one round
- * trip: every run starts with this, so it is on the hot path.
- */
-export async function getEventForRun(db: Db, id: string): Promise<EventForRun | undefined> {
-  const row = await db
-    .selectFrom("pgfn.events as e")
-    .selectAll("e")
-    .select((eb) => [
-      eb
-        .selectFrom("pgfn.function_runs as r")
-        .select("r.id")
-        .whereRef("r.event_id", "=", "e.id")
-        .where("r.status", "=", "succeeded")
-        .limit(1)
-        .as("succeeded_run_id"),
-      sql<Record<
-        string,
-        unknown
-      > | null>`(select to_jsonb(f) - 'wasm' from pgfn.functions f where f.name = e.function_name)`.as(
-        "fn",
-      ),
-    ])
-    .where("e.id", "=", id)
-    .executeTakeFirst();
-  if (!row) return undefined;
-  const { succeeded_run_id, fn, ...event } = row;
-  const date = (v: unknown) => (typeof v === "string" ? new Date(v) : null);
-  return {
-    event,
-    succeededRunId: succeeded_run_id ?? null,
-    // jsonb carries timestamps as strings; everything else keeps its type.
-    fn: fn
-      ? ({
-          ...fn,
-          last_run_at: date(fn.last_run_at),
-          created_at: date(fn.created_at)!,
-          updated_at: date(fn.updated_at)!,
-        } as FunctionInfo)
-      : undefined,
-  };
-}
 
 /**
  * Turns up to `limit` undispatched events into jobs (sql/000003_dispatch.sql).

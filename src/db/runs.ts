@@ -1,17 +1,11 @@
 /** Queries on `pgfn.function_runs`: one row per attempt. */
 import { sql, type RawBuilder, type Selectable } from "kysely";
 import type { Db, FunctionRunsTable } from "./database.js";
+import type { EventRow } from "./events.js";
+import type { FunctionInfo } from "./functions.js";
 import type { ErrorCode } from "../errors.js";
 
 export type Run = Selectable<FunctionRunsTable>;
-
-export interface StartRunInput {
-  readonly eventId: string;
-  readonly functionName: string;
-  readonly wasmSha256: string | null;
-  readonly workerId: string;
-  readonly jobId: string | null;
-}
 
 /** A started attempt, or why it may not start now. */
 export type StartRunResult =
@@ -28,33 +22,64 @@ export type StartRunResult =
       readonly retryAt: Date | undefined;
     };
 
+export interface BeginRunResult {
+  readonly event: EventRow;
+  /** Its function; undefined when not deployed. */
+  readonly fn: FunctionInfo | undefined;
+  /** Set when the event already succeeded: then nothing was started. */
+  readonly succeededRunId: string | null;
+  /** The attempt, recorded `running` before the handler runs, or why it may not start. */
+  readonly slot: StartRunResult | undefined;
+}
+
 /**
- * Records the start of an attempt, committed before the handler runs, so a
- * crash mid-run leaves a visible `running` row. The attempt number is the
- * count of earlier runs plus one. With `maxConcurrency` (an enabled
- * function), the function's circuit and its max_concurrency across every
- * daemon decide first (sql/000006_admission.sql); `probe` marks the single
- * attempt a half-open circuit lets through.
+ * Loads the event and its function and records the start of an attempt, in
+ * one round trip (sql/000006_admission.sql, pgfn.begin_run); undefined when
+ * the event no longer exists. The attempt is committed before the handler
+ * runs, so a crash mid-run leaves a visible `running` row. For an enabled
+ * function, its circuit and its max_concurrency across every daemon decide
+ * first; `probe` marks the single attempt a half-open circuit lets through.
  */
-export async function startRun(
+export async function beginRun(
   db: Db,
-  input: StartRunInput & { readonly maxConcurrency?: number },
-): Promise<StartRunResult> {
+  input: { readonly eventId: string; readonly workerId: string; readonly jobId: string | null },
+): Promise<BeginRunResult | undefined> {
   const { rows } = await sql<{
-    id: string | null;
+    event: Record<string, unknown>;
+    fn: Record<string, unknown> | null;
+    succeeded_run_id: string | null;
+    run_id: string | null;
     attempt: number | null;
     probe: boolean;
     refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
     retry_at: Date | null;
-  }>`
-    select id, attempt, probe, refused, retry_at from pgfn.start_run(
-      ${input.eventId}::bigint, ${input.functionName}, ${input.wasmSha256}, ${input.workerId},
-      ${input.jobId}::bigint, ${input.maxConcurrency ?? null}::integer)`.execute(db);
-  const row = rows[0]!;
-  if (row.refused) {
-    return { started: false, refused: row.refused, retryAt: row.retry_at ?? undefined };
-  }
-  return { started: true, id: row.id!, attempt: row.attempt!, probe: row.probe };
+  }>`select * from pgfn.begin_run(${input.eventId}::bigint, ${input.workerId}, ${input.jobId}::bigint)`.execute(
+    db,
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  // jsonb carries timestamps as strings and bigints as numbers.
+  const date = (v: unknown) => (typeof v === "string" ? new Date(v) : null);
+  const event = {
+    ...row.event,
+    id: input.eventId,
+    created_at: date(row.event.created_at)!,
+    dispatched_at: date(row.event.dispatched_at),
+  } as EventRow;
+  const fn = row.fn
+    ? ({
+        ...row.fn,
+        last_run_at: date(row.fn.last_run_at),
+        created_at: date(row.fn.created_at)!,
+        updated_at: date(row.fn.updated_at)!,
+      } as FunctionInfo)
+    : undefined;
+  const slot: StartRunResult | undefined = row.succeeded_run_id
+    ? undefined
+    : row.refused
+      ? { started: false, refused: row.refused, retryAt: row.retry_at ?? undefined }
+      : { started: true, id: row.run_id!, attempt: row.attempt!, probe: row.probe };
+  return { event, fn, succeededRunId: row.succeeded_run_id, slot };
 }
 
 /** Counts a finished attempt against its function's circuit; returns the circuit's state. */
@@ -82,41 +107,36 @@ export interface FinishRunInput {
 
 /** Records the outcome of an attempt and the function's `last_run_*` (see below), in one statement. */
 export async function finishRun(db: Db, input: FinishRunInput): Promise<Run> {
-  return db
-    .with("fn", (qc) =>
-      qc
-        .updateTable("pgfn.functions")
-        .set({ last_run_at: sql`clock_timestamp()`, last_status: input.status })
-        .where("name", "=", input.functionName)
-        // Every run of a function would otherwise lock its one row until
-        // commit, serialising all its runs behind fsync (~400 runs/s on our
-        // machines). A row that fails this test is skipped without a lock:
-        // last_status is always current, last_run_at within a second.
-        .where((eb) =>
-          eb.or([
-            eb("last_status", "is distinct from", input.status),
-            eb("last_run_at", "is", null),
-            eb("last_run_at", "<", sql<Date>`clock_timestamp() - interval '1 second'`),
-          ]),
-        ),
+  // A template, not the query builder: every run ends here, and building the
+  // query cost more CPU than sending it.
+  const { rows } = await sql<Run>`
+    with fn as (
+      update pgfn.functions
+      set last_run_at = clock_timestamp(), last_status = ${input.status}
+      where name = ${input.functionName}
+        -- Every run of a function would otherwise lock its one row until
+        -- commit, serialising all its runs behind fsync (~400 runs/s on our
+        -- machines). A row that fails this test is skipped without a lock:
+        -- last_status is always current, last_run_at within a second.
+        and (last_status is distinct from ${input.status} or last_run_at is null
+             or last_run_at < clock_timestamp() - interval '1 second')
     )
-    .updateTable("pgfn.function_runs")
-    .set({
-      status: input.status,
-      result: input.result === undefined ? null : JSON.stringify(input.result),
-      error_code: input.errorCode ?? null,
-      http_status: input.httpStatus ?? (input.status === "succeeded" ? 200 : null),
-      error_message: input.errorMessage ?? null,
-      logs: JSON.stringify(input.logs),
-      duration_ms: input.durationMs,
-      memory_peak_bytes: input.memoryPeakBytes ?? null,
-      finished_at: sql`clock_timestamp()`,
-      will_retry: input.willRetry ?? false,
-      next_attempt_at: input.nextAttemptAt ?? null,
-    })
-    .where("id", "=", input.runId)
-    .returningAll()
-    .executeTakeFirstOrThrow();
+    update pgfn.function_runs
+    set status = ${input.status},
+        result = ${input.result === undefined ? null : JSON.stringify(input.result)}::jsonb,
+        error_code = ${input.errorCode ?? null},
+        http_status = ${input.httpStatus ?? (input.status === "succeeded" ? 200 : null)}::integer,
+        error_message = ${input.errorMessage ?? null},
+        logs = ${JSON.stringify(input.logs)}::jsonb,
+        duration_ms = ${input.durationMs}::double precision,
+        memory_peak_bytes = ${input.memoryPeakBytes ?? null}::bigint,
+        finished_at = clock_timestamp(),
+        will_retry = ${input.willRetry ?? false},
+        next_attempt_at = ${input.nextAttemptAt ?? null}
+    where id = ${input.runId}::bigint
+    returning *`.execute(db);
+  if (!rows[0]) throw new Error(`run ${input.runId} does not exist`);
+  return rows[0];
 }
 
 /** The event's succeeded run, if it has one. */

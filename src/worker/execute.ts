@@ -6,11 +6,11 @@
 import { sql } from "kysely";
 import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
-import { getEventForRun, type EventRow } from "../db/events.js";
+import type { EventRow } from "../db/events.js";
 import { getWasm, type FunctionInfo } from "../db/functions.js";
 import {
   recordCircuit,
-  startRun,
+  beginRun,
   succeededRun,
   type FinishRunInput,
   type Run,
@@ -86,29 +86,21 @@ export async function executeEvent(
   options: { readonly sync?: boolean } = {},
 ): Promise<Run | undefined> {
   const { db, logger } = deps;
-  const loaded = await getEventForRun(db, eventId);
-  if (!loaded) {
+  const begun = await beginRun(db, { eventId, workerId: deps.workerId, jobId });
+  if (!begun) {
     logger.warn({ operation: "run", event_id: eventId }, "event no longer exists; nothing to run");
     return undefined;
   }
-  const { event, fn } = loaded;
+  const { event, fn, slot } = begun;
   // A job can outlive its success: a daemon killed after recording the run
   // but before graphile-worker completed the job leaves it to run again.
-  if (loaded.succeededRunId) {
+  if (!slot) {
     logger.info(
-      { operation: "run", event_id: eventId, run_id: loaded.succeededRunId },
+      { operation: "run", event_id: eventId, run_id: begun.succeededRunId },
       "event already succeeded; not run again",
     );
     return succeededRun(db, eventId);
   }
-  const slot = await startRun(db, {
-    eventId,
-    functionName: event.function_name,
-    wasmSha256: fn?.wasm_sha256 ?? null,
-    workerId: deps.workerId,
-    jobId,
-    ...(fn?.enabled && { maxConcurrency: fn.max_concurrency }),
-  });
   if (!slot.started) {
     if (options.sync) {
       throw slot.refused === "CIRCUIT_OPEN"
