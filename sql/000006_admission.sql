@@ -253,12 +253,17 @@ select name, description, wasm_sha256, entrypoint, enabled, timeout_ms, memory_l
 from pgfn.functions;
 
 -- Everything a worker does before running an event, in one round trip (it
--- is the hot path): the event, its function, whether it already succeeded
+-- is the hot path): the event, its function, whether it is already done
 -- (then it must not run again), and the start of the attempt as
 -- pgfn.start_run decides it. No row: the event no longer exists.
+--
+-- Done means: it succeeded (in any job); or this very job already recorded
+-- its failure (a job runs again after a crash or an internal error, and the
+-- failure's retry, if any, is a job of its own); or it is in the dead
+-- letters, waiting for a person.
 create or replace function pgfn.begin_run(p_event_id bigint, p_worker_id text, p_job_id bigint)
 returns table (
-  event jsonb, fn jsonb, succeeded_run_id bigint,
+  event jsonb, fn jsonb, done_run_id bigint,
   run_id bigint, attempt integer, probe boolean, refused text, retry_at timestamptz
 )
 language plpgsql
@@ -275,7 +280,13 @@ begin
   end if;
   select * into v_fn from pgfn.function_info f where f.name = v_event.function_name;
   select r.id into v_done from pgfn.function_runs r
-  where r.event_id = p_event_id and r.status = 'succeeded' limit 1;
+  where r.event_id = p_event_id
+    and (r.status = 'succeeded' or (r.status = 'failed' and r.job_id = p_job_id))
+  limit 1;
+  if v_done is null then
+    select d.last_run_id into v_done from pgfn.dead_letters d
+    where d.event_id = p_event_id and d.resolved_at is null;
+  end if;
   if v_done is not null then
     return query select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, v_done,
       null::bigint, null::integer, false, null::text, null::timestamptz;

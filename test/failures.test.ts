@@ -217,7 +217,7 @@ describe("psql operations", () => {
     const retried = await t.pool.query(`select pgfn.retry_dead_letters('echo') as n`);
     expect(retried.rows[0].n).toBe(2);
     const dl = await t.pool.query(
-      `select d.resolved_at is not null as resolved, e.replay_of from pgfn.dead_letters d join pgfn.events e on e.id = d.retried_event_id where d.function_name = 'echo' order by d.id`,
+      `select d.resolved_at is not null as resolved, e.replay_of from pgfn.dead_letters d join pgfn.events e on e.id = d.retried_event_id where d.function_name = 'echo' order by d.event_id`,
     );
     expect(dl.rows).toEqual(ids.map((id) => ({ resolved: true, replay_of: id })));
     const replays = await t.pool.query(

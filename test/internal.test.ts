@@ -6,6 +6,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
+import { executeEvent } from "../src/worker/execute.js";
 import {
   createTestDatabase,
   enqueueManual,
@@ -84,3 +85,50 @@ it("ends the attempt as abandoned with INTERNAL, and runs the event again once t
   expect(next.attempt).toBe(2);
   expect(next.result).toMatchObject({ payload: { n: 1 } });
 }, 30_000);
+
+it("a job that runs again after its failure was recorded does not run the event again", async () => {
+  // A daemon killed after recording a failure but before graphile-worker
+  // completed the job leaves the job to run again; so does an internal
+  // error in a job. The event's failure (and its retry job, if any) stands.
+  const { rows } = await t.pool.query<{ id: string }>(
+    `insert into pgfn.events (function_name, source, payload, dispatched_at)
+     values ('echo', 'manual', '{}', now()) returning id`,
+  );
+  const eventId = rows[0]!.id;
+  await t.pool.query(
+    `insert into pgfn.function_runs (event_id, function_name, attempt, status, error_code, job_id, finished_at)
+     values ($1, 'echo', 1, 'failed', 'FUNCTION_ERROR', 424242, now())`,
+    [eventId],
+  );
+  const again = await executeEvent(daemon.executor, eventId, "424242");
+  expect(again).toBeUndefined();
+  // Another job (a retry's) runs it.
+  const retried = await executeEvent(daemon.executor, eventId, "424243");
+  expect(retried).toMatchObject({ status: "succeeded", attempt: 2 });
+
+  // A dead-lettered event is done too: only a person's retry (a new event) runs it.
+  const dead = (
+    await t.pool.query<{ id: string }>(
+      `insert into pgfn.events (function_name, source, payload, dispatched_at)
+       values ('echo', 'manual', '{}', now()) returning id`,
+    )
+  ).rows[0]!.id;
+  const run = await t.pool.query<{ id: string }>(
+    `insert into pgfn.function_runs (event_id, function_name, attempt, status, error_code, finished_at)
+     values ($1, 'echo', 1, 'abandoned', 'TIMEOUT', now()) returning id`,
+    [dead],
+  );
+  await t.pool.query(
+    `insert into pgfn.dead_letters (event_id, function_name, last_run_id, error_code, error_message)
+     values ($1, 'echo', $2, 'TIMEOUT', 'no attempts left')`,
+    [dead, run.rows[0]!.id],
+  );
+  expect(await executeEvent(daemon.executor, dead, "7")).toBeUndefined();
+  expect(
+    (
+      await t.pool.query(`select count(*)::int as n from pgfn.function_runs where event_id = $1`, [
+        dead,
+      ])
+    ).rows[0].n,
+  ).toBe(1);
+});

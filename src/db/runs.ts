@@ -26,8 +26,11 @@ export interface BeginRunResult {
   readonly event: EventRow;
   /** Its function; undefined when not deployed. */
   readonly fn: FunctionInfo | undefined;
-  /** Set when the event already succeeded: then nothing was started. */
-  readonly succeededRunId: string | null;
+  /**
+   * Set when the event is done (it succeeded; this job already recorded its
+   * failure; it is a dead letter): then nothing was started.
+   */
+  readonly doneRunId: string | null;
   /** The attempt, recorded `running` before the handler runs, or why it may not start. */
   readonly slot: StartRunResult | undefined;
 }
@@ -47,7 +50,7 @@ export async function beginRun(
   const { rows } = await sql<{
     event: Record<string, unknown>;
     fn: Record<string, unknown> | null;
-    succeeded_run_id: string | null;
+    done_run_id: string | null;
     run_id: string | null;
     attempt: number | null;
     probe: boolean;
@@ -74,12 +77,12 @@ export async function beginRun(
         updated_at: date(row.fn.updated_at)!,
       } as FunctionInfo)
     : undefined;
-  const slot: StartRunResult | undefined = row.succeeded_run_id
+  const slot: StartRunResult | undefined = row.done_run_id
     ? undefined
     : row.refused
       ? { started: false, refused: row.refused, retryAt: row.retry_at ?? undefined }
       : { started: true, id: row.run_id!, attempt: row.attempt!, probe: row.probe };
-  return { event, fn, succeededRunId: row.succeeded_run_id, slot };
+  return { event, fn, doneRunId: row.done_run_id, slot };
 }
 
 /** Counts a finished attempt against its function's circuit; returns the circuit's state. */

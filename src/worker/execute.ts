@@ -92,12 +92,12 @@ export async function executeEvent(
     return undefined;
   }
   const { event, fn, slot } = begun;
-  // A job can outlive its success: a daemon killed after recording the run
-  // but before graphile-worker completed the job leaves it to run again.
+  // A job can outlive its work: a daemon killed after recording the run but
+  // before graphile-worker completed the job leaves it to run again.
   if (!slot) {
     logger.info(
-      { operation: "run", event_id: eventId, run_id: begun.succeededRunId },
-      "event already succeeded; not run again",
+      { operation: "run", event_id: eventId, run_id: begun.doneRunId },
+      "event already done; not run again",
     );
     return succeededRun(db, eventId);
   }
