@@ -87,7 +87,8 @@ export function buildProgram(): Command {
     .description(
       "Committed Postgres rows run sandboxed WebAssembly handlers; every outcome is a row in pgfn.function_runs.",
     )
-    .showHelpAfterError("(run with --help for usage)");
+    // Usage errors look like every other error: one line, "pgfn: ...".
+    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) });
 
   program
     .command("migrate")
@@ -262,6 +263,22 @@ export function buildProgram(): Command {
       );
       if (opts.json) for (const run of runs) console.log(JSON.stringify(run));
       else console.log(formatRunsTable(runs));
+    });
+
+  program
+    .command("retry")
+    .description(
+      "Run a run's event again, as a new event (pgfn.retry); a running daemon picks it up.",
+    )
+    .argument("<run_id>", "the run to retry (function_runs.id)", intOption("RUN_ID"))
+    .action(async (runId: number) => {
+      const config = loadConfig();
+      if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
+      const eventId = await withPool(config, async (pool) => {
+        const { rows } = await pool.query<{ id: string }>(`select pgfn.retry($1) as id`, [runId]);
+        return rows[0]!.id;
+      });
+      console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 
   program

@@ -97,6 +97,24 @@ describe("pgfn CLI", () => {
     expect(r.stdout).toMatch(/fail attempt 1: failed in .* FUNCTION_ERROR .*demo failure/);
   });
 
+  it("retry runs a failed run's event again, as a new event", async () => {
+    const failed = (
+      await t.pool.query<{ id: string; event_id: string }>(
+        `select id, event_id from pgfn.function_runs where function_name = 'fail' order by id desc limit 1`,
+      )
+    ).rows[0]!;
+    const r = await pgfn(["retry", failed.id]);
+    expect(r.code, r.stderr).toBe(0);
+    const [, newEvent] = r.stdout.match(/^run \d+: its event runs again as event (\d+)$/m) ?? [];
+    expect(newEvent).toBeDefined();
+    const replay = await t.pool.query(`select replay_of from pgfn.events where id = $1`, [
+      newEvent,
+    ]);
+    expect(replay.rows).toEqual([{ replay_of: failed.event_id }]);
+    expectOneLineError(await pgfn(["retry", "abc"]), /RUN_ID must be a whole number, got "abc"/);
+    expectOneLineError(await pgfn(["retry", "999999"]), /there is no run 999999/);
+  });
+
   it("each bad input is one line and exit code 1", async () => {
     expectOneLineError(await pgfn(["invoke", "nope"]), /Function "nope" is not deployed/);
     expectOneLineError(
@@ -162,7 +180,7 @@ describe("pgfn CLI", () => {
 
   it("--help lists every command", async () => {
     const r = await pgfn(["--help"]);
-    for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "dev"])
+    for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "retry", "dev"])
       expect(r.stdout).toContain(cmd);
   });
 });
