@@ -7,7 +7,7 @@ create index if not exists function_runs_running_fn_idx
   on pgfn.function_runs (function_name) where status = 'running';
 
 -- The circuit breaker, one row per function, shared by every daemon.
--- closed: runs go through; failures and successes are counted over a window.
+-- closed: runs go through; failures are counted over a window.
 -- open: the error rate passed the threshold; work is deferred, not failed.
 -- half_open: the cooldown passed; one probe run decides (success closes,
 -- failure opens again). A probe whose daemon died expires after a TTL.
@@ -25,9 +25,8 @@ create table if not exists pgfn.circuits (
   function_name text primary key references pgfn.functions (name) on delete cascade,
   state text not null default 'closed'
     constraint circuits_state check (state in ('closed', 'open', 'half_open')),
-  -- Outcomes counted since window_started_at (closed state only).
+  -- Failures counted since window_started_at (closed state only).
   window_started_at timestamptz not null default now(),
-  successes integer not null default 0,
   failures integer not null default 0,
   opened_at timestamptz,
   -- Outcomes before the last close do not count against the function again.
@@ -46,7 +45,16 @@ comment on table pgfn.circuits is
 -- circuit could open: a healthy function's runs never write to pgfn.circuits.
 create index if not exists function_runs_finished_idx
   on pgfn.function_runs (function_name, finished_at);
-alter table pgfn.circuits drop column if exists successes;
+
+-- A function without its module: what a run needs to know, without reading
+-- (and detoasting) up to 10 MB of WebAssembly per event. List new columns of
+-- pgfn.functions here too.
+create or replace view pgfn.function_info as
+select name, description, wasm_sha256, entrypoint, enabled, timeout_ms, memory_limit_mb,
+       max_concurrency, max_attempts, retry_base_ms, retry_max_ms, env, allowed_hosts, db_role,
+       on_error, ordering, circuit_error_rate, circuit_min_volume, circuit_window_ms,
+       circuit_cooldown_ms, last_run_at, last_status, created_at, updated_at
+from pgfn.functions;
 
 -- The outcomes that say the function is unhealthy. Not found, bad input,
 -- limits of ours and abandoned attempts say nothing about it.
@@ -71,7 +79,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_circuit pgfn.circuits;
-  v_fn pgfn.functions;
+  v_fn pgfn.function_info;
   v_probe boolean := false;
   v_id bigint;
   v_attempt integer;
@@ -86,7 +94,7 @@ begin
     perform pg_advisory_xact_lock(hashtextextended('pgfn:concurrency:' || p_function_name, 0));
     select * into v_circuit from pgfn.circuits c where c.function_name = p_function_name;
     if found and v_circuit.state <> 'closed' then
-      select * into v_fn from pgfn.functions f where f.name = p_function_name;
+      select * into v_fn from pgfn.function_info f where f.name = p_function_name;
       if v_circuit.state = 'open'
          and v_circuit.opened_at + make_interval(secs => v_fn.circuit_cooldown_ms / 1000.0) > clock_timestamp() then
         return query select null::bigint, null::integer, false,
@@ -140,7 +148,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgfn.function_runs;
-  v_fn pgfn.functions;
+  v_fn pgfn.function_info;
   v_circuit pgfn.circuits;
   v_total integer;
   v_failed integer;
@@ -174,11 +182,11 @@ begin
   if v_run.status = 'succeeded' or not pgfn.circuit_counts(v_run.error_code) then
     return coalesce(v_circuit.state, 'closed');
   end if;
-  if found and v_circuit.state <> 'closed' then
+  if v_circuit.state <> 'closed' then
     return v_circuit.state; -- a straggler that started before the circuit opened
   end if;
 
-  select * into v_fn from pgfn.functions f where f.name = v_run.function_name;
+  select * into v_fn from pgfn.function_info f where f.name = v_run.function_name;
   if not found then
     return null;
   end if;
@@ -241,16 +249,6 @@ begin
 end
 $$;
 
-
--- A function without its module: what a run needs to know, without reading
--- (and detoasting) up to 10 MB of WebAssembly per event. List new columns of
--- pgfn.functions here too.
-create or replace view pgfn.function_info as
-select name, description, wasm_sha256, entrypoint, enabled, timeout_ms, memory_limit_mb,
-       max_concurrency, max_attempts, retry_base_ms, retry_max_ms, env, allowed_hosts, db_role,
-       on_error, ordering, circuit_error_rate, circuit_min_volume, circuit_window_ms,
-       circuit_cooldown_ms, last_run_at, last_status, created_at, updated_at
-from pgfn.functions;
 
 -- Everything a worker does before running an event, in one round trip (it
 -- is the hot path): the event, its function, whether it is already done

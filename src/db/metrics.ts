@@ -9,8 +9,8 @@ export type CircuitState = "closed" | "half_open" | "open";
 export async function circuitStates(
   db: Db,
 ): Promise<{ readonly name: string; readonly state: CircuitState }[]> {
-  // pgfn.circuits is not in the Kysely schema (sql/000007_circuits.sql is
-  // used only by SQL today), hence the template.
+  // pgfn.circuits is not in the Kysely schema (sql/000006_admission.sql
+  // reads and writes it in SQL only), hence the template.
   const { rows } = await sql<{ name: string; state: CircuitState }>`
     select f.name, coalesce(c.state, 'closed') as state
     from pgfn.functions f
