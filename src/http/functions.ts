@@ -6,6 +6,7 @@
  */
 import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
+import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "../db/functions.js";
 import { listRuns, type Run } from "../db/runs.js";
@@ -98,6 +99,21 @@ function runView(run: Run) {
   };
 }
 
+/** The settings deploy and PATCH share, named as the database layer names them. */
+function commonSettings(b: Omit<z.infer<typeof PatchBody>, "enabled" | "db_role" | "on_error">) {
+  return {
+    ...(b.description !== undefined && { description: b.description }),
+    ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
+    ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
+    ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
+    ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
+    ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
+    ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
+    ...(b.env !== undefined && { env: b.env }),
+    ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
+  };
+}
+
 function notFound(name: string): PgfnError {
   return new PgfnError(
     "FUNCTION_NOT_FOUND",
@@ -128,15 +144,7 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       const result = await deployFunction(db, {
         name: b.name,
         wasm: Buffer.from(b.wasm, "base64"),
-        ...(b.description !== undefined && { description: b.description }),
-        ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
-        ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
-        ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
-        ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
-        ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
-        ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
-        ...(b.env !== undefined && { env: b.env }),
-        ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
+        ...commonSettings(b),
         ...(b.db_role !== undefined && { dbRole: b.db_role }),
         ...(b.on_error !== undefined && { onError: b.on_error }),
         update: b.update ?? false,
@@ -185,16 +193,8 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       assertFunctionName(name);
       const b = request.body;
       const fn = await updateFunction(db, name, {
-        ...(b.description !== undefined && { description: b.description }),
+        ...commonSettings(b),
         ...(b.enabled !== undefined && { enabled: b.enabled }),
-        ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
-        ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
-        ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
-        ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
-        ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
-        ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
-        ...(b.env !== undefined && { env: b.env }),
-        ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
         ...(b.db_role !== undefined && { dbRole: b.db_role }),
         ...(b.on_error !== undefined && { onError: b.on_error }),
       });
