@@ -39,7 +39,7 @@ begin
   -- Whatever dead letter the original had is dealt with by this replay.
   update pgfn.dead_letters set resolved_at = now(), retried_event_id = v_id
   where event_id = p_event_id and resolved_at is null;
-  perform pg_notify('pgfn_events', '');
+  -- The listener is woken by pgfn.wake, as for every new event.
   return v_id;
 end
 $$;
@@ -107,7 +107,7 @@ begin
   end if;
   insert into pgfn.events (function_name, source, payload) values (p_name, 'manual', p_payload)
   returning id into v_id;
-  perform pg_notify('pgfn_events', '');
+  -- The listener is woken by pgfn.wake, as for every new event.
   return v_id;
 end
 $$;

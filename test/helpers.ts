@@ -143,15 +143,14 @@ export async function waitFor<T>(
 }
 
 /**
- * Records a manual event for `fn` (as pgfn.invoke_async will) and wakes the
- * listener; returns the event id.
+ * Records a manual event for `fn` (as pgfn.invoke_async does; pgfn.wake
+ * wakes the listener at commit); returns the event id.
  */
 export async function enqueueManual(pool: pg.Pool, fn: string, payload: unknown): Promise<string> {
   const { rows } = await pool.query<{ id: string }>(
     `insert into pgfn.events (function_name, source, payload) values ($1, 'manual', $2) returning id`,
     [fn, JSON.stringify(payload)],
   );
-  await pool.query(`select pg_notify('pgfn_events', '')`);
   return rows[0]!.id;
 }
 

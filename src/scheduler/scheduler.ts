@@ -171,8 +171,7 @@ export class Scheduler {
       .where("function_name", "=", row.function_name)
       .execute();
     if (ids.length > 0) {
-      // Delivered at commit, like the trigger's: the listener dispatches them.
-      await sql`select pg_notify('pgfn_events', '')`.execute(trx);
+      // The listener is woken at commit by pgfn.wake, as for every new event.
       logger.info(
         {
           ...log,

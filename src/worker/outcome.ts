@@ -79,7 +79,6 @@ export async function recordOutcome(
       };
       await sql`insert into pgfn.events (function_name, source, payload)
         values (${fn.on_error}, 'error_handler', ${JSON.stringify(payload)}::jsonb)`.execute(trx);
-      await sql`select pg_notify('pgfn_events', '')`.execute(trx);
     }
     return run;
   });
