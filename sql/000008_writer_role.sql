@@ -142,6 +142,9 @@ begin
 end
 $$;
 
+comment on function pgfn.enqueue() is
+  'Trigger function: records the row change in pgfn.events for the function named by its argument. Use AFTER ... FOR EACH ROW. Roles writing the table need pgfn_writer.';
+
 -- SECURITY DEFINER, audited (pgfn.wake, 000002, unchanged): the deferred
 -- constraint trigger on pgfn.events, run at commit as pgfn's owner because
 -- the committing role has no rights on pgfn.listener_state. It takes no
@@ -232,19 +235,23 @@ comment on function pgfn.writers_without_writer_role(regclass, text[]) is
 do $$
 declare
   v_table regclass;
+  v_name text; -- schema-qualified whatever the session's search_path
   v_role name;
 begin
-  for v_table in
-    select distinct tgrelid::regclass from pg_trigger
-    where tgfoid = 'pgfn.enqueue()'::regprocedure
+  for v_table, v_name in
+    select distinct t.tgrelid::regclass, format('%I.%I', n.nspname, c.relname)
+    from pg_trigger t
+    join pg_class c on c.oid = t.tgrelid
+    join pg_namespace n on n.oid = c.relnamespace
+    where t.tgfoid = 'pgfn.enqueue()'::regprocedure
   loop
     for v_role in select * from pgfn.writers_without_writer_role(v_table) loop
       execute format('grant pgfn_writer to %I', v_role);
-      raise notice 'pgfn: granted pgfn_writer to % (it may write %, which has a pgfn trigger)', quote_ident(v_role), v_table;
+      raise notice 'pgfn: granted pgfn_writer to % (it may write %, which has a pgfn trigger)', quote_ident(v_role), v_name;
     end loop;
     if has_table_privilege('public', v_table, 'INSERT, UPDATE, DELETE')
       or has_any_column_privilege('public', v_table, 'INSERT, UPDATE') then
-      raise notice 'pgfn: PUBLIC may write %, which has a pgfn trigger: every role that writes it now needs "grant pgfn_writer to <role>"', v_table;
+      raise notice 'pgfn: PUBLIC may write %, which has a pgfn trigger: every role that writes it now needs "grant pgfn_writer to <role>"', v_name;
     end if;
   end loop;
 end
@@ -308,6 +315,13 @@ begin
   from pgfn.writers_without_writer_role(p_table, v_ops) w;
   if v_missing is not null then
     raise notice 'pgfn: roles that may write % lack pgfn_writer, so their writes will fail: grant pgfn_writer to %', p_table, v_missing;
+  end if;
+  if exists (
+    select 1 from unnest(v_ops) op
+    where case op when 'DELETE' then has_table_privilege('public', p_table, op)
+                  else has_any_column_privilege('public', p_table, op) end
+  ) then
+    raise notice 'pgfn: PUBLIC may write %: every role that writes it needs "grant pgfn_writer to <role>"', p_table;
   end if;
   return v_trigger;
 end

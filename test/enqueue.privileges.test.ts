@@ -237,7 +237,8 @@ describe("the role boundary around pgfn", () => {
       grant insert on public.tickets to ${inserter};
       grant update (title) on public.tickets to ${member};
       grant pgfn_writer to ${member};
-      grant select on public.tickets to ${reader};`);
+      grant select on public.tickets to ${reader};
+      grant delete on public.tickets to public;`);
     const notices: string[] = [];
     const client = new pg.Client({ connectionString: t.url });
     client.on("notice", (n) => notices.push(n.message ?? ""));
@@ -249,6 +250,7 @@ describe("the role boundary around pgfn", () => {
     }
     expect(notices).toEqual([
       `pgfn: roles that may write public.tickets lack pgfn_writer, so their writes will fail: grant pgfn_writer to ${inserter}`,
+      `pgfn: PUBLIC may write public.tickets: every role that writes it needs "grant pgfn_writer to <role>"`,
     ]);
   });
 });
