@@ -26,10 +26,12 @@ beforeAll(async () => {
   await t.pool.query(
     `create table public.orders (id serial primary key, note text); select pgfn.attach('public.orders', 'echo', array['INSERT'])`,
   );
-  // A role with no rights on pgfn: the commit-time check must still work for it.
+  // A role with no rights on pgfn tables (only pgfn_writer, which every
+  // writer of an attached table needs): the commit-time check must still work for it.
   await t.pool.query(`
     drop role if exists pgfn_wake_writer;
     create role pgfn_wake_writer;
+    grant pgfn_writer to pgfn_wake_writer;
     grant usage on schema public to pgfn_wake_writer;
     grant insert on public.orders to pgfn_wake_writer;
     grant usage on sequence public.orders_id_seq to pgfn_wake_writer;`);
