@@ -14,6 +14,8 @@ import { HostFunctionError } from "./errors.js";
 export interface RoleConnection {
   readonly client: pg.Client;
   readonly role: string;
+  /** `Date.now()` when it was opened (and its role checked). */
+  readonly openedAt: number;
 }
 
 /** Options of {@link DbConnections}. */
@@ -22,6 +24,11 @@ export interface DbConnectionsOptions {
   readonly size: number;
   /** An idle connection is closed after this long. (Default: 10000) */
   readonly idleMs?: number;
+  /**
+   * A connection is closed when given back after this long, so that a role
+   * granted more since is checked again on its next connection. (Default: 300000)
+   */
+  readonly maxLifetimeMs?: number;
   /**
    * Opens, logs in and checks a connection for `role` before `deadline`;
    * rejects with the error the caller should see.
@@ -44,6 +51,7 @@ interface Idle {
 }
 
 const DEFAULT_IDLE_MS = 10_000;
+const DEFAULT_MAX_LIFETIME_MS = 300_000;
 
 /**
  * The fair share: half the connections, at least one. With the default 4,
@@ -62,6 +70,7 @@ export class DbConnections {
   private readonly size: number;
   private readonly share: number;
   private readonly idleMs: number;
+  private readonly maxLifetimeMs: number;
   private readonly openConnection: DbConnectionsOptions["open"];
   /** Open or being opened, idle or busy. */
   private count = 0;
@@ -77,6 +86,7 @@ export class DbConnections {
     this.size = options.size;
     this.share = fairShare(options.size);
     this.idleMs = options.idleMs ?? DEFAULT_IDLE_MS;
+    this.maxLifetimeMs = options.maxLifetimeMs ?? DEFAULT_MAX_LIFETIME_MS;
     this.openConnection = options.open;
   }
 
@@ -123,7 +133,8 @@ export class DbConnections {
   release(connection: RoleConnection, fn: string, reusable: boolean): void {
     if (!this.busy.delete(connection)) return;
     this.leave(fn);
-    if (reusable && !this.closed) {
+    const young = Date.now() - connection.openedAt < this.maxLifetimeMs;
+    if (reusable && young && !this.closed) {
       const timer = setTimeout(() => this.closeIdle(connection), this.idleMs);
       timer.unref();
       this.idle.push({ connection, timer });
@@ -137,9 +148,10 @@ export class DbConnections {
 
   /**
    * Refuses new callers, closes idle connections, waits up to `graceMs` for
-   * busy ones, then destroys what is left. Bounded whatever the server does.
+   * busy ones, then hands what is left to `abandon` (which must close it).
+   * Bounded whatever the server does.
    */
-  async end(graceMs: number): Promise<void> {
+  async end(graceMs: number, abandon: (connection: RoleConnection) => void): Promise<void> {
     this.closed = true;
     for (const waiter of this.waiters.splice(0)) {
       clearTimeout(waiter.timer);
@@ -163,7 +175,7 @@ export class DbConnections {
       });
     }
     this.onBusyChange = undefined;
-    for (const connection of this.busy) destroyClient(connection.client);
+    for (const connection of this.busy) abandon(connection);
   }
 
   /** Serves waiters in order, skipping those whose function holds its share. */
@@ -203,7 +215,7 @@ export class DbConnections {
   private startOpening(waiter: Waiter): void {
     const opened = this.openConnection(waiter.role, waiter.deadline).then(
       (client) => {
-        const connection: RoleConnection = { client, role: waiter.role };
+        const connection: RoleConnection = { client, role: waiter.role, openedAt: Date.now() };
         if (this.closed) {
           destroyClient(client);
           this.count--;

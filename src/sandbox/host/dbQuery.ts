@@ -61,6 +61,8 @@ export interface DbQueryExecutorOptions {
   readonly daemonRole?: string;
   /** An idle connection is closed after this long. (Default: 10000) */
   readonly idleMs?: number;
+  /** A connection is closed (and its role checked anew on the next) after this long. (Default: 300000) */
+  readonly maxLifetimeMs?: number;
 }
 
 /** `application_name` of db_query's connections, to find them in `pg_stat_activity`. */
@@ -147,6 +149,7 @@ export class DbQueryExecutor {
     this.connections = new DbConnections({
       size: options.poolSize ?? DEFAULT_POOL_SIZE,
       ...(options.idleMs !== undefined && { idleMs: options.idleMs }),
+      ...(options.maxLifetimeMs !== undefined && { maxLifetimeMs: options.maxLifetimeMs }),
       open: (role, deadline) => this.open(role, deadline),
     });
   }
@@ -217,7 +220,7 @@ export class DbQueryExecutor {
    * closes their connections (and stops their statements on the server).
    */
   async end(graceMs: number = DEFAULT_END_GRACE_MS): Promise<void> {
-    await this.connections.end(graceMs);
+    await this.connections.end(graceMs, (connection) => this.kill(connection));
     await Promise.race([
       Promise.allSettled([...this.terminations]),
       new Promise((resolve) => setTimeout(resolve, graceMs).unref()),
