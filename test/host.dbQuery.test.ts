@@ -450,17 +450,36 @@ describe("limits", () => {
     expect(rows).toEqual([{ who: reader }]);
   });
 
-  it("fails one huge value by bytes on the wire, before it is a row", async () => {
+  it("counts the reply as the handler gets it: JSON, column names on every row", async () => {
+    // 5000 small rows: about 75 kB on the wire, about 350 kB as JSON.
     const small = newExecutor({ maxBytes: 100_000 });
     try {
+      const name = "c".repeat(60);
       const error = await failure(
         small.query(
-          { role: reader, deadline: Date.now() + 60_000 },
-          "select repeat('x', 20000000) as x",
+          { role: reader, deadline: soon() },
+          `select n as ${name} from generate_series(1, 5000) n`,
           [],
         ),
       );
       expect(error.message).toContain("larger than 100000 bytes (PGFN_DB_QUERY_MAX_BYTES)");
+    } finally {
+      await small.end();
+    }
+  });
+
+  it("counts every byte the server sends: one huge value, a flood of notices", async () => {
+    const small = newExecutor({ maxBytes: 100_000 });
+    try {
+      for (const sql of [
+        "select repeat('x', 20000000) as x",
+        `do $$ begin for i in 1..20000 loop raise notice '%', repeat('x', 1000); end loop; end $$`,
+      ]) {
+        const error = await failure(
+          small.query({ role: reader, deadline: Date.now() + 60_000 }, sql, []),
+        );
+        expect(error.message, sql).toContain("larger than 100000 bytes (PGFN_DB_QUERY_MAX_BYTES)");
+      }
       const ok = await small.query(
         { role: reader, deadline: soon() },
         "select repeat('x', 1000) as x",
