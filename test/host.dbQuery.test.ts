@@ -259,6 +259,14 @@ describe("the role boundary (issue 10, finding 2)", () => {
     const envReader = await roles.create("envreader");
     await db.pool.query(`grant usage on schema pgfn to ${envReader}`);
     await db.pool.query(`grant select on pgfn.functions to ${envReader}`);
+    const replicator = await roles.create("replicator", "replication");
+    const signaller = await roles.create("signaller");
+    await db.pool.query(`grant pg_signal_backend to ${signaller}`);
+    const creatorInPgfn = await roles.create("pgfncreate");
+    await db.pool.query(`grant usage, create on schema pgfn to ${creatorInPgfn}`);
+    const deployer = await roles.create("deployer");
+    await db.pool.query(`grant usage on schema pgfn to ${deployer}`);
+    await db.pool.query(`grant update (db_role) on pgfn.functions to ${deployer}`);
     const owner = await roles.create("owner", "nologin");
     const ownerMember = await roles.create("ownermember");
     await db.pool.query(`create table pgfn.test_owned (id int)`);
@@ -270,6 +278,10 @@ describe("the role boundary (issue 10, finding 2)", () => {
         [creator, `alter role ${creator} nocreaterole`],
         [envReader, `revoke select on pgfn.functions from ${envReader}`],
         [ownerMember, `"${owner}", which owns pgfn's or graphile-worker's objects`],
+        [replicator, `alter role ${replicator} noreplication`],
+        [signaller, `revoke pg_signal_backend from ${signaller}`],
+        [creatorInPgfn, `revoke create on schema pgfn from ${creatorInPgfn}`],
+        [deployer, `revoke insert, update on pgfn.functions from ${deployer}`],
       ];
       for (const [role, fix] of cases) {
         const error = await failure(executor.query({ role, deadline: soon() }, "select 1", []));
@@ -280,6 +292,25 @@ describe("the role boundary (issue 10, finding 2)", () => {
     } finally {
       await db.pool.query(`drop table pgfn.test_owned`);
     }
+  });
+
+  it("checks with pg_catalog's names, not those of a search_path the role set for itself", async () => {
+    const boss = await roles.create("boss4", "superuser");
+    const shadow = await roles.create("shadow");
+    await db.pool.query(`grant ${boss} to ${shadow}`);
+    await db.pool.query(`create schema ${shadow} authorization ${shadow}`);
+    await db.pool.query(`
+      create function ${shadow}.pg_has_role(oid, oid, text) returns boolean
+        language sql as 'select false';
+      alter function ${shadow}.pg_has_role(oid, oid, text) owner to ${shadow};
+      create view ${shadow}.pg_roles as
+        select rolname, oid, false as rolsuper, false as rolcreaterole, false as rolreplication
+        from pg_catalog.pg_roles;
+      alter view ${shadow}.pg_roles owner to ${shadow};
+      alter role ${shadow} in database ${db.name} set search_path = ${shadow}, pg_catalog;
+    `);
+    const error = await failure(executor.query({ role: shadow, deadline: soon() }, "select 1", []));
+    expect(error.message).toContain(`is a member of superuser role "${boss}"`);
   });
 
   it("refuses the daemon's own role", async () => {
@@ -626,6 +657,23 @@ describe("connections", () => {
       expect(finished[0]).toBe("quick");
     } finally {
       await shared.end();
+    }
+  });
+
+  it("forgets an idle connection the server closed, so the next call does not fail", async () => {
+    const one = newExecutor({ poolSize: 1, idleMs: 60_000 });
+    try {
+      await one.query({ role: other, deadline: soon() }, "select 1", []);
+      expect(one.stats.idle).toBe(1);
+      await db.pool.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1 and datname = $2",
+        [other, db.name],
+      );
+      await waitFor(async () => one.stats.idle === 0, { message: "the closed connection to go" });
+      const { rows } = await one.query({ role: other, deadline: soon() }, "select 1 as n", []);
+      expect(rows).toEqual([{ n: 1 }]);
+    } finally {
+      await one.end();
     }
   });
 

@@ -48,6 +48,8 @@ interface Waiter {
 interface Idle {
   readonly connection: RoleConnection;
   readonly timer: NodeJS.Timeout;
+  /** Forgets the connection if the server closes it while idle (restart, idle_session_timeout). */
+  readonly onEnd: () => void;
 }
 
 const DEFAULT_IDLE_MS = 10_000;
@@ -137,7 +139,9 @@ export class DbConnections {
     if (reusable && young && !this.closed) {
       const timer = setTimeout(() => this.closeIdle(connection), this.idleMs);
       timer.unref();
-      this.idle.push({ connection, timer });
+      const onEnd = () => this.closeIdle(connection);
+      connection.client.once("end", onEnd);
+      this.idle.push({ connection, timer, onEnd });
     } else {
       destroyClient(connection.client);
       this.count--;
@@ -157,8 +161,9 @@ export class DbConnections {
       clearTimeout(waiter.timer);
       waiter.reject(new HostFunctionError("db_query failed: the daemon is shutting down", true));
     }
-    for (const { connection, timer } of this.idle.splice(0)) {
+    for (const { connection, timer, onEnd } of this.idle.splice(0)) {
       clearTimeout(timer);
+      connection.client.off("end", onEnd);
       this.count--;
       void connection.client.end().catch(() => undefined);
     }
@@ -202,6 +207,7 @@ export class DbConnections {
           continue;
         }
         clearTimeout(other.timer);
+        other.connection.client.off("end", other.onEnd);
         destroyClient(other.connection.client);
         this.count--;
       }
@@ -249,6 +255,7 @@ export class DbConnections {
       if (idle.connection.role === role) {
         this.idle.splice(i, 1);
         clearTimeout(idle.timer);
+        idle.connection.client.off("end", idle.onEnd);
         return idle.connection;
       }
     }
@@ -258,7 +265,9 @@ export class DbConnections {
   private closeIdle(connection: RoleConnection): void {
     const i = this.idle.findIndex((idle) => idle.connection === connection);
     if (i < 0) return;
-    this.idle.splice(i, 1);
+    const [idle] = this.idle.splice(i, 1);
+    clearTimeout(idle!.timer);
+    connection.client.off("end", idle!.onEnd);
     this.count--;
     void connection.client.end().catch(() => undefined);
     this.pump();

@@ -187,7 +187,7 @@ export class DbQueryExecutor {
       // Always set, "{}" without a caller: once set in a session the setting
       // reads '' (not NULL) ever after, and ''::jsonb in a policy would fail.
       await client.query(
-        "select set_config('statement_timeout', $1, true), set_config('request.jwt.claims', $2, true)",
+        "select pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.set_config('request.jwt.claims', $2, true)",
         [String(remainingMs(ctx.deadline)), JSON.stringify(ctx.claims ?? {})],
       );
       const result = await this.run(client, sql, params, state);

@@ -17,12 +17,15 @@ import { sqlState } from "../../errors.js";
 import { HostFunctionError } from "./errors.js";
 
 /**
- * Built-in roles that reach the server's files and programs or every table
- * (`copy ... to program`, `pg_read_file`, reading `pgfn.functions.env`).
- * The last two exist from Postgres 14 on; a missing one is skipped.
+ * Built-in roles that reach the server's files and programs, other roles'
+ * sessions (the daemon's own, when it is not a superuser) or every table
+ * (`copy ... to program`, `pg_read_file`, `pg_terminate_backend`, reading
+ * `pgfn.functions.env`). The last two exist from Postgres 14 on; a missing
+ * one is skipped.
  */
 const DANGEROUS_BUILTIN_ROLES: readonly string[] = [
   "pg_execute_server_program",
+  "pg_signal_backend",
   "pg_read_server_files",
   "pg_write_server_files",
   "pg_read_all_data",
@@ -183,20 +186,25 @@ interface RoleFacts {
   session_user: string;
   superuser: boolean;
   createrole: boolean;
+  replication: boolean;
   superusers_reached: string[];
   builtins_reached: string[];
   owners_reached: string[];
+  creates_in: string[];
   daemon_reached: boolean;
   reads_env: boolean;
+  writes_functions: boolean;
 }
 
 /**
  * Refuses (throws a non-transient HostFunctionError naming the fix) a
  * connection whose role is, or can become, something handler SQL must never
- * be: a superuser, a role that can grant itself any role (CREATEROLE), a
- * member of a built-in role with file, program or all-data access, the
- * owner of pgfn's or graphile-worker's tables (every function's env, the job
- * queue), the daemon's own role, or a role that may read `pgfn.functions.env`.
+ * be: a superuser, a role that can grant itself any role (CREATEROLE), one
+ * with REPLICATION (logical decoding from SQL), a member of a built-in role
+ * with file, program, signal or all-data access, the owner of pgfn's or
+ * graphile-worker's objects (every function's env, the job queue), a role
+ * that may create objects in those schemas, the daemon's own role, or a role
+ * that may read `pgfn.functions.env` or write `pgfn.functions`.
  * Run on every new connection, before any handler SQL.
  */
 export async function checkRoleIsSafe(
@@ -204,32 +212,50 @@ export async function checkRoleIsSafe(
   role: string,
   daemonRole: string | undefined,
 ): Promise<void> {
-  const { rows } = await client.query<RoleFacts>(
-    `with me as (select oid, rolsuper, rolcreaterole from pg_roles where rolname = current_user),
-          owners as (
-            select nspowner as owner from pg_namespace where nspname = any($1::text[])
-            union select c.relowner from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                   where n.nspname = any($1::text[])
-            union select p.proowner from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   where n.nspname = any($1::text[]))
-     select session_user::text as session_user,
-            me.rolsuper as superuser, me.rolcreaterole as createrole,
-            array(select rolname::text from pg_roles r
-                  where r.rolsuper and r.oid <> me.oid and pg_has_role(me.oid, r.oid, 'MEMBER')
-                  order by 1) as superusers_reached,
-            array(select rolname::text from pg_roles r
-                  where r.rolname = any($2::text[]) and pg_has_role(me.oid, r.oid, 'MEMBER')
-                  order by 1) as builtins_reached,
-            array(select distinct r.rolname::text from owners o join pg_roles r on r.oid = o.owner
-                  where pg_has_role(me.oid, r.oid, 'MEMBER') order by 1) as owners_reached,
-            coalesce($3::text is not null and to_regrole($3) is not null
-                     and pg_has_role(me.oid, to_regrole($3), 'MEMBER'), false) as daemon_reached,
-            coalesce((select has_column_privilege(me.oid, c.oid, 'env', 'SELECT')
-                      from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                      where n.nspname = 'pgfn' and c.relname = 'functions'), false) as reads_env
-     from me`,
-    [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
-  );
+  // The role may have set its own search_path (alter role ... set
+  // search_path) to a schema of its own with a pg_has_role or pg_roles that
+  // says "no": resolve every name in pg_catalog while checking.
+  await client.query("set search_path = pg_catalog, pg_temp");
+  let rows: RoleFacts[];
+  try {
+    ({ rows } = await client.query<RoleFacts>(
+      `with me as (select oid, rolsuper, rolcreaterole, rolreplication from pg_roles
+                   where rolname = current_user),
+            schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
+            owners as (
+              select nspowner as owner from schemas
+              union select c.relowner from pg_class c where c.relnamespace in (select oid from schemas)
+              union select p.proowner from pg_proc p where p.pronamespace in (select oid from schemas)),
+            functions as (
+              select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = 'pgfn' and c.relname = 'functions')
+       select session_user::text as session_user,
+              me.rolsuper as superuser, me.rolcreaterole as createrole,
+              me.rolreplication as replication,
+              array(select rolname::text from pg_roles r
+                    where r.rolsuper and r.oid <> me.oid and pg_has_role(me.oid, r.oid, 'MEMBER')
+                    order by 1) as superusers_reached,
+              array(select rolname::text from pg_roles r
+                    where r.rolname = any($2::text[]) and pg_has_role(me.oid, r.oid, 'MEMBER')
+                    order by 1) as builtins_reached,
+              array(select distinct r.rolname::text from owners o join pg_roles r on r.oid = o.owner
+                    where pg_has_role(me.oid, r.oid, 'MEMBER') order by 1) as owners_reached,
+              array(select nspname::text from pg_namespace n
+                    where n.oid in (select oid from schemas)
+                      and has_schema_privilege(me.oid, n.oid, 'CREATE') order by 1) as creates_in,
+              coalesce($3::text is not null and to_regrole($3) is not null
+                       and pg_has_role(me.oid, to_regrole($3), 'MEMBER'), false) as daemon_reached,
+              coalesce((select has_column_privilege(me.oid, f.oid, 'env', 'SELECT')
+                        from functions f), false) as reads_env,
+              coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
+                               or has_any_column_privilege(me.oid, f.oid, 'UPDATE')
+                        from functions f), false) as writes_functions
+       from me`,
+      [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
+    ));
+  } finally {
+    await client.query("reset search_path");
+  }
   const facts = rows[0];
   const id = sqlIdent(role);
   const refuse = (why: string, fix: string): never => {
@@ -276,6 +302,24 @@ export async function checkRoleIsSafe(
     refuse(
       `is a member of ${list(f.builtins_reached)} (server files, programs or every table)`,
       `Revoke it: revoke ${f.builtins_reached.join(", ")} from ${id};`,
+    );
+  }
+  if (f.replication) {
+    refuse(
+      "has REPLICATION (logical decoding reads every change in the database, other functions' env included)",
+      `Run: alter role ${id} noreplication;`,
+    );
+  }
+  if (f.creates_in.length > 0) {
+    refuse(
+      `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
+      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${id};`,
+    );
+  }
+  if (f.writes_functions) {
+    refuse(
+      "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
+      `Revoke it: revoke insert, update on pgfn.functions from ${id};`,
     );
   }
   if (f.reads_env) {
