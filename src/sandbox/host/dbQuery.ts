@@ -192,8 +192,12 @@ export class DbQueryExecutor {
       );
       const result = await this.run(client, sql, params, state);
       await client.query("commit");
-      await client.query("discard all");
-      reusable = true;
+      // Committed: the result is the handler's whatever happens next; a
+      // connection that cannot be reset is closed instead of reused.
+      reusable = await client.query("discard all").then(
+        () => !state.expired,
+        () => false,
+      );
       return result;
     } catch (error) {
       if (state.refusal) throw state.refusal;
@@ -205,8 +209,7 @@ export class DbQueryExecutor {
         );
       }
       // A server error leaves a connection we can clean: roll back, then
-      // discard what outlives a rollback (session advisory locks, temp
-      // tables, session settings, prepared statements, cursors WITH HOLD).
+      // discard what a rollback leaves (a session advisory lock survives it).
       reusable = await resetAfterError(client);
       throw error instanceof HostFunctionError ? error : classify(error);
     } finally {
