@@ -16,6 +16,8 @@ const onUnhandled = (reason: unknown) => void unhandled.push(reason);
 beforeAll(async () => {
   process.on("unhandledRejection", onUnhandled);
   sandbox = createSandbox({ size: 1, maxInvocationsPerThread: 50 });
+  // Started before the first test: a thread's start is slow on a busy machine.
+  await sandbox.pool.warm();
   const wasm = await readFile(exampleWasm("query"));
   query = await sandbox.modules.get(sha256Hex(wasm), async () => wasm);
 });
@@ -29,7 +31,8 @@ const run = (binding: HostBinding) =>
   sandbox.pool.invoke({
     module: query,
     input: { sql: "select 1", params: [] },
-    timeoutMs: 5000,
+    // Generous: a timeout here would hide the error under test as TIMEOUT.
+    timeoutMs: 30_000,
     memoryLimitBytes: 32 * 1024 * 1024,
     host: { db_query: binding },
   });
