@@ -3,7 +3,8 @@
 // directly on the main thread (so the pool's overhead shows as a ratio); the
 // same with one db_query; and the first (cold) invocation of a new module.
 // `npm run bench` runs it too, through runSandboxBench.
-import { mkdtemp, readFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -126,9 +127,14 @@ export async function runSandboxBench(options: {
     const url = options.url || server!.connectionString;
     const setup = new pg.Client({ connectionString: url });
     await setup.connect();
+    // db_query logs in as the role: a login role, its password in a pgpass file.
     const role = `pgfn_bench_${process.pid}`;
-    await setup.query(`create role ${role} nologin`);
-    const dbQuery = new DbQueryExecutor({ connectionString: url, poolSize: 4 });
+    const password = randomBytes(12).toString("hex");
+    await setup.query(`create role ${role} login password '${password}'`);
+    const pgpassDir = await mkdtemp(path.join(tmpdir(), "pgfn-bench-pgpass-"));
+    const pgpassFile = path.join(pgpassDir, "pgpass");
+    await writeFile(pgpassFile, `*:*:*:${role}:${password}\n`, { mode: 0o600 });
+    const dbQuery = new DbQueryExecutor({ connectionString: url, poolSize: 4, pgpassFile });
     const realHost: Record<string, HostBinding> = {
       db_query: async (payload) =>
         dbQuery.query(
@@ -153,6 +159,7 @@ export async function runSandboxBench(options: {
     } finally {
       await dbQuery.end();
       await setup.query(`drop role ${role}`);
+      await rm(pgpassDir, { recursive: true, force: true });
       await setup.end();
       await server?.stop();
     }

@@ -168,7 +168,7 @@ export function buildProgram(): Command {
     )
     .option("--env <KEY=VALUE>", "an environment value the handler may read (repeatable)", collect)
     .option("--allow-host <host>", "a host http_fetch may reach (repeatable)", collect)
-    .option("--db-role <role>", "the role db_query runs as")
+    .option("--db-role <role>", "the login role db_query connects as (see README, db_query roles)")
     .option("--on-error <name>", "the function that receives terminal failures")
     .option("--update", "replace the function if it exists")
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { z } from "zod";
 import { PgfnError } from "./errors.js";
+import { DEFAULT_DB_QUERY_MAX_BYTES } from "./sandbox/host/dbQuery.js";
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 const bool = z
@@ -29,16 +30,28 @@ const schema = z.object({
   /** Jobs one daemon runs at once. (Default: 10) */
   PGFN_WORKER_CONCURRENCY: int(1, 1000).default(10),
   /**
-   * Where db_query connects. Use a login role that is NOT a superuser and is
-   * a member of the functions' db_roles: SET ROLE from a superuser session
-   * can be undone by the SQL it runs. (Default: DATABASE_URL)
+   * The server, database and connection options of db_query. Each function's
+   * queries log in as its own db_role (the URL's user is replaced by it);
+   * passwords come from the pgpass file (PGPASSFILE, else ~/.pgpass), the
+   * URL's password only for the URL's own user. (Default: DATABASE_URL)
    */
   PGFN_DB_QUERY_URL: z
     .string()
     .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
     .optional(),
-  /** Connections db_query may hold per daemon: handlers cannot exhaust the server's. (Default: 4) */
+  /**
+   * Connections db_query may hold per daemon, across all db_roles: handlers
+   * cannot exhaust the server's. One function holds at most half. (Default: 4)
+   */
   PGFN_DB_QUERY_POOL_SIZE: int(1, 1000).default(4),
+  /**
+   * The most bytes (as JSON) one db_query reply may take, counted as rows
+   * arrive; a bigger one fails the call. At most what a host reply can carry.
+   * (Default: 4000000)
+   */
+  PGFN_DB_QUERY_MAX_BYTES: int(1024, DEFAULT_DB_QUERY_MAX_BYTES).default(
+    DEFAULT_DB_QUERY_MAX_BYTES,
+  ),
   /** Threads that run handlers. (Default: the worker concurrency, so no run waits for one) */
   PGFN_SANDBOX_THREADS: int(1, 1000).optional(),
   /** A sandbox thread is replaced after this many invocations. (Default: 1000) */
@@ -99,6 +112,7 @@ export type Config = Readonly<{
   workerConcurrency: number;
   dbQueryUrl: string | undefined;
   dbQueryPoolSize: number;
+  dbQueryMaxBytes: number;
   sandboxThreads: number;
   sandboxRecycleAfter: number;
   dispatchBatch: number;
@@ -152,6 +166,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     workerConcurrency: e.PGFN_WORKER_CONCURRENCY,
     dbQueryUrl: e.PGFN_DB_QUERY_URL ?? e.DATABASE_URL,
     dbQueryPoolSize: e.PGFN_DB_QUERY_POOL_SIZE,
+    dbQueryMaxBytes: e.PGFN_DB_QUERY_MAX_BYTES,
     sandboxThreads: e.PGFN_SANDBOX_THREADS ?? e.PGFN_WORKER_CONCURRENCY,
     sandboxRecycleAfter: e.PGFN_SANDBOX_RECYCLE_AFTER,
     dispatchBatch: e.PGFN_DISPATCH_BATCH,

@@ -4,7 +4,7 @@
  * one pool. Stateless: every fact lives in Postgres, so
  * any number of daemons can run against one database.
  */
-import pg from "pg";
+import type pg from "pg";
 import type { Runner } from "graphile-worker";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
@@ -85,11 +85,15 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     });
     // All threads now: starting one costs tens of milliseconds a run should not pay.
     await Promise.all([sandbox.pool.warm(), warmMemoryGuard()]);
+    // A db_role may not be, or reach, the role the daemon itself runs as.
+    const daemonRole = (await pool.query<{ role: string }>("select current_user as role")).rows[0]
+      ?.role;
     dbQuery = new DbQueryExecutor({
       connectionString: config.dbQueryUrl ?? options.connectionString,
       poolSize: config.dbQueryPoolSize,
+      maxBytes: config.dbQueryMaxBytes,
+      ...(daemonRole !== undefined && { daemonRole }),
     });
-    await warnIfSuperuser(config.dbQueryUrl ?? options.connectionString, logger);
     const bindingsOptions = { dbQuery };
     const metrics = createMetrics({ db, logger });
     const onRunFinished = options.onRunFinished;
@@ -210,30 +214,5 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     await dbQuery?.end().catch(() => undefined);
     await pool.end().catch(() => undefined);
     throw error;
-  }
-}
-
-/**
- * db_query switches to the function's db_role with SET LOCAL ROLE; from a
- * superuser session a handler's statement can switch back within itself. The
- * executor notices and rolls back, but cannot undo what that one statement did
- * outside the transaction, so say so at start.
- */
-async function warnIfSuperuser(connectionString: string, logger: Logger): Promise<void> {
-  const client = new pg.Client({ connectionString, application_name: "pgfn" });
-  client.on("error", () => undefined);
-  try {
-    await client.connect();
-    const { rows } = await client.query<{ role: string; superuser: boolean }>(
-      "select current_user as role, rolsuper as superuser from pg_roles where rolname = current_user",
-    );
-    if (rows[0]?.superuser) {
-      logger.warn(
-        { operation: "start", db_query_role: rows[0].role },
-        `db_query connects as superuser "${rows[0].role}": set PGFN_DB_QUERY_URL to a non-superuser login role that is a member of the functions' db_roles`,
-      );
-    }
-  } finally {
-    await client.end().catch(() => undefined);
   }
 }

@@ -1,5 +1,9 @@
 // Test helpers: a database of one's own, conditions with deadlines, URLs on
 // the test server, example modules.
+import { randomBytes } from "node:crypto";
+import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import pg from "pg";
 import { inject } from "vitest";
 import { examplePath } from "../examples/build.js";
@@ -192,4 +196,54 @@ export function startTestDaemon(
     },
     logger,
   });
+}
+
+/** Login roles for db_query tests: unique on the cluster, their passwords in a pgpass file. */
+export interface TestRoles {
+  /** A pgpass file (mode 0600) with every role's password, for PGPASSFILE or `pgpassFile`. */
+  readonly pgpassFile: string;
+  /**
+   * Creates a login role with a password (plus `options`, e.g. "superuser"
+   * or "nologin") and returns its name.
+   */
+  create(label: string, options?: string): Promise<string>;
+  /** Drops every role created; call after dropping the databases that granted to them. */
+  drop(): Promise<void>;
+}
+
+let roleCounter = 0;
+
+/**
+ * Roles for a test file. Passwords make them work on a server that asks for
+ * one (the embedded Postgres of CI) as well as on one that trusts local
+ * connections.
+ */
+export async function createTestRoles(): Promise<TestRoles> {
+  const dir = await mkdtemp(path.join(tmpdir(), "pgfn-roles-"));
+  const pgpassFile = path.join(dir, "pgpass");
+  await writeFile(pgpassFile, "", { mode: 0o600 });
+  const created: string[] = [];
+  return {
+    pgpassFile,
+    async create(label, options = "") {
+      const name = `pgfn_r_${process.pid}_${++roleCounter}_${label}`.slice(0, 63);
+      const password = randomBytes(12).toString("hex");
+      await withAdmin((admin) =>
+        admin.query(
+          `create role ${admin.escapeIdentifier(name)} ${/\bnologin\b/i.test(options) ? "" : "login"} password ${admin.escapeLiteral(password)} ${options}`,
+        ),
+      );
+      created.push(name);
+      await appendFile(pgpassFile, `*:*:*:${name}:${password}\n`);
+      return name;
+    },
+    async drop() {
+      await withAdmin(async (admin) => {
+        for (const name of created.splice(0)) {
+          await admin.query(`drop role if exists ${admin.escapeIdentifier(name)}`);
+        }
+      });
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -1,30 +1,36 @@
-// db_query from a real handler: it runs as the function's db_role, never as
-// the daemon's role, and a denied query is a HOST_FUNCTION_ERROR run.
+// db_query from a real handler: it logs in as the function's db_role, never
+// as the daemon's role; a denied query is a HOST_FUNCTION_ERROR run; and no
+// reply, however big, takes the daemon down.
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
-import pg from "pg";
-import { pino } from "pino";
 import {
-  adminUrl,
   createTestDatabase,
+  createTestRoles,
   startTestDaemon,
   enqueueManual,
   exampleWasm,
   finishedRun,
   type TestDatabase,
+  type TestRoles,
 } from "./helpers.js";
 
 let t: TestDatabase;
 let daemon: Daemon;
-const role = `pgfn_handler_${process.pid}_${Date.now() % 100000}`;
+let roles: TestRoles;
+let role: string;
+let superRole: string;
 
 beforeAll(async () => {
   t = await createTestDatabase("privileges");
+  roles = await createTestRoles();
+  // The daemon reads the db_roles' passwords where libpq would.
+  process.env.PGPASSFILE = roles.pgpassFile;
+  role = await roles.create("handler");
+  superRole = await roles.create("super", "superuser");
   await t.pool.query(`
-    create role ${role} nologin;
     create table public.notes (id int primary key, body text);
     insert into public.notes values (1, 'hello'), (2, 'world');
     grant select, insert on public.notes to ${role};
@@ -34,16 +40,14 @@ beforeAll(async () => {
   const db = createDb(t.pool);
   await deployFunction(db, { name: "query", wasm, dbRole: role });
   await deployFunction(db, { name: "noroles", wasm });
+  await deployFunction(db, { name: "assuper", wasm, dbRole: superRole });
   daemon = await startTestDaemon(t.url);
 });
 afterAll(async () => {
   await daemon?.stop();
   await t?.drop();
-  // Roles outlive databases: drop ours (the database that granted to it is gone).
-  const admin = new pg.Client({ connectionString: adminUrl() });
-  await admin.connect();
-  await admin.query(`drop role if exists ${role}`);
-  await admin.end();
+  // Roles outlive databases: drop ours (the database that granted to them is gone).
+  await roles?.drop();
 });
 
 const run = async (fn: string, sql: string, params: unknown[] = []) =>
@@ -89,16 +93,23 @@ it("is denied what the role may not do: HOST_FUNCTION_ERROR / 500", async () => 
 
   const escape = await run("query", "set role postgres");
   expect(escape.error_code).toBe("HOST_FUNCTION_ERROR");
+  expect(escape.error_message).toContain("permission denied to set role");
 });
 
-it("warns at start when db_query would connect as a superuser", async () => {
-  const lines: string[] = [];
-  const logger = pino({ level: "warn" }, { write: (line: string) => void lines.push(line) });
-  const d = await startTestDaemon(t.url, { listener: false, worker: false }, logger);
-  await d.stop();
-  const warning = lines.map((l) => JSON.parse(l)).find((l) => l.db_query_role);
-  expect(warning).toMatchObject({ level: 40, operation: "start" });
-  expect(warning.msg).toMatch(/^db_query connects as superuser ".+": set PGFN_DB_QUERY_URL/);
+it("refuses db_query as a superuser db_role, naming the fix; the daemon goes on", async () => {
+  const r = await run("assuper", "select 1");
+  expect(r).toMatchObject({ status: "failed", error_code: "HOST_FUNCTION_ERROR" });
+  expect(r.error_message).toContain(`db_role "${superRole}" is a superuser`);
+  expect(r.error_message).toContain("nosuperuser");
+  expect((await run("query", "select 1 as one")).status).toBe("succeeded");
+});
+
+it("fails a 100 MB reply with a clear HOST_FUNCTION_ERROR, and the daemon survives", async () => {
+  const r = await run("query", "select repeat('x', 1000000) as x from generate_series(1, 100)");
+  expect(r).toMatchObject({ status: "failed", error_code: "HOST_FUNCTION_ERROR" });
+  expect(r.error_message).toContain("PGFN_DB_QUERY_MAX_BYTES");
+  const after = await run("query", "select current_user as who");
+  expect(after.status).toBe("succeeded");
 });
 
 it("refuses db_query for a function without a db_role", async () => {

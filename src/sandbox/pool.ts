@@ -232,7 +232,8 @@ export class SandboxPool {
     const job = slot.job;
     if (!job || msg.id !== job.id) return; // a late answer for a job already given up on
     if (msg.type === "host") {
-      void this.serveHostCall(slot, job, msg);
+      // serveHostCall does not reject; the catch is the last line of defence.
+      this.serveHostCall(slot, job, msg).catch(() => undefined);
       return;
     }
     slot.job = undefined;
@@ -245,32 +246,24 @@ export class SandboxPool {
     this.schedule();
   }
 
+  /**
+   * Answers a host call. Never rejects: whatever fails (the binding, turning
+   * its value into JSON, a reply too big for the buffer) becomes the call's
+   * error, because an unhandled rejection here would take down the daemon
+   * with every run in flight.
+   */
   private async serveHostCall(slot: Slot, job: Job, call: HostCallMessage): Promise<void> {
     let reply: HostReply;
-    const binding = job.request.host?.[call.name];
     try {
+      const binding = job.request.host?.[call.name];
       if (!binding)
         throw Object.assign(new Error(`no host function ${call.name}`), { transient: false });
       reply = { ok: true, value: await binding(call.payload) };
     } catch (error) {
-      const e = error as { message?: string; transient?: boolean };
-      reply = {
-        ok: false,
-        error: { message: e.message ?? String(error), transient: e.transient ?? false },
-      };
+      reply = { ok: false, error: hostError(error) };
     }
     if (slot.job !== job) return; // killed meanwhile
-    let bytes = new TextEncoder().encode(JSON.stringify(reply));
-    if (bytes.byteLength > slot.data.byteLength) {
-      const tooBig: HostReply = {
-        ok: false,
-        error: {
-          message: `${call.name}'s result is ${bytes.byteLength} bytes; at most ${slot.data.byteLength} fit`,
-          transient: false,
-        },
-      };
-      bytes = new TextEncoder().encode(JSON.stringify(tooBig));
-    }
+    const bytes = encodeHostReply(call.name, reply, slot.data.byteLength);
     slot.data.set(bytes);
     Atomics.store(slot.header, 1, bytes.byteLength);
     Atomics.store(slot.header, 0, 1);
@@ -360,4 +353,35 @@ export class SandboxPool {
       logs: [],
     };
   }
+}
+
+/** A thrown value as a host call's error, without trusting it (its getters or toString may throw). */
+function hostError(error: unknown): { message: string; transient: boolean } {
+  try {
+    const e = error as { message?: unknown; transient?: unknown };
+    return {
+      message: typeof e.message === "string" ? e.message : String(error),
+      transient: e.transient === true,
+    };
+  } catch {
+    return { message: "the host function failed", transient: false };
+  }
+}
+
+/**
+ * The reply as UTF-8 JSON that fits in `capacity` bytes; a value that cannot
+ * be serialised (too big for a string, a BigInt, a cycle) or does not fit
+ * becomes an error reply instead.
+ */
+function encodeHostReply(name: string, reply: HostReply, capacity: number): Uint8Array {
+  const encode = (r: HostReply) => new TextEncoder().encode(JSON.stringify(r));
+  let failure: string;
+  try {
+    const bytes = encode(reply);
+    if (bytes.byteLength <= capacity) return bytes;
+    failure = `${name}'s result is ${bytes.byteLength} bytes; at most ${capacity} fit`;
+  } catch (error) {
+    failure = `${name}'s result could not be sent to the handler (${hostError(error).message})`;
+  }
+  return encode({ ok: false, error: { message: failure, transient: false } });
 }

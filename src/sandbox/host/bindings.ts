@@ -32,7 +32,7 @@ export function hostBindings(
         );
       }
       return options.dbQuery.query(
-        { role: fn.db_role, deadline, claims: options.claims ?? null },
+        { role: fn.db_role, fn: fn.name, deadline, claims: options.claims ?? null },
         args.data.sql,
         args.data.params,
       );

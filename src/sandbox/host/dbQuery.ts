@@ -1,16 +1,23 @@
 /**
  * The main-thread side of the `db_query(sql, params)` host function: one
- * statement, in a transaction of its own, as the function's `db_role`, within
- * the invocation's remaining time, on a small pool of its own.
+ * statement, in a transaction of its own, on a connection logged in as the
+ * function's `db_role` (never the daemon's user), within the invocation's
+ * remaining time, with a reply bounded in rows and bytes.
  */
 import pg from "pg";
-import { sqlState } from "../../errors.js";
+import { DbConnections, destroyClient, type RoleConnection } from "./dbConnections.js";
+import { checkRoleIsSafe, loginFailure, roleConnectionConfig } from "./dbRole.js";
 import { HostFunctionError } from "./errors.js";
 
 /** Who is asking and until when. */
 export interface DbQueryContext {
   /** The function's `db_role`; `null` means the function may not query (refused). */
   readonly role: string | null;
+  /**
+   * The function asking: no function holds more than its fair share of the
+   * connections at once. (Default: the role)
+   */
+  readonly fn?: string;
   /** `Date.now()`-based deadline (ms) of the whole invocation. */
   readonly deadline: number;
   /**
@@ -32,21 +39,50 @@ export interface DbQueryResult {
 
 /** Options of {@link DbQueryExecutor}. */
 export interface DbQueryExecutorOptions {
-  /** The database handlers query (usually the daemon's own DATABASE_URL). */
+  /**
+   * The server, database and options handlers query (PGFN_DB_QUERY_URL,
+   * usually the daemon's DATABASE_URL). Its user is replaced by each
+   * function's db_role; its password is used only for that same user.
+   */
   readonly connectionString: string;
   /**
-   * Connections in the pool; callers beyond it wait (within their deadline),
-   * so handlers cannot exhaust the server's connections. (Default: 4)
+   * Connections open at once across all db_roles; callers beyond it wait
+   * (within their deadline), so handlers cannot exhaust the server's
+   * connections. One function holds at most half of them. (Default: 4)
    */
   readonly poolSize?: number;
   /** A query returning more rows fails instead of filling the daemon's memory. (Default: 10000) */
   readonly maxRows?: number;
+  /** A reply whose rows take more bytes (as JSON) fails, counted as they arrive. (Default: 4000000) */
+  readonly maxBytes?: number;
+  /** The pgpass file with the db_roles' passwords. (Default: PGPASSFILE, else ~/.pgpass) */
+  readonly pgpassFile?: string;
+  /** The role the daemon itself connects as: a db_role may not be or reach it. (Default: none) */
+  readonly daemonRole?: string;
+  /** An idle connection is closed after this long. (Default: 10000) */
+  readonly idleMs?: number;
+  /** A connection is closed (and its role checked anew on the next) after this long. (Default: 300000) */
+  readonly maxLifetimeMs?: number;
 }
 
-/** `application_name` of the pool's connections, to find them in `pg_stat_activity`. */
+/** `application_name` of db_query's connections, to find them in `pg_stat_activity`. */
 export const DB_QUERY_APPLICATION_NAME = "pgfn-db-query";
 const DEFAULT_POOL_SIZE = 4;
 const DEFAULT_MAX_ROWS = 10_000;
+/** Just under the 4 MiB a host reply can carry (HOST_BUFFER_BYTES), leaving room for its envelope. */
+export const DEFAULT_DB_QUERY_MAX_BYTES = 4_000_000;
+/**
+ * How long after the invocation's deadline a connection that has not
+ * answered is closed. statement_timeout (set to the remaining time) normally
+ * ends the statement first; this catches what it cannot: a server waiting
+ * for client data, a handler's plpgsql that catches query_canceled, a
+ * network that went silent.
+ */
+const DEADLINE_GRACE_MS = 1000;
+/** How long end() waits for calls in flight before closing their connections. (Default) */
+const DEFAULT_END_GRACE_MS = 2000;
+/** How long the out-of-band pg_terminate_backend of a stuck statement may take. */
+const TERMINATE_TIMEOUT_MS = 5000;
 
 /**
  * SQLSTATEs of failures that may pass on retry (Appendix A of the Postgres
@@ -67,170 +103,246 @@ const TRANSIENT_SQLSTATE_CLASSES: readonly string[] = [
 ];
 
 /**
- * Statements that would leave `db_role`: SET ROLE's permission check is made
- * against the *session* user, the daemon's (often a superuser), so from inside
- * the transaction `reset role` or `set role postgres` would succeed.
- */
-const ROLE_ESCAPE =
-  /\b(set|reset)\s+(local\s+|session\s+)?(role|session\s+authorization)\b|\bset_config\s*\(\s*e?'\s*(role|session_authorization)\s*'/i;
-/**
- * Transaction control would end our transaction, and with it `set local role`
- * and the statement timeout; each call is one transaction, committed by us.
+ * Transaction control would end our transaction, and with it the statement
+ * timeout; each call is one transaction, committed by us. Only a friendlier
+ * message: the boundaries (role, time, reset) do not depend on it.
  */
 const TRANSACTION_CONTROL =
   /^\s*(begin|start\s+transaction|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i;
 
+/** What went wrong with a call while it ran, beyond what pg reports. */
+interface CallState {
+  /** Our own refusal (COPY, too many rows or bytes); the connection was destroyed. */
+  refusal: HostFunctionError | undefined;
+  /** The client-side deadline passed and the connection was destroyed. */
+  expired: boolean;
+}
+
 /**
  * Runs handlers' `db_query` calls. One per daemon; `end()` on shutdown.
  *
- * Each call: `begin`; `set local role <db_role>` (which must succeed, and must
- * not leave us as the daemon's own role or a superuser); the statement timeout
- * set to the invocation's remaining time; the caller's JWT claims; the
- * statement with bound parameters over the extended protocol (one statement
- * only); a check that the statement did not change the role; `commit`; and
- * `discard all` so no session state (temp tables, advisory locks, session
- * GUCs) passes to the next function using the connection.
- *
- * The role switch is only as strong as what the connecting user may become:
- * for a hard boundary, give this executor a login role that is a member of the
- * handler roles and not a superuser.
+ * Each call gets a connection logged in as the function's db_role (checked
+ * once per connection: see `checkRoleIsSafe`), then: `begin`; the statement
+ * timeout set to the invocation's remaining time and the caller's JWT
+ * claims; the statement with bound parameters over the extended protocol
+ * (one statement only); `commit`; and `discard all`. After any failure the
+ * connection is rolled back and discarded too, or destroyed, so no session
+ * state (advisory locks, temp tables, session GUCs) reaches the next call.
  *
  * @example
  * const db = new DbQueryExecutor({ connectionString: process.env.DATABASE_URL! });
- * const { rows } = await db.query({ role: "app_handler", deadline: Date.now() + 5000 },
+ * const { rows } = await db.query({ role: "greeter", fn: "greet", deadline: Date.now() + 5000 },
  *   "select id, title from todos where owner = $1", ["alice"]);
  * await db.end();
  */
 export class DbQueryExecutor {
-  private readonly pool: pg.Pool;
+  private readonly connections: DbConnections;
   private readonly maxRows: number;
+  private readonly maxBytes: number;
+  private readonly options: DbQueryExecutorOptions;
+  private readonly terminations = new Set<Promise<void>>();
 
   constructor(options: DbQueryExecutorOptions) {
+    this.options = options;
     this.maxRows = options.maxRows ?? DEFAULT_MAX_ROWS;
-    this.pool = new pg.Pool({
-      connectionString: options.connectionString,
-      max: options.poolSize ?? DEFAULT_POOL_SIZE,
-      application_name: DB_QUERY_APPLICATION_NAME,
+    this.maxBytes = options.maxBytes ?? DEFAULT_DB_QUERY_MAX_BYTES;
+    this.connections = new DbConnections({
+      size: options.poolSize ?? DEFAULT_POOL_SIZE,
+      ...(options.idleMs !== undefined && { idleMs: options.idleMs }),
+      ...(options.maxLifetimeMs !== undefined && { maxLifetimeMs: options.maxLifetimeMs }),
+      open: (role, deadline) => this.open(role, deadline),
     });
-    // An idle client's error (server restart, pg_terminate_backend) would
-    // otherwise crash the daemon; the pool replaces the client on next use.
-    this.pool.on("error", () => {});
-    // A checked-out client's error also rejects its query, which we report;
-    // without a listener the 'error' event itself would be fatal.
-    this.pool.on("connect", (client) => {
-      client.on("error", () => {});
-    });
+  }
+
+  /** Connections open, idle, busy and callers waiting (for tests and metrics). */
+  get stats() {
+    return this.connections.stats;
   }
 
   /**
    * Runs `sql` with `params` as `ctx.role`. Throws {@link HostFunctionError}:
    * transient for connection loss, deadlocks, serialization failures, the
-   * deadline; non-transient for a missing role, SQL errors, permissions,
-   * constraint violations, more than `maxRows` rows, and refused statements.
+   * deadline; non-transient for a refused role, SQL errors, permissions,
+   * constraint violations, more than `maxRows` rows or `maxBytes` bytes,
+   * COPY from or to the client, and transaction control.
    */
   async query(ctx: DbQueryContext, sql: string, params: unknown[]): Promise<DbQueryResult> {
     const role = checkRequest(ctx, sql, params);
     remainingMs(ctx.deadline); // fail before waiting for a connection
-    const client = await this.acquire(ctx.deadline);
-    let destroy = false;
-    let inTransaction = false;
+    const fn = ctx.fn ?? role;
+    const connection = await this.connections.acquire(role, fn, ctx.deadline);
+    const { client } = connection;
+    const state: CallState = { refusal: undefined, expired: false };
+    // statement_timeout cannot end every wait (see DEADLINE_GRACE_MS).
+    const timer = setTimeout(
+      () => {
+        state.expired = true;
+        this.kill(connection);
+      },
+      Math.max(0, ctx.deadline - Date.now()) + DEADLINE_GRACE_MS,
+    );
+    let reusable = false;
     try {
       await client.query("begin");
-      inTransaction = true;
-      await switchRole(client, role);
-      await client.query("select set_config('statement_timeout', $1, true)", [
-        String(remainingMs(ctx.deadline)),
-      ]);
       // Always set, "{}" without a caller: once set in a session the setting
       // reads '' (not NULL) ever after, and ''::jsonb in a policy would fail.
-      await client.query("select set_config('request.jwt.claims', $1, true)", [
-        JSON.stringify(ctx.claims ?? {}),
-      ]);
-      const result = await this.run(client, sql, params);
-      // The patterns above cannot see a role change built at run time
-      // (`set_config(lower('ROLE'), ...)`, dynamic SQL in a DO block): the
-      // results of a statement that ended as someone else are never returned.
-      const after = await client.query<{ current_user: string }>("select current_user");
-      if (after.rows[0]?.current_user !== role) {
-        destroy = true;
-        throw new HostFunctionError(
-          `db_query refused: the statement changed the role from "${role}"; handlers may not change roles`,
-          false,
-        );
-      }
+      await client.query(
+        "select pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.set_config('request.jwt.claims', $2, true)",
+        [String(remainingMs(ctx.deadline)), JSON.stringify(ctx.claims ?? {})],
+      );
+      const result = await this.run(client, sql, params, state);
       await client.query("commit");
-      inTransaction = false;
-      await client.query("discard all");
+      // Committed: the result is the handler's whatever happens next; a
+      // connection that cannot be reset is closed instead of reused.
+      reusable = await client.query("discard all").then(
+        () => !state.expired,
+        () => false,
+      );
       return result;
     } catch (error) {
-      if (inTransaction) {
-        try {
-          await client.query("rollback");
-        } catch {
-          destroy = true;
-        }
+      if (state.refusal) throw state.refusal;
+      if (state.expired) {
+        throw new HostFunctionError(
+          "db_query failed: the database did not answer before the invocation's deadline; the statement was stopped and its connection closed",
+          true,
+          { cause: error },
+        );
       }
-      // Our own refusals leave the connection clean; anything else that is
-      // not a server error (a reset, a protocol error) may not.
-      if (!(error instanceof pg.DatabaseError) && !(error instanceof HostFunctionError)) {
-        destroy = true;
-      }
+      // A server error leaves a connection we can clean: roll back, then
+      // discard what a rollback leaves (a session advisory lock survives it).
+      reusable = await resetAfterError(client);
       throw error instanceof HostFunctionError ? error : classify(error);
     } finally {
-      // A connection in an unknown state is closed rather than reused.
-      client.release(destroy);
+      clearTimeout(timer);
+      this.connections.release(connection, fn, reusable);
     }
   }
 
-  /** Closes the pool; waits for calls in flight. */
-  async end(): Promise<void> {
-    await this.pool.end();
+  /**
+   * Stops taking calls, waits up to `graceMs` for calls in flight, then
+   * closes their connections (and stops their statements on the server).
+   */
+  async end(graceMs: number = DEFAULT_END_GRACE_MS): Promise<void> {
+    await this.connections.end(graceMs, (connection) => this.kill(connection));
+    await Promise.race([
+      Promise.allSettled([...this.terminations]),
+      new Promise((resolve) => setTimeout(resolve, graceMs).unref()),
+    ]);
   }
 
-  /** A pooled connection, or a transient error when the deadline passes first. */
-  private async acquire(deadline: number): Promise<pg.PoolClient> {
-    const connecting = this.pool.connect();
-    let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
+  /** A new connection as `role`, logged in and checked, or the error the handler should see. */
+  private async open(role: string, deadline: number): Promise<pg.Client> {
+    const client = new pg.Client({
+      ...this.clientConfig(role),
+      connectionTimeoutMillis: Math.max(1, deadline - Date.now()),
+    });
+    // A connection's error also rejects what is waiting on it, which we
+    // report; without a listener the 'error' event itself would be fatal.
+    client.on("error", () => undefined);
+    const timer = setTimeout(
+      () => destroyClient(client),
+      Math.max(0, deadline - Date.now()) + DEADLINE_GRACE_MS,
+    );
     try {
-      return await Promise.race([
-        connecting,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            timedOut = true;
-            reject(
-              new HostFunctionError(
-                "db_query failed: no time left while waiting for a database connection (all are busy)",
-                true,
-              ),
-            );
-          }, remainingMs(deadline));
-        }),
-      ]);
+      await client.connect();
+      await checkRoleIsSafe(client, role, this.options.daemonRole);
+      return client;
     } catch (error) {
-      // The pool still hands out the connection later; give it back at once.
-      if (timedOut)
-        connecting.then(
-          (client) => client.release(),
-          () => {},
-        );
-      throw error instanceof HostFunctionError ? error : classify(error);
+      destroyClient(client);
+      throw (
+        loginFailure(role, error) ?? (error instanceof HostFunctionError ? error : classify(error))
+      );
     } finally {
       clearTimeout(timer);
     }
   }
 
+  private clientConfig(role: string): pg.ClientConfig {
+    return roleConnectionConfig(this.options.connectionString, role, {
+      applicationName: DB_QUERY_APPLICATION_NAME,
+      ...(this.options.pgpassFile !== undefined && { pgpassFile: this.options.pgpassFile }),
+    });
+  }
+
   /**
-   * The user's statement. The extended protocol (forced even without
-   * parameters) makes Postgres refuse more than one statement. Rows are
-   * collected by hand so that past `maxRows` they are dropped as they arrive
-   * rather than held in memory; the statement timeout bounds the rest.
+   * Closes a connection whose statement outlived the deadline, and ends that
+   * statement on the server too: a closed socket is only noticed when the
+   * server next talks to it, and plpgsql can catch statement_timeout's
+   * cancel. A role may terminate its own sessions, so a second connection
+   * as the same role does it.
    */
-  private run(client: pg.PoolClient, sql: string, params: unknown[]): Promise<DbQueryResult> {
-    const maxRows = this.maxRows;
+  private kill(connection: RoleConnection): void {
+    const pid = (connection.client as unknown as { processID?: number }).processID;
+    destroyClient(connection.client);
+    if (typeof pid !== "number") return;
+    const terminating = (async () => {
+      const client = new pg.Client({
+        ...this.clientConfig(connection.role),
+        connectionTimeoutMillis: TERMINATE_TIMEOUT_MS,
+      });
+      client.on("error", () => undefined);
+      const timer = setTimeout(() => destroyClient(client), TERMINATE_TIMEOUT_MS);
+      try {
+        await client.connect();
+        await client.query("select pg_terminate_backend($1)", [pid]);
+      } catch {
+        // Best effort: statement_timeout or the server noticing the closed socket remain.
+      } finally {
+        clearTimeout(timer);
+        await client.end().catch(() => undefined);
+      }
+    })();
+    this.terminations.add(terminating);
+    void terminating.finally(() => this.terminations.delete(terminating));
+  }
+
+  /**
+   * The user's statement, judged as the server runs it. The extended
+   * protocol (forced even without parameters) makes Postgres refuse more
+   * than one statement. Rows are counted and measured as they arrive; past
+   * `maxRows` rows or `maxBytes` bytes, or when the server starts a COPY with
+   * the client (FROM STDIN would wait for data forever, in the extended
+   * protocol even past a CopyFail), the connection is closed at once and the
+   * call fails. Every byte the server sends is also counted, so that no
+   * single huge row or flood of notices can fill the daemon's memory first.
+   */
+  private run(
+    client: pg.Client,
+    sql: string,
+    params: unknown[],
+    state: CallState,
+  ): Promise<DbQueryResult> {
+    const { maxRows, maxBytes } = this;
+    // Wire bytes per JSON byte are at most about 2 (a zero-column row is 7
+    // bytes on the wire, `{},` 3 as JSON), so this never fires before the
+    // JSON count does, except for what the JSON count cannot see.
+    const maxWireBytes = 2 * maxBytes + 65_536;
     return new Promise((resolve, reject) => {
       const rows: Record<string, unknown>[] = [];
-      let received = 0;
+      let bytes = 0;
+      let wireBytes = 0;
+      let settled = false;
+      const connection = client.connection;
+      const stream = connection.stream;
+      const onData = (chunk: Buffer) => {
+        wireBytes += chunk.length;
+        if (wireBytes > maxWireBytes) refuse(tooManyBytes(maxBytes));
+      };
+      const onCopyOut = () => refuse(copyRefused("TO STDOUT"));
+      const done = () => {
+        settled = true;
+        stream.off("data", onData);
+        connection.off("copyOutResponse", onCopyOut);
+      };
+      const refuse = (error: HostFunctionError) => {
+        if (settled) return;
+        done();
+        state.refusal = error;
+        destroyClient(client);
+        reject(error);
+      };
+      stream.on("data", onData);
+      connection.on("copyOutResponse", onCopyOut);
       // `queryMode` is in pg (8.11+) but not in @types/pg.
       const config: pg.QueryConfig & { queryMode: "extended" } = {
         text: sql,
@@ -238,14 +350,14 @@ export class DbQueryExecutor {
         queryMode: "extended",
       };
       const query = new pg.Query(config);
+      // pg's own answer is a CopyFail, after which the server waits for a
+      // Sync that was already spent: the connection would hang forever.
+      (query as unknown as { handleCopyInResponse: () => void }).handleCopyInResponse = () =>
+        refuse(copyRefused("FROM STDIN"));
       query.on("row", (row: Record<string, unknown>) => {
-        received++;
-        if (received <= maxRows) rows.push(toJsonSafe(row) as Record<string, unknown>);
-      });
-      query.on("error", reject);
-      query.on("end", (result: pg.QueryResult) => {
-        if (received > maxRows) {
-          reject(
+        if (settled) return;
+        if (rows.length >= maxRows) {
+          refuse(
             new HostFunctionError(
               `db_query failed: the statement returned more than ${maxRows} rows; add a limit`,
               false,
@@ -253,6 +365,28 @@ export class DbQueryExecutor {
           );
           return;
         }
+        try {
+          const safe = toJsonSafe(row) as Record<string, unknown>;
+          bytes += Buffer.byteLength(JSON.stringify(safe)) + 1;
+          if (bytes > maxBytes) refuse(tooManyBytes(maxBytes));
+          else rows.push(safe);
+        } catch (error) {
+          refuse(
+            new HostFunctionError(
+              `db_query failed: a row could not be turned into JSON (${error instanceof Error ? error.message : "unknown error"})`,
+              false,
+            ),
+          );
+        }
+      });
+      query.on("error", (error) => {
+        if (settled) return;
+        done();
+        reject(error);
+      });
+      query.on("end", (result: pg.QueryResult) => {
+        if (settled) return;
+        done();
         resolve({
           rows,
           rowCount: result.rowCount ?? rows.length,
@@ -261,6 +395,33 @@ export class DbQueryExecutor {
       });
       client.query(query);
     });
+  }
+}
+
+function tooManyBytes(maxBytes: number): HostFunctionError {
+  return new HostFunctionError(
+    `db_query failed: the reply is larger than ${maxBytes} bytes (PGFN_DB_QUERY_MAX_BYTES); select fewer rows or columns, or add a limit`,
+    false,
+  );
+}
+
+function copyRefused(direction: "FROM STDIN" | "TO STDOUT"): HostFunctionError {
+  return new HostFunctionError(
+    direction === "FROM STDIN"
+      ? "db_query refused: COPY ... FROM STDIN needs a data stream db_query cannot send; use insert ... select, or pass the rows as parameters (e.g. insert ... select * from json_populate_recordset(null::my_table, $1))"
+      : "db_query refused: COPY ... TO STDOUT is not supported; select the rows instead",
+    false,
+  );
+}
+
+/** Rolls back and discards session state; false if the connection cannot be trusted to be clean. */
+async function resetAfterError(client: pg.Client): Promise<boolean> {
+  try {
+    await client.query("rollback");
+    await client.query("discard all");
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -285,12 +446,6 @@ function checkRequest(ctx: DbQueryContext, sql: string, params: unknown[]): stri
     throw new HostFunctionError("db_query failed: params must be an array", false);
   }
   const uncommented = sql.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/--[^\n]*/g, " ");
-  if (ROLE_ESCAPE.test(sql) || ROLE_ESCAPE.test(uncommented)) {
-    throw new HostFunctionError(
-      "db_query refused: statements that change the role or session authorization are not allowed",
-      false,
-    );
-  }
   if (TRANSACTION_CONTROL.test(uncommented)) {
     throw new HostFunctionError(
       "db_query refused: transaction control is not allowed; each db_query call runs in a transaction of its own",
@@ -299,43 +454,6 @@ function checkRequest(ctx: DbQueryContext, sql: string, params: unknown[]): stri
   }
   return ctx.role;
 }
-
-/**
- * `set local role`, then proof that it took: not the daemon's own role (a
- * db_role named like the daemon's user, or "none", which SET ROLE treats as
- * "back to the session user") and not a superuser.
- */
-async function switchRole(client: pg.PoolClient, role: string): Promise<void> {
-  try {
-    await client.query(`set local role ${pg.escapeIdentifier(role)}`);
-  } catch (error) {
-    const state = sqlState(error);
-    if (state === SQLSTATE_INVALID_PARAMETER_VALUE || state === SQLSTATE_INSUFFICIENT_PRIVILEGE) {
-      throw new HostFunctionError(
-        `db_query refused: cannot switch to db_role "${role}" (${(error as Error).message}); create the role, or grant it to the user pgfn connects as`,
-        false,
-        { cause: error },
-      );
-    }
-    throw error;
-  }
-  const { rows } = await client.query<{ current: string; session: string; super: boolean }>(
-    `select current_user as current, session_user as session,
-            coalesce((select rolsuper from pg_roles where rolname = current_user), false) as super`,
-  );
-  const who = rows[0];
-  if (!who || who.current !== role || who.current === who.session || who.super) {
-    throw new HostFunctionError(
-      `db_query refused: db_role "${role}" is the daemon's own role or a superuser; use a role with only the privileges handlers need`,
-      false,
-    );
-  }
-}
-
-/** `role "x" does not exist` from SET ROLE. */
-const SQLSTATE_INVALID_PARAMETER_VALUE = "22023";
-/** `permission denied to set role` (a non-superuser daemon not granted the role). */
-const SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501";
 
 /** Milliseconds left before `deadline` in ms, at least 1; a transient error when none is left. */
 function remainingMs(deadline: number): number {

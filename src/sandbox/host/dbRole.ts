@@ -1,0 +1,338 @@
+/**
+ * Connecting as a function's `db_role`: the connection settings (the server
+ * of PGFN_DB_QUERY_URL, the user replaced by the role), its password (the
+ * standard pgpass file, never the daemon's), and the check that refuses a
+ * role from which handler SQL could reach more than its own grants.
+ *
+ * The session user of every db_query connection is the db_role itself, so
+ * `SET ROLE`, `set_config('role', ...)` or dynamic SQL in a DO block can only
+ * reach roles the db_role was granted, however the SQL text is written.
+ */
+import { readFile, stat } from "node:fs/promises";
+import { homedir, userInfo } from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { parseIntoClientConfig } from "pg-connection-string";
+import { sqlState } from "../../errors.js";
+import { HostFunctionError } from "./errors.js";
+
+/**
+ * Built-in roles that reach the server's files and programs, other roles'
+ * sessions (the daemon's own, when it is not a superuser) or every table
+ * (`copy ... to program`, `pg_read_file`, `pg_terminate_backend`, reading
+ * `pgfn.functions.env`). The last two exist from Postgres 14 on; a missing
+ * one is skipped.
+ */
+const DANGEROUS_BUILTIN_ROLES: readonly string[] = [
+  "pg_execute_server_program",
+  "pg_signal_backend",
+  "pg_read_server_files",
+  "pg_write_server_files",
+  "pg_read_all_data",
+  "pg_write_all_data",
+];
+
+/** Schemas whose owners (or owners of anything in them) a db_role must not reach. */
+const PGFN_SCHEMAS: readonly string[] = ["pgfn", "graphile_worker"];
+
+/** The connection settings of `url` for `role`; the URL's password only if its user is `role`. */
+export function roleConnectionConfig(
+  url: string,
+  role: string,
+  options: { readonly pgpassFile?: string; readonly applicationName: string },
+): pg.ClientConfig {
+  const base = parseIntoClientConfig(url);
+  const urlUser = base.user || process.env.PGUSER || userInfo().username;
+  const urlPassword = typeof base.password === "string" ? base.password : undefined;
+  // pg names the database after the user when none is given; that is the
+  // URL's user, not the db_role.
+  const database = base.database || process.env.PGDATABASE || urlUser;
+  return {
+    ...base,
+    user: role,
+    database,
+    application_name: options.applicationName,
+    // Asked only when the server wants a password. A function, so pg never
+    // falls back to PGPASSWORD (the daemon's) or reads pgpass on its own.
+    password: async (params: { host?: string; port?: number; database?: string }) => {
+      if (urlPassword && urlUser === role) return urlPassword;
+      return pgpassPasswordOrFail(
+        { host: params.host, port: params.port, database: params.database, user: role },
+        options.pgpassFile,
+      );
+    },
+  } as pg.ClientConfig;
+}
+
+/** The pgpass file libpq would read: PGPASSFILE, else ~/.pgpass. */
+export function pgpassPath(explicit?: string): string {
+  return explicit ?? process.env.PGPASSFILE ?? path.join(homedir(), ".pgpass");
+}
+
+interface PgpassKey {
+  readonly host: string | undefined;
+  readonly port: number | undefined;
+  readonly database: string | undefined;
+  readonly user: string;
+}
+
+/**
+ * The password for `key` from the pgpass file, with libpq's rules: lines
+ * `host:port:database:user:password`, `*` matches anything, `\:` and `\\`
+ * escape, `#` starts a comment, the first match wins, `localhost` matches a
+ * Unix socket, and a file readable by group or others is ignored.
+ */
+export async function pgpassPassword(
+  key: PgpassKey,
+  file: string = pgpassPath(),
+): Promise<{ password: string | undefined; problem: string | undefined }> {
+  let text: string;
+  try {
+    const info = await stat(file);
+    if (!info.isFile()) return { password: undefined, problem: `${file} is not a plain file` };
+    if (process.platform !== "win32" && (info.mode & 0o077) !== 0) {
+      return {
+        password: undefined,
+        problem: `${file} is ignored because group or others may read it (chmod 0600 ${file})`,
+      };
+    }
+    text = await readFile(file, "utf8");
+  } catch {
+    return { password: undefined, problem: `there is no readable ${file}` };
+  }
+  const host = key.host === undefined || key.host.startsWith("/") ? "localhost" : key.host;
+  const wanted = [host, String(key.port ?? 5432), key.database ?? "", key.user];
+  for (const line of text.split(/\r?\n/)) {
+    if (line.trim() === "" || line.startsWith("#")) continue;
+    const fields = splitPgpassLine(line);
+    if (fields.length < 5) continue;
+    if (wanted.every((value, i) => fields[i] === "*" || fields[i] === value)) {
+      return { password: fields.slice(4).join(":"), problem: undefined };
+    }
+  }
+  return { password: undefined, problem: `${file} has no line for it` };
+}
+
+/** Fields of a pgpass line: split on unescaped colons, `\x` means x. */
+function splitPgpassLine(line: string): string[] {
+  const fields: string[] = [];
+  let current = "";
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]!;
+    if (c === "\\" && i + 1 < line.length) current += line[++i];
+    else if (c === ":" && fields.length < 4) {
+      fields.push(current);
+      current = "";
+    } else current += c;
+  }
+  fields.push(current);
+  return fields;
+}
+
+async function pgpassPasswordOrFail(key: PgpassKey, file: string | undefined): Promise<string> {
+  const where = pgpassPath(file);
+  const { password, problem } = await pgpassPassword(key, where);
+  if (password !== undefined) return password;
+  throw new HostFunctionError(
+    `db_query refused: the server asks for db_role "${key.user}"'s password and ${problem}. ` +
+      `Add the line ${pgpassLine(key)} to the pgpass file the daemon reads (PGPASSFILE, else ~/.pgpass; mode 0600).`,
+    false,
+  );
+}
+
+function pgpassLine(key: PgpassKey): string {
+  const esc = (s: string) => s.replace(/[\\:]/g, (c) => `\\${c}`);
+  const host = key.host === undefined || key.host.startsWith("/") ? "localhost" : key.host;
+  return `${esc(host)}:${key.port ?? 5432}:${esc(key.database ?? "*")}:${esc(key.user)}:PASSWORD`;
+}
+
+/** SQLSTATE invalid_authorization_specification: no such role, NOLOGIN, no pg_hba entry. */
+const SQLSTATE_INVALID_AUTHORIZATION = "28000";
+/** SQLSTATE invalid_password. */
+const SQLSTATE_INVALID_PASSWORD = "28P01";
+
+/**
+ * A failed login as `role`, in the user's terms. Refusals (the role cannot
+ * log in as configured) are non-transient; anything else is left to the
+ * caller's classification (a server that is down is transient).
+ */
+export function loginFailure(role: string, error: unknown): HostFunctionError | undefined {
+  if (error instanceof HostFunctionError) return error;
+  const state = sqlState(error);
+  const detail = error instanceof Error ? error.message : String(error);
+  const id = sqlIdent(role);
+  if (state === SQLSTATE_INVALID_AUTHORIZATION) {
+    return new HostFunctionError(
+      `db_query refused: cannot log in as db_role "${role}" (${detail}). ` +
+        `db_query logs in as the function's db_role itself: make it a login role ` +
+        `(alter role ${id} login; or create role ${id} login password '...'), allow it in pg_hba.conf, ` +
+        `and put its password in the pgpass file the daemon reads (PGPASSFILE, else ~/.pgpass; mode 0600).`,
+      false,
+      { cause: error },
+    );
+  }
+  if (state === SQLSTATE_INVALID_PASSWORD) {
+    return new HostFunctionError(
+      `db_query refused: the password for db_role "${role}" was rejected (${detail}). ` +
+        `Put its current password in the pgpass file the daemon reads (PGPASSFILE, else ~/.pgpass; mode 0600).`,
+      false,
+      { cause: error },
+    );
+  }
+  return undefined;
+}
+
+interface RoleFacts {
+  session_user: string;
+  superuser: boolean;
+  createrole: boolean;
+  replication: boolean;
+  superusers_reached: string[];
+  builtins_reached: string[];
+  owners_reached: string[];
+  creates_in: string[];
+  daemon_reached: boolean;
+  reads_env: boolean;
+  writes_functions: boolean;
+}
+
+/**
+ * Refuses (throws a non-transient HostFunctionError naming the fix) a
+ * connection whose role is, or can become, something handler SQL must never
+ * be: a superuser, a role that can grant itself any role (CREATEROLE), one
+ * with REPLICATION (logical decoding from SQL), a member of a built-in role
+ * with file, program, signal or all-data access, the owner of pgfn's or
+ * graphile-worker's objects (every function's env, the job queue), a role
+ * that may create objects in those schemas, the daemon's own role, or a role
+ * that may read `pgfn.functions.env` or write `pgfn.functions`.
+ * Run on every new connection, before any handler SQL.
+ */
+export async function checkRoleIsSafe(
+  client: pg.ClientBase,
+  role: string,
+  daemonRole: string | undefined,
+): Promise<void> {
+  // The role may have set its own search_path (alter role ... set
+  // search_path) to a schema of its own with a pg_has_role or pg_roles that
+  // says "no": resolve every name in pg_catalog while checking.
+  await client.query("set search_path = pg_catalog, pg_temp");
+  let rows: RoleFacts[];
+  try {
+    ({ rows } = await client.query<RoleFacts>(
+      `with me as (select oid, rolsuper, rolcreaterole, rolreplication from pg_roles
+                   where rolname = current_user),
+            schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
+            owners as (
+              select nspowner as owner from schemas
+              union select c.relowner from pg_class c where c.relnamespace in (select oid from schemas)
+              union select p.proowner from pg_proc p where p.pronamespace in (select oid from schemas)),
+            functions as (
+              select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = 'pgfn' and c.relname = 'functions')
+       select session_user::text as session_user,
+              me.rolsuper as superuser, me.rolcreaterole as createrole,
+              me.rolreplication as replication,
+              array(select rolname::text from pg_roles r
+                    where r.rolsuper and r.oid <> me.oid and pg_has_role(me.oid, r.oid, 'MEMBER')
+                    order by 1) as superusers_reached,
+              array(select rolname::text from pg_roles r
+                    where r.rolname = any($2::text[]) and pg_has_role(me.oid, r.oid, 'MEMBER')
+                    order by 1) as builtins_reached,
+              array(select distinct r.rolname::text from owners o join pg_roles r on r.oid = o.owner
+                    where pg_has_role(me.oid, r.oid, 'MEMBER') order by 1) as owners_reached,
+              array(select nspname::text from pg_namespace n
+                    where n.oid in (select oid from schemas)
+                      and has_schema_privilege(me.oid, n.oid, 'CREATE') order by 1) as creates_in,
+              coalesce($3::text is not null and to_regrole($3) is not null
+                       and pg_has_role(me.oid, to_regrole($3), 'MEMBER'), false) as daemon_reached,
+              coalesce((select has_column_privilege(me.oid, f.oid, 'env', 'SELECT')
+                        from functions f), false) as reads_env,
+              coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
+                               or has_any_column_privilege(me.oid, f.oid, 'UPDATE')
+                        from functions f), false) as writes_functions
+       from me`,
+      [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
+    ));
+  } finally {
+    await client.query("reset search_path");
+  }
+  const facts = rows[0];
+  const id = sqlIdent(role);
+  const refuse = (why: string, fix: string): never => {
+    throw new HostFunctionError(
+      `db_query refused: db_role "${role}" ${why}, so handler SQL could reach far more than the function needs. ${fix}`,
+      false,
+    );
+  };
+  if (!facts || facts.session_user !== role) {
+    refuse("is not the user the connection logged in as", "Check PGFN_DB_QUERY_URL.");
+  }
+  const f = facts!;
+  if (f.superuser) {
+    refuse(
+      "is a superuser",
+      `Give the function a role of its own with only the grants it needs (see the README, "db_query roles"), or run: alter role ${id} nosuperuser;`,
+    );
+  }
+  if (f.superusers_reached.length > 0) {
+    refuse(
+      `is a member of superuser role ${list(f.superusers_reached)}`,
+      `Revoke that membership (revoke ${f.superusers_reached.map((r) => sqlIdent(r)).join(", ")} from ${id}; or the role that passes it on).`,
+    );
+  }
+  if (f.createrole) {
+    refuse(
+      "has CREATEROLE (it could grant itself other roles)",
+      `Run: alter role ${id} nocreaterole;`,
+    );
+  }
+  if (f.daemon_reached) {
+    refuse(
+      `is, or is a member of, the role the daemon connects as ("${daemonRole}")`,
+      'Give the function a role of its own (see the README, "db_query roles").',
+    );
+  }
+  if (f.owners_reached.length > 0) {
+    refuse(
+      `is, or is a member of, ${list(f.owners_reached)}, which owns pgfn's or graphile-worker's objects (every function's env, the job queue)`,
+      "Give the function a role of its own that is not a member of that owner.",
+    );
+  }
+  if (f.builtins_reached.length > 0) {
+    refuse(
+      `is a member of ${list(f.builtins_reached)} (server files, programs or every table)`,
+      `Revoke it: revoke ${f.builtins_reached.join(", ")} from ${id};`,
+    );
+  }
+  if (f.replication) {
+    refuse(
+      "has REPLICATION (logical decoding reads every change in the database, other functions' env included)",
+      `Run: alter role ${id} noreplication;`,
+    );
+  }
+  if (f.creates_in.length > 0) {
+    refuse(
+      `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
+      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${id};`,
+    );
+  }
+  if (f.writes_functions) {
+    refuse(
+      "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
+      `Revoke it: revoke insert, update on pgfn.functions from ${id};`,
+    );
+  }
+  if (f.reads_env) {
+    refuse(
+      "may read pgfn.functions.env (every function's secrets)",
+      `Revoke it: revoke select on pgfn.functions from ${id};`,
+    );
+  }
+}
+
+const list = (names: readonly string[]) => names.map((n) => `"${n}"`).join(", ");
+
+/** An identifier as a person would type it: bare when Postgres would not need quotes. */
+function sqlIdent(name: string): string {
+  return /^[a-z_][a-z0-9_]*$/.test(name) ? name : pg.escapeIdentifier(name);
+}
