@@ -1,6 +1,8 @@
 // When pgfn itself cannot record an attempt (a database error mid-run), the
-// attempt is ended as `abandoned` with INTERNAL, not left `running` for ever,
-// and graphile-worker runs the event again once the fault is gone.
+// attempt ends as a failure with INTERNAL, not left `running` for ever, and
+// the function's failure model takes over: retries while max_attempts
+// allows, then a dead letter and on_error. graphile-worker's own retries of
+// a throwing job never run the handler more often than that.
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
@@ -41,7 +43,7 @@ afterAll(async () => {
   await t?.drop();
 });
 
-it("ends the attempt as abandoned with INTERNAL, and runs the event again once the fault is gone", async () => {
+it("ends the attempt as failed with INTERNAL, and retries it like any failure once the fault is gone", async () => {
   const eventId = await enqueueManual(t.pool, "echo", { n: 1 });
   const first = await waitFor(
     async () =>
@@ -54,13 +56,13 @@ it("ends the attempt as abandoned with INTERNAL, and runs the event again once t
     { message: "the first attempt to end" },
   );
   expect(first).toMatchObject({
-    status: "abandoned",
+    status: "failed",
     error_code: "INTERNAL",
     http_status: 500,
     will_retry: true,
   });
   expect(first.error_message).toMatch(
-    /pgfn could not finish recording this attempt: .*disk full \(simulated\)/,
+    /pgfn could not finish this attempt: .*disk full \(simulated\)/,
   );
   expect(
     (
@@ -71,7 +73,7 @@ it("ends the attempt as abandoned with INTERNAL, and runs the event again once t
   ).toBe(0);
 
   await t.pool.query(`drop trigger refuse_success on pgfn.function_runs`);
-  // graphile-worker's own retry of the failed job (its backoff: about 3 s).
+  // The function's retry (retry_base_ms 1 s, jittered), a job of pgfn's.
   const next = await waitFor(
     async () =>
       (
@@ -80,7 +82,7 @@ it("ends the attempt as abandoned with INTERNAL, and runs the event again once t
           [eventId],
         )
       ).rows[0],
-    { timeoutMs: 20_000, message: "the event to succeed on graphile-worker's retry" },
+    { timeoutMs: 20_000, message: "the event to succeed on its retry" },
   );
   expect(next.attempt).toBe(2);
   expect(next.result).toMatchObject({ payload: { n: 1 } });
@@ -132,3 +134,84 @@ it("a job that runs again after its failure was recorded does not run the event 
     ).rows[0].n,
   ).toBe(1);
 });
+
+it("a job whose failures cannot be recorded runs the handler at most max_attempts times, then dead-letters the event and calls on_error", async () => {
+  await deployFunction(createDb(t.pool), {
+    name: "stuck",
+    wasm: await readFile(exampleWasm("echo")),
+    maxAttempts: 2,
+    onError: "echo",
+  });
+  // The database refuses every outcome of the first two attempts, failures
+  // included: each time the job's task throws and graphile-worker retries it.
+  // (The next attempt may end them: that is how the test sees them end.)
+  await t.pool.query(`
+    create function public.refuse_stuck() returns trigger language plpgsql as $$
+    begin
+      if new.function_name = 'stuck' and new.status <> 'running' and new.attempt <= 2
+         and coalesce(new.error_message, '') not like '%the next attempt ended it%' then
+        raise exception 'disk full (simulated)';
+      end if;
+      return new;
+    end $$;
+    create trigger refuse_stuck before update on pgfn.function_runs
+      for each row execute function public.refuse_stuck();`);
+  try {
+    const eventId = await enqueueManual(t.pool, "stuck", { n: 2 });
+    // graphile-worker may try the job as often as the event has attempts,
+    // plus one that only records the dead letter: never its default 25.
+    const job = await waitFor(
+      async () =>
+        (
+          await t.pool.query(
+            `select max_attempts from graphile_worker.jobs where key = 'pgfn:event:' || $1`,
+            [eventId],
+          )
+        ).rows[0],
+      { message: "the event's job" },
+    );
+    expect(job.max_attempts).toBe(3);
+
+    const dead = await waitFor(
+      async () =>
+        (await t.pool.query(`select * from pgfn.dead_letters where event_id = $1`, [eventId]))
+          .rows[0],
+      // graphile-worker's backoff between the tries: e^1 + e^2 s.
+      { timeoutMs: 40_000, message: "the event's dead letter" },
+    );
+    const runs = (
+      await t.pool.query(
+        `select attempt, status, error_code, error_message from pgfn.function_runs
+         where event_id = $1 order by attempt`,
+        [eventId],
+      )
+    ).rows;
+    expect(runs.map((r) => [r.attempt, r.status, r.error_code])).toEqual([
+      [1, "abandoned", "INTERNAL"],
+      [2, "abandoned", "INTERNAL"],
+      [3, "failed", "INTERNAL"],
+    ]);
+    expect(runs[2].error_message).toMatch(/allows 2 \(max_attempts\), so the handler was not run/);
+    expect(dead.error_code).toBe("INTERNAL");
+    // on_error gets the event that could not be finished.
+    const handled = await t.pool.query(
+      `select payload from pgfn.events where source = 'error_handler' and function_name = 'echo'
+         and (payload -> 'event' ->> 'id')::bigint = $1`,
+      [eventId],
+    );
+    expect(handled.rows).toHaveLength(1);
+    // Nothing left for graphile-worker to try again.
+    await waitFor(
+      async () =>
+        (
+          await t.pool.query(
+            `select count(*)::int as n from graphile_worker.jobs where key like 'pgfn:%:' || $1 || '%'`,
+            [eventId],
+          )
+        ).rows[0].n === 0,
+      { message: "the event's jobs to be gone" },
+    );
+  } finally {
+    await t.pool.query(`drop trigger refuse_stuck on pgfn.function_runs`);
+  }
+}, 60_000);
