@@ -27,11 +27,14 @@ beforeAll(async () => {
     name: "echo",
     wasm: await readFile(exampleWasm("echo")),
   });
-  // The fault: recording a success fails while this trigger exists.
+  // The fault: recording the first attempt's success fails while this
+  // trigger exists (only the first: the retry must not race its removal).
   await t.pool.query(`
     create function public.refuse_success() returns trigger language plpgsql as $$
     begin
-      if new.status = 'succeeded' then raise exception 'disk full (simulated)'; end if;
+      if new.function_name = 'echo' and new.status = 'succeeded' and new.attempt = 1 then
+        raise exception 'disk full (simulated)';
+      end if;
       return new;
     end $$;
     create trigger refuse_success before update on pgfn.function_runs
@@ -215,3 +218,40 @@ it("a job whose failures cannot be recorded runs the handler at most max_attempt
     await t.pool.query(`drop trigger refuse_stuck on pgfn.function_runs`);
   }
 }, 60_000);
+
+it("retry and wait jobs may be tried by graphile-worker only as often as the event has attempts left, plus one", async () => {
+  await deployFunction(createDb(t.pool), {
+    name: "capped",
+    wasm: await readFile(exampleWasm("spin")),
+    timeoutMs: 1000,
+    maxAttempts: 4,
+    // A retry due within the hour: its job waits while the test reads it.
+    retryBaseMs: 3_600_000,
+    retryMaxMs: 3_600_000,
+  });
+  const newEvent = async () =>
+    (
+      await t.pool.query<{ id: string }>(
+        `insert into pgfn.events (function_name, source, payload, dispatched_at)
+         values ('capped', 'manual', '{}', now()) returning id`,
+      )
+    ).rows[0]!.id;
+  const maxAttemptsOf = async (key: string) =>
+    (await t.pool.query(`select max_attempts from graphile_worker.jobs where key = $1`, [key]))
+      .rows[0]?.max_attempts;
+
+  // Attempt 1 times out; attempts 2 to 4 are left: 3, plus one.
+  const retried = await newEvent();
+  const run = await executeEvent(daemon.executor, retried, "990001");
+  expect(run).toMatchObject({ attempt: 1, error_code: "TIMEOUT", will_retry: true });
+  expect(await maxAttemptsOf(`pgfn:retry:${retried}:2`)).toBe(4);
+
+  // Deferred by an open circuit before its first attempt: 4, plus one.
+  await t.pool.query(
+    `insert into pgfn.circuits (function_name, state, opened_at) values ('capped', 'open', now())
+     on conflict (function_name) do update set state = 'open', opened_at = now()`,
+  );
+  const deferred = await newEvent();
+  expect(await executeEvent(daemon.executor, deferred, "990002")).toBeUndefined();
+  expect(await maxAttemptsOf(`pgfn:wait:${deferred}`)).toBe(5);
+}, 30_000);
