@@ -111,6 +111,13 @@ it("redacts a secret before cutting a long message, so no part of it survives th
   expect(JSON.stringify(run)).not.toContain("sk-0123456789");
 });
 
+it("redacts a secret in output that is not JSON before cutting it for the error message", async () => {
+  const run = await finished(await invokeAsync("leaky", { mode: "notjson" }));
+  expect(run.error_code).toBe("FUNCTION_ERROR");
+  expect(run.error_message).toMatch(/^handler output is not JSON: x{195} \[red/);
+  expect(run.error_message).not.toMatch(/sk-/);
+});
+
 it("still serves everyone after all of the above", async () => {
   const runs = await Promise.all(
     Array.from({ length: 20 }, async (_, i) => finished(await invokeAsync("echo", { after: i }))),

@@ -377,7 +377,7 @@ export async function invokeHandler(
     try {
       return done(JSON.parse(text));
     } catch {
-      return failed(`handler output is not JSON: ${text.slice(0, 200)}`);
+      return failed(`handler output is not JSON: ${redactAndClip(text, secrets, 200)}`);
     }
   } finally {
     // Closes WASI's file descriptors; the instance itself is left to the GC.
