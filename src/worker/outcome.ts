@@ -94,7 +94,7 @@ function queueOf(fn: FunctionInfo | undefined): string | null {
  * Runs the event again in `delayMs`, as a new job; the current one then
  * completes. Nothing is recorded: the event did not run. Like every pgfn_run
  * job, the new one may be tried by graphile-worker only as often as the
- * event has attempts left (pgfn.job_max_attempts, sql/000009).
+ * event has attempts left, plus one (pgfn.job_max_attempts, sql/000009).
  */
 export async function deferEvent(
   db: Db,
