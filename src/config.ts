@@ -8,6 +8,17 @@ import { z } from "zod";
 import { PgfnError } from "./errors.js";
 import { DEFAULT_DB_QUERY_MAX_BYTES } from "./sandbox/host/dbQuery.js";
 
+/** Shortest bearer token accepted: a short one can be guessed. */
+const MIN_TOKEN_LENGTH = 16;
+
+/** PGFN_INVOKE_TOKENS as a list: comma-separated, spaces around each ignored. */
+function splitTokens(value: string): string[] {
+  return value
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
+}
+
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 const bool = z
   .enum(["true", "false", "1", "0", "yes", "no", "on", "off"])
@@ -24,9 +35,28 @@ const schema = z.object({
   /** Interface the HTTP API listens on. (Default: 0.0.0.0, every interface) */
   PGFN_HTTP_HOST: z.string().min(1).default("0.0.0.0"),
   /** Token for deploy, manage and invoke over HTTP. */
-  PGFN_ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
-  /** Comma-separated invoke-only tokens. */
-  PGFN_INVOKE_TOKENS: z.string().optional(),
+  PGFN_ADMIN_TOKEN: z
+    .string()
+    .min(
+      MIN_TOKEN_LENGTH,
+      `must be at least ${MIN_TOKEN_LENGTH} characters (e.g. openssl rand -hex 24)`,
+    )
+    .optional(),
+  /** Comma-separated invoke-only tokens, each of 16+ characters. */
+  PGFN_INVOKE_TOKENS: z
+    .string()
+    .superRefine((value, ctx) => {
+      // Which token, by position: the message must not print the token.
+      splitTokens(value).forEach((token, i) => {
+        if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
+          ctx.addIssue({
+            code: "custom",
+            message: `token ${i + 1} of the comma-separated list ${/\s/.test(token) ? "contains whitespace" : `has ${token.length} characters`}; each token must be at least ${MIN_TOKEN_LENGTH} characters without spaces (e.g. openssl rand -hex 24)`,
+          });
+        }
+      });
+    })
+    .optional(),
   /** Jobs one daemon runs at once. (Default: 10) */
   PGFN_WORKER_CONCURRENCY: int(1, 1000).default(10),
   /**
@@ -157,12 +187,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     httpPort: e.PGFN_HTTP_PORT,
     httpHost: e.PGFN_HTTP_HOST,
     adminToken: e.PGFN_ADMIN_TOKEN,
-    invokeTokens: Object.freeze(
-      (e.PGFN_INVOKE_TOKENS ?? "")
-        .split(",")
-        .map((t) => t.trim())
-        .filter(Boolean),
-    ),
+    invokeTokens: Object.freeze(splitTokens(e.PGFN_INVOKE_TOKENS ?? "")),
     workerConcurrency: e.PGFN_WORKER_CONCURRENCY,
     dbQueryUrl: e.PGFN_DB_QUERY_URL ?? e.DATABASE_URL,
     dbQueryPoolSize: e.PGFN_DB_QUERY_POOL_SIZE,

@@ -4,6 +4,7 @@
  * other, so `pgfn runs` and psql show it.
  */
 import { insertEvent } from "./db/events.js";
+import { unstorableJson } from "./db/jsonb.js";
 import { getFunction } from "./db/functions.js";
 import type { Run } from "./db/runs.js";
 import { PgfnError } from "./errors.js";
@@ -18,6 +19,15 @@ export async function invokeNow(
   source: Exclude<EventSource, "database"> = "manual",
 ): Promise<Run> {
   assertFunctionName(name);
+  // Refused here, as the caller's mistake: Postgres would refuse the event's
+  // jsonb, which is no fault of pgfn's.
+  const unstorable = unstorableJson(payload);
+  if (unstorable) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      `The payload contains ${unstorable}, which Postgres jsonb cannot store; remove it, or encode the text (e.g. as base64).`,
+    );
+  }
   const fn = await getFunction(deps.db, name);
   if (!fn || !fn.enabled) {
     throw new PgfnError(

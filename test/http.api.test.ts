@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createTestDatabase, waitFor, type TestDatabase } from "./helpers.js";
-import { api, startHttpDaemon, wasmBase64 } from "./httpHelpers.js";
+import { api, INVOKE_TOKEN, startHttpDaemon, wasmBase64 } from "./httpHelpers.js";
 
 let t: TestDatabase;
 let daemon: Daemon;
@@ -215,6 +215,56 @@ describe("invoke", () => {
     // A synchronous failure is the caller's: no retry, no dead letter.
     const dl = await t.pool.query(`select count(*)::int as n from pgfn.dead_letters`);
     expect(dl.rows[0].n).toBe(0);
+  });
+
+  it("400 for a body with \\u0000, a lone surrogate or deep nesting, which Postgres jsonb cannot store", async () => {
+    const before = await t.pool.query(`select count(*)::int as n from pgfn.events`);
+    const bodies = [
+      ['{"text":"a\\u0000b"}', /\\u0000 \(a NUL character\)/],
+      ['{"a\\u0000b":1}', /\\u0000 \(a NUL character\)/],
+      ['{"text":"x\\ud800y"}', /a lone surrogate \(\\ud800\)/],
+      ['["\\udc00"]', /a lone surrogate \(\\udc00\)/],
+      // JSON.stringify would overflow its stack, and Postgres soon after.
+      [`${"[".repeat(6000)}${"]".repeat(6000)}`, /nested deeper than 1000 levels/],
+    ] as const;
+    for (const [body, problem] of bodies) {
+      const r = await api(daemon, "POST", "/functions/v1/invoke/echo", { body });
+      expect(r.status, body.slice(0, 40)).toBe(400);
+      expect(r.body).toMatchObject({ code: "INVALID_REQUEST", error: "Invalid request" });
+      const message = (r.body as { message: string }).message;
+      expect(message).toMatch(problem);
+      expect(message).toMatch(/which Postgres jsonb cannot store/);
+    }
+    // A surrogate pair is a character like any other.
+    const pair = await api(daemon, "POST", "/functions/v1/invoke/echo", {
+      body: '{"text":"\\ud83d\\ude00"}',
+    });
+    expect(pair.status).toBe(200);
+    expect(pair.body).toMatchObject({ payload: { text: "\u{1F600}" } });
+    const after = await t.pool.query(`select count(*)::int as n from pgfn.events`);
+    expect(after.rows[0].n).toBe(before.rows[0].n + 1);
+  });
+
+  it("a failed run tells an invoke token its code and run, not its message; the admin token sees it", async () => {
+    await deploy("fails", "fail");
+    const invoker = await api(daemon, "POST", "/functions/v1/invoke/fails", {
+      token: INVOKE_TOKEN,
+      json: {},
+    });
+    expect(invoker.status).toBe(500);
+    const body = invoker.body as { code: string; message: string; run_id: number };
+    expect(body).toMatchObject({ code: "FUNCTION_ERROR", error: "Function error" });
+    expect(body.message).not.toMatch(/demo failure/);
+    expect(body.message).toBe(
+      `The function failed. Run ${body.run_id} in pgfn.function_runs has the details; PGFN_ADMIN_TOKEN can read them at GET /functions/v1/fails/runs.`,
+    );
+    // The full text is kept, for the function's owner.
+    const run = await t.pool.query(`select error_message from pgfn.function_runs where id = $1`, [
+      body.run_id,
+    ]);
+    expect(run.rows[0].error_message).toMatch(/demo failure/);
+    const admin = await api(daemon, "POST", "/functions/v1/invoke/fails", { json: {} });
+    expect((admin.body as { message: string }).message).toMatch(/demo failure/);
   });
 
   it("504 for a handler past its timeout", async () => {

@@ -253,7 +253,12 @@ describe("logs", () => {
     const r = await invoke("secret");
     expect(r.status).toBe(500);
     expect(r.text).not.toContain(SECRET);
-    expect((r.body as { message: string }).message).toMatch(/\[redacted\]/);
+    // An invoke token is not told the handler's message; the admin token
+    // is, redacted.
+    expect((r.body as { message: string }).message).toMatch(/^The function failed\. Run \d+/);
+    const admin = await api(daemon, "POST", "/functions/v1/invoke/secret", { json: {} });
+    expect(admin.text).not.toContain(SECRET);
+    expect((admin.body as { message: string }).message).toMatch(/\[redacted\]/);
     // A wrong token is not logged either.
     await api(daemon, "GET", "/functions/v1/secret", { token: "wrong-token-which-is-long" });
 

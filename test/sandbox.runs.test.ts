@@ -31,8 +31,16 @@ beforeAll(async () => {
     wasm: await wasm("secret"),
     env: { API_KEY: "sk-live-123456", REGION: "eu" },
   });
+  await deployFunction(db, {
+    name: "leaky_long",
+    wasm: await wasm("secret"),
+    env: { API_KEY: LONG_KEY, REGION: "eu" },
+  });
   daemon = await startTestDaemon(t.url);
 });
+
+/** A secret longer than a log line is kept: cut before redaction, it would leak whole but its tail. */
+const LONG_KEY = `sk-${"0123456789".repeat(500)}`;
 afterAll(async () => {
   await daemon?.stop();
   await t?.drop();
@@ -92,6 +100,22 @@ it("gives a handler its env and redacts secret values from its logs and errors",
     "using key [redacted] in eu",
   ]);
   expect(JSON.stringify(run)).not.toContain("sk-live-123456");
+});
+
+it("redacts a secret before cutting a long message, so no part of it survives the cut", async () => {
+  const run = await finished(await invokeAsync("leaky_long", {}));
+  expect(run.error_message).toBe("upstream rejected key [redacted]");
+  expect(run.logs.map((l: { message: string }) => l.message)).toEqual([
+    "using key [redacted] in eu",
+  ]);
+  expect(JSON.stringify(run)).not.toContain("sk-0123456789");
+});
+
+it("redacts a secret in output that is not JSON before cutting it for the error message", async () => {
+  const run = await finished(await invokeAsync("leaky", { mode: "notjson" }));
+  expect(run.error_code).toBe("FUNCTION_ERROR");
+  expect(run.error_message).toMatch(/^handler output is not JSON: x{195} \[red/);
+  expect(run.error_message).not.toMatch(/sk-/);
 });
 
 it("still serves everyone after all of the above", async () => {

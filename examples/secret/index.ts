@@ -1,10 +1,16 @@
 // Careless with secrets on purpose: logs its API_KEY and fails with it in the
 // message. pgfn must redact both.
-import { env, fail, logInfo } from "../lib/pgfn";
+// With {"mode":"notjson"} it answers text that is not JSON, the key at its
+// 200th character, where pgfn cuts such output for the error message.
+import { env, fail, input, logInfo, output, stringField } from "../lib/pgfn";
 
 export function handle(): i32 {
   const key = env("API_KEY");
   const region = env("REGION");
+  if (stringField(input(), "mode") == "notjson") {
+    output("x".repeat(195) + " " + (key !== null ? key : "none"));
+    return 0;
+  }
   logInfo("using key " + (key !== null ? key : "none") + " in " + (region !== null ? region : "?"));
   return fail("upstream rejected key " + (key !== null ? key : "none"));
 }

@@ -142,6 +142,28 @@ export async function finishRun(db: Db, input: FinishRunInput): Promise<Run> {
   return rows[0];
 }
 
+/**
+ * Ends the event's attempts that this daemon left `running` before `runId`:
+ * ones whose outcome, failure included, the database refused to record (the
+ * job was then tried again, which started `runId`). Left alone they would
+ * hold a max_concurrency slot until this daemon stops. Another daemon's are
+ * not touched: the reaper ends those if it died.
+ */
+export async function abandonEarlierRuns(
+  db: Db,
+  input: { readonly eventId: string; readonly workerId: string; readonly runId: string },
+): Promise<void> {
+  await sql`
+    update pgfn.function_runs
+    set status = 'abandoned', error_code = 'INTERNAL', http_status = 500,
+        error_message = 'pgfn could not record the outcome of this attempt (the database refused it); the next attempt ended it.',
+        finished_at = clock_timestamp(),
+        duration_ms = extract(epoch from clock_timestamp() - started_at) * 1000,
+        will_retry = true
+    where event_id = ${input.eventId}::bigint and id < ${input.runId}::bigint
+      and status = 'running' and worker_id = ${input.workerId}`.execute(db);
+}
+
 /** The event's succeeded run, if it has one. */
 export async function succeededRun(db: Db, eventId: string): Promise<Run | undefined> {
   return db

@@ -10,8 +10,12 @@ import { ApiError } from "./errors.js";
 export type Scope = "admin" | "invoke" | "public";
 
 export interface Authenticator {
-  /** Throws ApiError UNAUTHORIZED (401) or FORBIDDEN (403) unless the header grants `scope`. */
-  check(authorization: string | undefined, scope: Scope): void;
+  /**
+   * Throws ApiError UNAUTHORIZED (401) or FORBIDDEN (403) unless the header
+   * grants `scope`; returns what it grants: `admin` for PGFN_ADMIN_TOKEN,
+   * `invoke` for one of PGFN_INVOKE_TOKENS, `public` on a public route.
+   */
+  check(authorization: string | undefined, scope: Scope): Scope;
 }
 
 export interface AuthOptions {
@@ -35,7 +39,7 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
   const invoke = options.invokeTokens.map(digest);
   return {
     check(authorization, scope) {
-      if (scope === "public") return;
+      if (scope === "public") return "public";
       const token = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "")?.[1];
       if (token === undefined) {
         throw new ApiError(
@@ -48,7 +52,8 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
       const candidate = digest(token);
       const isAdmin = matchesAny(candidate, admin);
       const isInvoker = matchesAny(candidate, invoke);
-      if (isAdmin || (scope === "invoke" && isInvoker)) return;
+      if (isAdmin) return "admin";
+      if (scope === "invoke" && isInvoker) return "invoke";
       if (isInvoker) {
         throw new ApiError(
           "FORBIDDEN",

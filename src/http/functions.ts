@@ -11,7 +11,7 @@ import type { Db } from "../db/database.js";
 import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "../db/functions.js";
 import { listRuns, type Run } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
-import { PgfnError } from "../errors.js";
+import { PgfnError, type ErrorCode } from "../errors.js";
 import { invokeNow } from "../invoke.js";
 import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
@@ -38,6 +38,10 @@ declare module "fastify" {
   interface FastifyContextConfig {
     /** The token a route needs (auth.ts). */
     scope?: Scope;
+  }
+  interface FastifyRequest {
+    /** What the request's token grants (server.ts); `public` without one. */
+    granted: Scope;
   }
 }
 
@@ -260,7 +264,7 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
         summary:
           "Run a function now with the JSON body as its payload; the handler's result is the response.",
         description:
-          "The handler receives {trigger: 'http', payload: <body>, ...}. Its JSON output is the 200 body. Failures answer with the failure model's status: 500 FUNCTION_ERROR / HOST_FUNCTION_ERROR, 504 TIMEOUT, 507 MEMORY_EXCEEDED, 429 CONCURRENCY_LIMIT. The run is recorded in pgfn.function_runs either way (headers x-pgfn-run-id, x-pgfn-event-id).",
+          "The handler receives {trigger: 'http', payload: <body>, ...}. Its JSON output is the 200 body. Failures answer with the failure model's status: 500 FUNCTION_ERROR / HOST_FUNCTION_ERROR, 504 TIMEOUT, 507 MEMORY_EXCEEDED, 429 CONCURRENCY_LIMIT. The run is recorded in pgfn.function_runs either way (headers x-pgfn-run-id, x-pgfn-event-id); a failure's message is the run's own for PGFN_ADMIN_TOKEN, and a generic one naming the run for an invoke token. A body containing \\u0000 or a lone surrogate (\\ud800) is a 400: Postgres jsonb cannot store it.",
         params: NameParams,
         response: errors(400, 401, 403, 404, 413, 429, 500, 503, 504, 507),
       },
@@ -279,10 +283,31 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
           .send(JSON.stringify(run.result ?? null) as never);
       }
       const code = run.error_code ?? "INTERNAL";
+      const message =
+        request.granted === "admin"
+          ? (run.error_message ?? `Run ${run.id} failed.`)
+          : invokerMessage(code, name, run.id);
       return reply.code(run.http_status ?? 500).send({
-        ...errorBody(code, run.error_message ?? `Run ${run.id} failed.`),
+        ...errorBody(code, message),
         run_id: Number(run.id),
       });
     },
   );
 };
+
+/**
+ * What a holder of an invoke token is told about a failed run. The run's own
+ * message is for the function's owner: a database error names tables and
+ * columns, a failed fetch an internal address, a handler prints what it
+ * likes. It stays in pgfn.function_runs, where PGFN_ADMIN_TOKEN reads it.
+ */
+function invokerMessage(code: ErrorCode, name: string, runId: string): string {
+  const what: Partial<Record<ErrorCode, string>> = {
+    FUNCTION_ERROR: "The function failed.",
+    HOST_FUNCTION_ERROR: "A call the function made (db_query or http_fetch) failed.",
+    TIMEOUT: "The function ran past its time limit and was stopped.",
+    MEMORY_EXCEEDED: "The function went past its memory limit and was stopped.",
+    INTERNAL: "pgfn could not finish the run.",
+  };
+  return `${what[code] ?? "The run failed."} Run ${runId} in pgfn.function_runs has the details; PGFN_ADMIN_TOKEN can read them at GET /functions/v1/${name}/runs.`;
+}

@@ -98,9 +98,10 @@ export async function buildApp(options: HttpServerOptions) {
     );
   }
   // Before the body is read: an unauthenticated client cannot make us parse 14 MB.
+  app.decorateRequest("granted", "public");
   app.addHook("onRequest", async (request) => {
     const scope = request.routeOptions.config.scope;
-    if (scope) auth.check(request.headers.authorization, scope);
+    if (scope) request.granted = auth.check(request.headers.authorization, scope);
   });
   // A request in flight when close() starts (a synchronous invoke) would
   // leave its keep-alive socket open afterwards, and close() waits for every

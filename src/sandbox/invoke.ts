@@ -18,6 +18,7 @@
 import { createHash } from "node:crypto";
 import createPlugin, { type CallContext, type Plugin } from "@extism/extism";
 import type { ErrorCode } from "../errors.js";
+import { redactAndClip, secretValues } from "./host/redact.js";
 import {
   GUARD_MEMORY_EXPORT,
   GUARD_NAMESPACE,
@@ -258,6 +259,9 @@ export async function invokeHandler(
 ): Promise<InvokeOutcome> {
   const entry = options.entry ?? DEFAULT_ENTRY;
   const logs: HandlerLog[] = [];
+  // Messages are redacted before they are cut, so no cut leaves half a secret.
+  const secrets = secretValues(options.config ?? {});
+  const clip = (text: string) => redactAndClip(text, secrets, MAX_MESSAGE_CHARS);
   const started = performance.now();
   let memory: WebAssembly.Memory | undefined;
   const limitPages =
@@ -338,7 +342,7 @@ export async function invokeHandler(
           },
           // Extism's own blocks (input, output, vars) count against the limit too.
           ...(Number.isFinite(limitPages) && { memory: { maxPages: limitPages } }),
-          logger: captureLogger(logs),
+          logger: captureLogger(logs, clip),
           // The logger only sees levels at or above this; we keep all of them.
           logLevel: "trace",
           // WASI stdout/stderr go to /dev/null, never to the daemon's output.
@@ -373,7 +377,7 @@ export async function invokeHandler(
     try {
       return done(JSON.parse(text));
     } catch {
-      return failed(`handler output is not JSON: ${text.slice(0, 200)}`);
+      return failed(`handler output is not JSON: ${redactAndClip(text, secrets, 200)}`);
     }
   } finally {
     // Closes WASI's file descriptors; the instance itself is left to the GC.
@@ -402,16 +406,12 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function clip(text: string): string {
-  return text.length > MAX_MESSAGE_CHARS ? `${text.slice(0, MAX_MESSAGE_CHARS)}…` : text;
-}
-
 /**
  * A Console for Extism's `logger` option that collects lines instead of
  * printing them. Extism calls logger[level](text) for the handler's log_*
  * calls and also for its own complaints (e.g. a bad memory address).
  */
-function captureLogger(into: HandlerLog[]): Console {
+function captureLogger(into: HandlerLog[], clip: (text: string) => string): Console {
   let dropped = 0;
   const at = (level: string) => (message: unknown) => {
     if (into.length < MAX_LOG_LINES - 1) {

@@ -9,6 +9,7 @@ import type { Db } from "../db/database.js";
 import type { EventRow } from "../db/events.js";
 import { getWasm, type FunctionInfo } from "../db/functions.js";
 import {
+  abandonEarlierRuns,
   recordCircuit,
   beginRun,
   succeededRun,
@@ -16,9 +17,11 @@ import {
   type Run,
 } from "../db/runs.js";
 import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
-import { redact, secretValues } from "../sandbox/host/redact.js";
+import { storableText, unstorableJson } from "../db/jsonb.js";
+import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
+import { MAX_MESSAGE_CHARS } from "../sandbox/invoke.js";
 import type { EventInput, Operation } from "../interfaces.js";
-import type { ModuleCache } from "../sandbox/invoke.js";
+import type { InvokeOutcome, ModuleCache } from "../sandbox/invoke.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
 import { deferEvent, recordOutcome } from "./outcome.js";
 
@@ -136,6 +139,25 @@ export async function executeEvent(
   let started = performance.now();
   let run: Run;
   try {
+    if (attempt > 1 && jobId !== null) {
+      // Housekeeping: failing it must not fail the attempt.
+      await abandonEarlierRuns(db, { eventId, workerId: deps.workerId, runId }).catch(
+        (e: unknown) =>
+          logger.warn(
+            { operation: "run", event_id: eventId, error: (e as Error).message },
+            "could not end this event's earlier attempts",
+          ),
+      );
+    }
+    // graphile-worker tries a job once more than the event has attempts
+    // left (sql/000009): that last try, or an attempt started after
+    // max_attempts was lowered, ends the event here without running it.
+    if (fn && !options.sync && attempt > fn.max_attempts) {
+      throw new PgfnError(
+        "INTERNAL",
+        `This would be attempt ${attempt} of an event whose function allows ${fn.max_attempts} (max_attempts), so the handler was not run: the last attempt could not be recorded, or max_attempts was lowered since. The earlier runs of event ${eventId} say what happened.`,
+      );
+    }
     if (!fn || !fn.enabled) {
       throw new PgfnError(
         "FUNCTION_NOT_FOUND",
@@ -166,9 +188,12 @@ export async function executeEvent(
       ...(deps.hostFunctions && { host: deps.hostFunctions(fn, Date.now() + fn.timeout_ms) }),
     });
     const durationMs = performance.now() - started;
-    // Secret env values never reach a run row or a log line, whatever the handler printed.
+    // Secret env values never reach a run row or a log line, whatever the
+    // handler printed; nor does a character Postgres cannot store, which
+    // would fail the statement that records the run.
     const secrets = secretValues(fn.env);
-    const logs = outcome.logs.map((l) => ({ ...l, message: redact(l.message, secrets) }));
+    const clean = (text: string) => storableText(redactAndClip(text, secrets, MAX_MESSAGE_CHARS));
+    const logs = outcome.logs.map((l) => ({ ...l, message: clean(l.message) }));
     for (const l of logs) {
       const level =
         l.level === "error" || l.level === "warn" || l.level === "info" ? l.level : "debug";
@@ -177,21 +202,31 @@ export async function executeEvent(
         l.message,
       );
     }
-    const facts = outcome.error && {
-      code: outcome.error.code,
-      ...(outcome.error.transient !== undefined && { transient: outcome.error.transient }),
+    // Output that jsonb cannot hold is the handler's fault, like output that
+    // is not JSON: not something to retry, let alone for ever.
+    const unstorable = outcome.ok ? unstorableJson(outcome.output) : undefined;
+    const error: InvokeOutcome["error"] = unstorable
+      ? {
+          code: "FUNCTION_ERROR",
+          message: `The handler's output contains ${unstorable}, which Postgres jsonb cannot store; remove it, or encode the text (e.g. as base64), before returning it.`,
+        }
+      : outcome.error;
+    const ok = outcome.ok && !unstorable;
+    const facts = error && {
+      code: error.code,
+      ...(error.transient !== undefined && { transient: error.transient }),
       ...(outcome.retry?.afterMs !== undefined && { retryAfterMs: outcome.retry.afterMs }),
       ...(outcome.retry?.never && { noRetry: true }),
     };
     const finish: FinishRunInput = {
       runId,
       functionName: event.function_name,
-      status: outcome.ok ? "succeeded" : "failed",
-      result: outcome.ok ? outcome.output : undefined,
-      ...(outcome.error && {
-        errorCode: outcome.error.code,
-        httpStatus: HTTP_STATUS[outcome.error.code],
-        errorMessage: redact(outcome.error.message, secrets),
+      status: ok ? "succeeded" : "failed",
+      result: ok ? outcome.output : undefined,
+      ...(error && {
+        errorCode: error.code,
+        httpStatus: HTTP_STATUS[error.code],
+        errorMessage: clean(error.message),
       }),
       logs,
       durationMs,
@@ -200,19 +235,60 @@ export async function executeEvent(
     run = await recordOutcome(db, context, finish, facts);
   } catch (caught) {
     const error = coerceError(caught);
-    if (error.code === "INTERNAL") {
-      // Our fault or the database's, not the handler's: graphile-worker
-      // retries the job. The attempt must not stay `running` while this
-      // daemon lives (no reaper would end it, and it would hold a
-      // max_concurrency slot); if even this fails, the database is down and
-      // the row is ended when this daemon is reaped.
+    // Not one of ours (those say what happened): pgfn's own fault or the
+    // database's, such as a statement that recorded the outcome failing.
+    const unexpected = !(caught instanceof PgfnError);
+    const message = unexpected
+      ? `pgfn could not finish this attempt: ${error.message}`
+      : error.message;
+    const secrets = fn ? secretValues(fn.env) : [];
+    const errorMessage = storableText(redactAndClip(message, secrets, MAX_MESSAGE_CHARS));
+    if (unexpected) {
+      logger.error(
+        {
+          operation: "run",
+          function: event.function_name,
+          run_id: runId,
+          event_id: eventId,
+          error: error.message,
+        },
+        "attempt failed by an internal error; it is retried while max_attempts allows",
+      );
+    }
+    try {
+      // The function's failure model, whatever failed: retried while its
+      // max_attempts allows (INTERNAL is retryable), then a dead letter and
+      // on_error. Never graphile-worker's 25 retries of a throwing job.
+      run = await recordOutcome(
+        db,
+        context,
+        {
+          runId,
+          functionName: event.function_name,
+          status: "failed",
+          errorCode: error.code,
+          httpStatus: error.status,
+          errorMessage,
+          logs: [],
+          durationMs: performance.now() - started,
+        },
+        { code: error.code },
+      );
+    } catch (again) {
+      // Not even the failure can be recorded: the database is down. The
+      // attempt must not stay `running` while this daemon lives (no reaper
+      // would end it, and it would hold a max_concurrency slot); if this
+      // fails too, it is ended when this daemon is reaped. graphile-worker
+      // then tries the job again, at most once more than the event has
+      // attempts left (sql/000009): the attempt past max_attempts is refused
+      // above and ends the event in the dead letters.
       await db
         .updateTable("pgfn.function_runs")
         .set({
           status: "abandoned",
           error_code: "INTERNAL",
           http_status: HTTP_STATUS.INTERNAL,
-          error_message: `pgfn could not finish recording this attempt: ${error.message}`,
+          error_message: errorMessage,
           finished_at: sql`clock_timestamp()`,
           duration_ms: performance.now() - started,
           will_retry: jobId !== null,
@@ -232,27 +308,12 @@ export async function executeEvent(
           function: event.function_name,
           run_id: runId,
           event_id: eventId,
-          error: error.message,
+          error: (again as Error).message,
         },
-        "attempt abandoned by an internal error; its job will be retried",
+        "could not record the attempt's failure; its job will be retried",
       );
-      throw caught;
+      throw again;
     }
-    run = await recordOutcome(
-      db,
-      context,
-      {
-        runId,
-        functionName: event.function_name,
-        status: "failed",
-        errorCode: error.code,
-        httpStatus: error.status,
-        errorMessage: error.message,
-        logs: [],
-        durationMs: performance.now() - started,
-      },
-      { code: error.code },
-    );
   }
 
   const line = {

@@ -50,6 +50,7 @@ export async function recordOutcome(
           json_build_object('event_id', ${event.id}::bigint),
           queue_name => ${queueOf(fn)}::text,
           run_at => ${run.next_attempt_at},
+          max_attempts => pgfn.job_max_attempts(${policy.maxAttempts}::integer, ${attempt + 1}::integer),
           job_key => ${`pgfn:retry:${event.id}:${attempt + 1}`}::text
         )`.execute(trx);
       return run;
@@ -91,7 +92,9 @@ function queueOf(fn: FunctionInfo | undefined): string | null {
 
 /**
  * Runs the event again in `delayMs`, as a new job; the current one then
- * completes. Nothing is recorded: the event did not run.
+ * completes. Nothing is recorded: the event did not run. Like every pgfn_run
+ * job, the new one may be tried by graphile-worker only as often as the
+ * event has attempts left, plus one (pgfn.job_max_attempts, sql/000009).
  */
 export async function deferEvent(
   db: Db,
@@ -104,6 +107,10 @@ export async function deferEvent(
       json_build_object('event_id', ${event.id}::bigint),
       queue_name => ${queueOf(fn)}::text,
       run_at => clock_timestamp() + make_interval(secs => ${delayMs / 1000}),
+      max_attempts => pgfn.job_max_attempts(
+        ${fn?.max_attempts ?? null}::integer,
+        (select count(*)::integer + 1 from pgfn.function_runs where event_id = ${event.id}::bigint)
+      ),
       job_key => ${`pgfn:wait:${event.id}`}::text
     )`.execute(db);
 }

@@ -23,12 +23,14 @@ export interface FailureFacts {
 /**
  * Whether a retry can help. Never for bad input, a missing function, memory
  * (the same input grows the same way) or a handler's own error, unless the
- * handler asked for one; always for a timeout and a transient host failure.
+ * handler asked for one; always for a timeout, a transient host failure and
+ * an attempt pgfn could not record (INTERNAL: usually the database, for a
+ * moment).
  */
 export function isRetryable(facts: FailureFacts): boolean {
   if (facts.noRetry) return false;
   if (facts.retryAfterMs !== undefined) return true;
-  if (facts.code === "TIMEOUT") return true;
+  if (facts.code === "TIMEOUT" || facts.code === "INTERNAL") return true;
   if (facts.code === "HOST_FUNCTION_ERROR") return facts.transient === true;
   return false;
 }

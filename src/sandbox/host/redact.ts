@@ -3,8 +3,16 @@
  * and its error messages may contain values it read with `env(key)`.
  */
 
-/** Env keys whose values are treated as secrets (matched anywhere in the key, any case). */
-export const SECRET_KEY = /(KEY|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE)/i;
+/**
+ * Env keys whose values are treated as secrets (matched anywhere in the key,
+ * any case). Broad on purpose: a harmless value redacted costs a less
+ * readable log line, a secret missed is a leak. PASS covers PASSWORD, PASSWD,
+ * *_PASS and PASSPHRASE; AUTH covers AUTHORIZATION and OAUTH; URL, URI and
+ * DSN because connection strings (DATABASE_URL, REDIS_URL, SENTRY_DSN)
+ * carry a password.
+ */
+export const SECRET_KEY =
+  /(KEY|SECRET|PASS|TOKEN|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|SIGNATURE|CERT|SALT|DSN|URL|URI)/i;
 
 /**
  * Values shorter than this are not redacted: replacing every "on" or "123" in
@@ -48,5 +56,39 @@ export function redact(text: string, secrets: readonly string[]): string {
     .sort((a, b) => b.length - a.length)
     .map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
     .join("|");
-  return text.replace(new RegExp(pattern, "g"), "[redacted]");
+  return text.replace(new RegExp(pattern, "g"), REDACTED);
+}
+
+/** What a secret is replaced with. */
+const REDACTED = "[redacted]";
+
+/**
+ * `text` redacted (see {@link redact}), then cut to `max` characters with
+ * "…" appended when it was longer. In this order: cutting first would leave
+ * the first characters of a secret that straddles the cut, which then no
+ * longer matches. Only a prefix of a huge text is redacted, one long enough
+ * that whatever survives the cut was redacted whole: to fill `max`
+ * characters, redaction can consume at most max + (max / 10) * longest
+ * characters of the input, since every replacement writes 10.
+ *
+ * @example
+ * redactAndClip("key=sk-123456", ["sk-123456"], 8) // "key=[red…"
+ */
+export function redactAndClip(text: string, secrets: readonly string[], max: number): string {
+  const longest = secrets.reduce((n, s) => Math.max(n, s.length), 0);
+  const window =
+    max + Math.ceil(max / REDACTED.length) * Math.max(longest, REDACTED.length) + longest;
+  const redacted = longest === 0 ? text : redact(text.slice(0, window), secrets);
+  return clip(redacted, max);
+}
+
+/**
+ * `text` cut to `max` characters, "…" appended when it was longer. A cut never
+ * splits a surrogate pair (half of one is a character Postgres cannot store).
+ */
+export function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const code = text.charCodeAt(max - 1);
+  const end = code >= 0xd800 && code <= 0xdbff ? max - 1 : max;
+  return `${text.slice(0, end)}…`;
 }
