@@ -209,7 +209,13 @@ describe("/healthz and /readyz", () => {
       expect(ok.status).toBe(200);
       expect(ok.body).toEqual({
         status: "ok",
-        checks: { database: "ok", listener: "ok", migrations: "ok" },
+        checks: {
+          database: "ok",
+          listener: "ok",
+          migrations: "ok",
+          worker: "ok",
+          scheduler: "ok",
+        },
       });
       const { rows } = await t.pool.query<{ id: number; name: string }>(
         `delete from pgfn.migrations where id = (select max(id) from pgfn.migrations) returning id, name`,
@@ -290,7 +296,13 @@ describe("slow clients and shutdown", () => {
       metrics: daemon.metrics.registry,
       readiness: async () => ({
         ready: true,
-        checks: { database: "ok", listener: "ok", migrations: "ok" },
+        checks: {
+          database: "ok",
+          listener: "ok",
+          migrations: "ok",
+          worker: "ok",
+          scheduler: "ok",
+        },
       }),
       logger: silentLogger(),
       headersTimeoutMs: 300,

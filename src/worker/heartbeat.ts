@@ -36,6 +36,13 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
   );
   let running: Promise<void> | undefined;
+  // Since when this daemon has reached the database without a failed beat.
+  // After an outage every daemon's heartbeat is stale, and a daemon that got
+  // the database back first cannot tell a dead peer from one still
+  // reconnecting: it reaps only once it has itself been back for
+  // deadAfterMs, long enough for every live peer to have beaten again. At
+  // start (0): at once, whatever died while no daemon ran.
+  let connectedSince: number | undefined = 0;
   const beat = async () => {
     try {
       const updated = await pool.query(
@@ -55,6 +62,8 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
         );
       }
+      connectedSince ??= Date.now();
+      if (Date.now() - connectedSince < options.deadAfterMs) return;
       const { rows } = await pool.query<{ n: number }>(
         `select pgfn.reap_dead_daemons(make_interval(secs => $1)) as n`,
         [options.deadAfterMs / 1000],
@@ -66,6 +75,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
         );
       }
     } catch (error) {
+      connectedSince = undefined;
       // A missed beat is survivable; several in a row make others reap us, which is right.
       logger.warn({ operation: "heartbeat", error: (error as Error).message }, "heartbeat failed");
     }
