@@ -10,9 +10,9 @@
  * runner's promise then resolves as if it had been asked to stop
  * (graphile/worker#635), and the jobs it held stay locked for graphile's 4
  * hours. So the supervisor watches the runner; when it stops without being
- * asked, it waits for the runs under way, releases the stopped runner's jobs
- * (pgfn.release_stopped_worker) and starts a new runner, retrying with
- * backoff for as long as the database is away.
+ * asked (graphile-worker lets the runs under way finish first), the
+ * supervisor releases its jobs (pgfn.release_stopped_worker) and starts a
+ * new runner, retrying with backoff for as long as the database is away.
  */
 import { EventEmitter } from "node:events";
 import {
@@ -32,9 +32,10 @@ import { RUN_TASK } from "./tasks.js";
 const runPayload = z.object({ event_id: z.union([z.number().int(), z.string().regex(/^\d+$/)]) });
 
 /**
- * How long a stopped runner's runs may take to finish before the daemon
- * gives up on replacing it in this process: the longest timeout_ms a
- * function may have (300 s), and a margin for recording the outcome.
+ * How long a runner that began to stop on its own may take to finish (it
+ * waits for its runs) before the daemon gives up on replacing it in this
+ * process: the longest timeout_ms a function may have (300 s), and a margin
+ * for recording the outcome.
  */
 export const DRAIN_TIMEOUT_MS = 330_000;
 
@@ -58,7 +59,7 @@ export interface WorkerOptions {
   readonly pollIntervalMs: number;
   readonly logger: Logger;
   /**
-   * Called when a stopped runner cannot be replaced in this process (its
+   * Called when a stopping runner cannot be replaced in this process (its
    * runs did not finish within DRAIN_TIMEOUT_MS): the process should exit
    * non-zero so that its supervisor starts a fresh one. (Default: log only)
    */
@@ -101,16 +102,11 @@ interface Generation {
   runner: Runner | undefined;
   /** Its pool's and workers' ids: what its jobs are locked by. */
   readonly ids: string[];
-  /** Runs it started that have not finished. */
-  readonly inFlight: Set<Promise<unknown>>;
-  /** Its pool shuts down forcefully or is gone: nothing may be reported back to it. */
-  detached: boolean;
   /** Why it stopped, from its events. */
   reason: string | undefined;
+  /** Set when it began to stop on its own: fires if it never finishes stopping. */
+  watchdog?: NodeJS.Timeout;
 }
-
-/** A promise that never settles (see the task below). */
-const never = () => new Promise<never>(() => undefined);
 
 export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const { logger, pool } = options;
@@ -121,7 +117,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   /** Stopped runners whose jobs are not released yet. */
   const unreleased = new Set<Generation>();
   let replacing: Promise<void> | undefined;
-  /** A stopped runner's runs never finished: its jobs must stay locked (see replace). */
+  /** A stopping runner's runs never finished: it is never replaced here (see fail). */
   let fatal = false;
   const stopController = new AbortController();
 
@@ -129,8 +125,6 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     const gen: Generation = {
       runner: undefined,
       ids: [],
-      inFlight: new Set(),
-      detached: false,
       reason: undefined,
     };
     const task: Task = async (payload, helpers) => {
@@ -140,29 +134,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         helpers.logger.error(`ignoring ${RUN_TASK} job ${helpers.job.id} with a malformed payload`);
         return;
       }
-      const execution = executeEvent(
-        options.executor,
-        String(parsed.data.event_id),
-        String(helpers.job.id),
-      );
-      gen.inFlight.add(execution);
-      const settled = () => gen.inFlight.delete(execution);
-      execution.then(settled, settled);
-      let failure: unknown;
-      let failed = false;
-      try {
-        await execution;
-      } catch (error) {
-        failed = true;
-        failure = error;
-      }
-      // A pool that shut down forcefully has let go of its workers and
-      // released its job batchers; a result reported to it now ends in a
-      // rejection nobody handles ("This batcher has been released", from
-      // graphile-worker's worker.js, which does not await completeJob or
-      // failJob). The run is recorded; the supervisor releases the job.
-      if (gen.detached) return never();
-      if (failed) throw failure;
+      await executeEvent(options.executor, String(parsed.data.event_id), String(helpers.job.id));
     };
     const events = new EventEmitter() as WorkerEvents;
     events.on("pool:create", ({ workerPool }) => gen.ids.push(workerPool.id));
@@ -171,12 +143,15 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       gen.reason ??= `${action} failed: ${coerceError(error).message}`;
     });
     events.on("pool:gracefulShutdown", ({ message }) => {
+      if (stopController.signal.aborted || gen !== current) return;
       gen.reason ??= message;
       // Not asked to stop: say so at once (/readyz), not only once it has.
-      if (!stopController.signal.aborted && gen === current) state = "restarting";
+      state = "restarting";
+      // graphile-worker waits for the runs under way before its runner
+      // settles; one that never ends would keep this daemon from working.
+      gen.watchdog = setTimeout(() => fail(gen), DRAIN_TIMEOUT_MS);
+      gen.watchdog.unref();
     });
-    events.on("pool:forcefulShutdown", () => (gen.detached = true));
-    events.on("pool:release", () => (gen.detached = true));
     const runner = await run({
       events,
       pgPool: pool,
@@ -213,7 +188,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       },
     );
     void watched.then(() => {
-      if (stopController.signal.aborted || gen !== current) return;
+      clearTimeout(gen.watchdog);
+      if (stopController.signal.aborted || gen !== current || fatal) return;
       unreleased.add(gen);
       replacing = replace(gen).finally(() => (replacing = undefined));
     });
@@ -233,20 +209,15 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       signal.addEventListener("abort", done);
     });
 
-  /** Waits for a stopped runner's runs, at most DRAIN_TIMEOUT_MS; false if they did not finish. */
-  const drain = async (gen: Generation): Promise<boolean> => {
-    const deadline = Date.now() + DRAIN_TIMEOUT_MS;
-    while (gen.inFlight.size > 0) {
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) return false;
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        Promise.allSettled([...gen.inFlight]),
-        new Promise((resolve) => (timer = setTimeout(resolve, remaining))),
-      ]);
-      clearTimeout(timer);
-    }
-    return true;
+  /** A stopped runner that cannot be replaced in this process. */
+  const fail = (gen: Generation) => {
+    if (fatal || stopController.signal.aborted) return;
+    fatal = true;
+    const error = new Error(
+      `graphile-worker's runner began to stop on its own (${gen.reason ?? "unknown"}) and had not finished after ${DRAIN_TIMEOUT_MS} ms: a run under way does not end. Restart the daemon.`,
+    );
+    logger.fatal({ operation: "worker", worker_id: daemonId, error: error.message }, error.message);
+    options.onFatal?.(error);
   };
 
   /** Releases the jobs of every stopped runner not released yet; throws while the database is away. */
@@ -272,20 +243,6 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       { operation: "worker", worker_id: daemonId, error: dead.reason ?? "unknown" },
       "graphile-worker's runner stopped on its own; replacing it",
     );
-    if (!(await drain(dead))) {
-      const error = new Error(
-        `The stopped graphile-worker runner still had ${dead.inFlight.size} run(s) under way after ${DRAIN_TIMEOUT_MS} ms; it cannot be replaced in this process. Restart the daemon.`,
-      );
-      logger.fatal(
-        { operation: "worker", worker_id: daemonId, error: error.message },
-        error.message,
-      );
-      fatal = true;
-      options.onFatal?.(error);
-      // Its jobs stay locked until this process exits and is reaped: releasing
-      // them now would run them twice.
-      return;
-    }
     for (let attempt = 0; !stopController.signal.aborted; attempt++) {
       try {
         await releaseStopped();
@@ -343,8 +300,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         // graphile-worker's stop waits for the jobs under way; a runner that
         // stopped on its own says it is "already stopped".
         await current?.runner?.stop().catch(() => undefined);
-        if (fatal) return;
-        for (const gen of unreleased) await drain(gen);
+        // One that had begun to stop on its own before stop() was called.
+        if (current?.reason !== undefined) unreleased.add(current);
         // Best effort: a stopped runner's jobs should not wait for the reaper.
         await releaseStopped().catch((error: unknown) =>
           logger.warn(
