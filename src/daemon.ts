@@ -120,6 +120,9 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       intervalMs: config.heartbeatIntervalMs,
       deadAfterMs: config.deadAfterMs,
       graphileWorkerIds: () => worker?.graphileWorkerIds ?? [],
+      // A daemon without a worker runs no jobs; one whose worker is starting
+      // does not know its ids yet.
+      liveGraphileWorkerIds: () => (config.worker ? worker?.graphileWorkerIds : []),
       logger,
     });
     if (config.worker) {

@@ -125,4 +125,61 @@ describe("the worker supervisor", () => {
     );
     expect(runs).toEqual([{ status: "succeeded" }]);
   });
+
+  it("abandons an attempt whose job none of its live ids holds any more, and only such", async () => {
+    const d = daemon!;
+    const ids = d.worker!.graphileWorkerIds;
+    expect(ids.length).toBeGreaterThan(0);
+    // Jobs of a task nobody runs, so no worker takes them: one released (as
+    // graphile-worker leaves a failed job), one locked by this daemon's pool.
+    const { rows: jobs } = await t.pool.query<{ released: string; held: string }>(
+      `select (graphile_worker.add_job('not_pgfn', '{}')).id as released,
+              (graphile_worker.add_job('not_pgfn', '{}')).id as held`,
+    );
+    const { released, held } = jobs[0]!;
+    await t.pool.query(
+      `update graphile_worker._private_jobs set locked_by = $2, locked_at = now() where id = $1`,
+      [held, ids[0]],
+    );
+    const { rows: events } = await t.pool.query<{ id: string }>(
+      `insert into pgfn.events (function_name, source, payload, dispatched_at)
+       select 'echo', 'manual', '{}', now() from generate_series(1, 3) returning id`,
+    );
+    const run = async (eventId: string, jobId: string, age: string) =>
+      (
+        await t.pool.query<{ id: string }>(
+          `insert into pgfn.function_runs (event_id, function_name, attempt, status, worker_id, job_id, started_at)
+           values ($1, 'echo', 1, 'running', 'supervised', $2, clock_timestamp() - $3::interval) returning id`,
+          [eventId, jobId, age],
+        )
+      ).rows[0]!.id;
+    const orphan = await run(events[0]!.id, released, "1 minute");
+    const underWay = await run(events[1]!.id, held, "1 minute");
+    const young = await run(events[2]!.id, released, "0 seconds");
+    const status = async (id: string) =>
+      (
+        await t.pool.query(
+          `select status, error_code, will_retry from pgfn.function_runs where id = $1`,
+          [id],
+        )
+      ).rows[0];
+    expect(
+      await waitFor(
+        async () => {
+          const r = await status(orphan);
+          return r.status === "abandoned" ? r : undefined;
+        },
+        { timeoutMs: 20_000, message: "the heartbeat to abandon the orphaned attempt" },
+      ),
+    ).toEqual({ status: "abandoned", error_code: "INTERNAL", will_retry: true });
+    expect((await status(underWay)).status).toBe("running");
+    expect((await status(young)).status).toBe("running");
+    await t.pool.query(`delete from pgfn.events where id = any ($1::bigint[])`, [
+      events.map((e) => e.id),
+    ]);
+    await t.pool.query(`delete from graphile_worker._private_jobs where id in ($1, $2)`, [
+      released,
+      held,
+    ]);
+  });
 });

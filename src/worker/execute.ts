@@ -205,7 +205,8 @@ export async function executeEvent(
       // retries the job. The attempt must not stay `running` while this
       // daemon lives (no reaper would end it, and it would hold a
       // max_concurrency slot); if even this fails, the database is down and
-      // the row is ended when this daemon is reaped.
+      // the row is ended by this daemon's heartbeat once graphile-worker has
+      // released the job (pgfn.abandon_orphaned_runs), or by the reaper.
       await db
         .updateTable("pgfn.function_runs")
         .set({

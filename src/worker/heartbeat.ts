@@ -18,8 +18,22 @@ export interface HeartbeatOptions {
   readonly deadAfterMs: number;
   /** graphile-worker's ids for this daemon's workers, as they are created. */
   readonly graphileWorkerIds: () => readonly string[];
+  /**
+   * The graphile-worker ids that hold the jobs of this daemon's runs under
+   * way, or undefined while they are not known (the worker is starting):
+   * each beat then abandons the attempts of this daemon whose job none of
+   * them holds (pgfn.abandon_orphaned_runs). (Default: no such check)
+   */
+  readonly liveGraphileWorkerIds?: () => readonly string[] | undefined;
   readonly logger: Logger;
 }
+
+/**
+ * An attempt younger than this is never taken for an orphan: a runner
+ * started between reading the live ids and the query cannot have an older
+ * one. (10000 ms)
+ */
+export const ORPHAN_MIN_AGE_MS = 10_000;
 
 export interface Heartbeat {
   /** Beats and reaps once, now. */
@@ -61,6 +75,19 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids) values ($1, $2, $3, $4) on conflict (id) do nothing`,
           [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
         );
+      }
+      const live = options.liveGraphileWorkerIds?.();
+      if (live) {
+        const orphans = await pool.query<{ n: number }>(
+          `select pgfn.abandon_orphaned_runs($1, $2, make_interval(secs => $3)) as n`,
+          [daemonId, live, ORPHAN_MIN_AGE_MS / 1000],
+        );
+        if ((orphans.rows[0]?.n ?? 0) > 0) {
+          logger.warn(
+            { operation: "heartbeat", worker_id: daemonId, abandoned: orphans.rows[0]?.n },
+            "attempts cut short by a database outage were abandoned; their events run again",
+          );
+        }
       }
       connectedSince ??= Date.now();
       if (Date.now() - connectedSince < options.deadAfterMs) return;
