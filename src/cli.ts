@@ -15,7 +15,7 @@ import { runDev } from "./dev.js";
 import { PgfnError, sqlState } from "./errors.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { invokeNow } from "./invoke.js";
-import { createLogger, silentLogger } from "./logger.js";
+import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
 
 function intOption(name: string) {
@@ -125,14 +125,28 @@ export function buildProgram(): Command {
       const url = requireDatabaseUrl(config);
       if (opts.migrate) await withPool(config, migrate);
       const logger = createLogger({ level: config.logLevel });
+      installLastResortHandlers(logger);
+      let fatal: (error: Error) => void = () => undefined;
+      const failed = new Promise<Error>((resolve) => (fatal = resolve));
       const daemon = await startDaemon({
         connectionString: url,
         config,
         logger,
         // PGFN_HTTP_PORT=0 turns the HTTP API off (DESIGN.md section 6).
         ...(config.httpPort !== 0 && { http: { port: config.httpPort, host: config.httpHost } }),
+        onFatal: (error) => fatal(error),
       });
-      await waitForSignal();
+      const ended = await Promise.race([waitForSignal(), failed]);
+      if (ended instanceof Error) {
+        // A part that cannot be restarted here: exit non-zero, so that the
+        // process supervisor (systemd, Kubernetes, Docker) starts a fresh
+        // daemon. The stop is bounded: what it waits for may be what hangs.
+        process.exitCode = 1;
+        const timer = setTimeout(() => process.exit(1), FATAL_STOP_TIMEOUT_MS);
+        timer.unref();
+        await daemon.stop().catch(() => undefined);
+        return;
+      }
       await daemon.stop();
     });
 
@@ -292,6 +306,39 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+/** How long `pgfn start` gives its stop after a fatal error before it exits anyway. (10000) */
+const FATAL_STOP_TIMEOUT_MS = 10_000;
+
+/**
+ * The last resort, for errors that escaped every handler in pgfn and its
+ * dependencies. The daemon does not rely on it: every path that can fail on
+ * a database outage handles its error where it happens.
+ *
+ * An unhandled rejection is logged and the daemon keeps running. A rejected
+ * promise has finished unwinding and leaves no half-run synchronous code
+ * behind; dying for it would end every run in flight, and the next daemon
+ * that picks those up would die of the same rejection (issue 10, finding
+ * 3). An uncaught exception is different: it can leave any state half
+ * changed, and Node cannot promise a consistent process after one, so it is
+ * logged and the process exits 1 for its supervisor to restart it.
+ */
+export function installLastResortHandlers(logger: Logger): void {
+  process.on("unhandledRejection", (reason) => {
+    const error = reason instanceof Error ? reason : new Error(String(reason));
+    logger.error(
+      { operation: "process", error: error.message, stack: error.stack },
+      "unhandled promise rejection (a bug in pgfn or a dependency); the daemon keeps running",
+    );
+  });
+  process.on("uncaughtException", (error) => {
+    logger.fatal(
+      { operation: "process", error: error.message, stack: error.stack },
+      "uncaught exception; exiting so that the process supervisor restarts pgfn",
+    );
+    process.exit(1);
+  });
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */

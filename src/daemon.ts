@@ -5,7 +5,6 @@
  * any number of daemons can run against one database.
  */
 import type pg from "pg";
-import type { Runner } from "graphile-worker";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { createDb, type Db } from "./db/database.js";
@@ -26,7 +25,7 @@ import { createSandbox, type Sandbox } from "./sandbox/sandbox.js";
 import { Scheduler, type Clock } from "./scheduler/scheduler.js";
 import type { ExecutorDeps } from "./worker/execute.js";
 import { startHeartbeat, type Heartbeat } from "./worker/heartbeat.js";
-import { startWorker } from "./worker/worker.js";
+import { startWorker, type Worker } from "./worker/worker.js";
 
 export interface DaemonOptions {
   readonly connectionString: string;
@@ -42,6 +41,14 @@ export interface DaemonOptions {
   readonly http?: { readonly port: number; readonly host?: string };
   /** The scheduler's time, so tests can move it. (Default: the system clock) */
   readonly clock?: Clock;
+  /**
+   * Called when a part of the daemon stopped and cannot be restarted in
+   * this process; `pgfn start` then exits non-zero so that its supervisor
+   * starts a fresh one. Parts that can be restarted (the worker's runner,
+   * the listener's connection, the scheduler's ticks) are, for as long as
+   * the database is away. (Default: the error is logged)
+   */
+  readonly onFatal?: (error: Error) => void;
 }
 
 export interface Daemon {
@@ -50,7 +57,8 @@ export interface Daemon {
   readonly executor: ExecutorDeps;
   readonly dispatcher: Dispatcher | undefined;
   readonly listener: Listener | undefined;
-  readonly worker: Runner | undefined;
+  /** The supervised graphile-worker runner (see src/worker/worker.ts). */
+  readonly worker: Worker | undefined;
   readonly scheduler: Scheduler | undefined;
   /** This daemon's metrics, fed by the runs it records (GET /metrics). */
   readonly metrics: Metrics;
@@ -64,7 +72,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   const pool = createPool(options.connectionString, config.poolSize, logger);
   let listener: Listener | undefined;
   let dispatcher: Dispatcher | undefined;
-  let worker: Runner | undefined;
+  let worker: Worker | undefined;
   let sandbox: Sandbox | undefined;
   let dbQuery: DbQueryExecutor | undefined;
   let heartbeat: Heartbeat | undefined;
@@ -109,24 +117,26 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         onRunFinished?.(run, event);
       },
     };
-    const graphileWorkerIds: string[] = [];
     // Registered before any run can start, so every run has a daemon to outlive.
     heartbeat = await startHeartbeat({
       pool,
       daemonId: config.workerId,
       intervalMs: config.heartbeatIntervalMs,
       deadAfterMs: config.deadAfterMs,
-      graphileWorkerIds: () => graphileWorkerIds,
+      graphileWorkerIds: () => worker?.graphileWorkerIds ?? [],
+      // A daemon without a worker runs no jobs; one whose worker is starting
+      // does not know its ids yet.
+      liveGraphileWorkerIds: () => (config.worker ? worker?.graphileWorkerIds : []),
       logger,
     });
     if (config.worker) {
       worker = await startWorker({
-        onWorkerCreated: (id) => graphileWorkerIds.push(id),
         pool,
         executor,
         concurrency: config.workerConcurrency,
         pollIntervalMs: config.pollIntervalMs,
         logger,
+        ...(options.onFatal && { onFatal: options.onFatal }),
       });
     }
     // Records the worker ids, and reaps at once whatever died while we were away.
@@ -151,7 +161,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     }
     if (options.http) {
       // Last: /readyz must not say ready before the listener is up.
-      const current = listener;
+      const parts = { listener, worker, scheduler };
       http = await startHttpServer({
         port: options.http.port,
         ...(options.http.host !== undefined && { host: options.http.host }),
@@ -159,7 +169,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         executor,
         auth: { adminToken: config.adminToken, invokeTokens: config.invokeTokens },
         metrics: metrics.registry,
-        readiness: () => checkReadiness({ pool, listener: current }),
+        readiness: () => checkReadiness({ pool, ...parts, logger }),
         logger,
       });
     }

@@ -209,7 +209,13 @@ describe("/healthz and /readyz", () => {
       expect(ok.status).toBe(200);
       expect(ok.body).toEqual({
         status: "ok",
-        checks: { database: "ok", listener: "ok", migrations: "ok" },
+        checks: {
+          database: "ok",
+          listener: "ok",
+          migrations: "ok",
+          worker: "ok",
+          scheduler: "ok",
+        },
       });
       const { rows } = await t.pool.query<{ id: number; name: string }>(
         `delete from pgfn.migrations where id = (select max(id) from pgfn.migrations) returning id, name`,
@@ -231,20 +237,58 @@ describe("/healthz and /readyz", () => {
     }
   });
 
-  it("the database check fails when Postgres cannot be reached", async () => {
+  it("the database check fails when Postgres cannot be reached, in safe words; the error goes to the log", async () => {
     const pg = await import("pg");
     const pool = new pg.default.Pool({
       connectionString: "postgres://nobody@127.0.0.1:1/none",
       connectionTimeoutMillis: 500,
     });
+    const captured = capturingLogger("debug");
     try {
-      const r = await checkReadiness({ pool, listener: undefined });
+      const r = await checkReadiness({ pool, listener: undefined, logger: captured.logger });
       expect(r.ready).toBe(false);
-      expect(r.checks.database).not.toBe("ok");
-      expect(r.checks.listener).toBe("disabled");
+      expect(r.checks).toEqual({
+        database: "unreachable",
+        migrations: "not checked (database unreachable)",
+        listener: "disabled",
+        worker: "disabled",
+        scheduler: "disabled",
+      });
+      // /readyz needs no token: no address, port, role or pg message in it.
+      expect(JSON.stringify(r)).not.toMatch(/127\.0\.0\.1|ECONNREFUSED|nobody|:1\b/);
+      const logged = captured.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(logged).toContainEqual(
+        expect.objectContaining({
+          operation: "readiness",
+          check: "database",
+          error: expect.stringMatching(/ECONNREFUSED/),
+        }),
+      );
+      // A probe every few seconds logs a change, not a stream.
+      await checkReadiness({ pool, listener: undefined, logger: captured.logger });
+      expect(captured.lines.length).toBe(logged.length);
     } finally {
       await pool.end();
     }
+  });
+
+  it("/readyz says which part is not working: a stopped worker, a failing scheduler", async () => {
+    const r = await checkReadiness({
+      pool: t.pool,
+      listener: { connected: true },
+      worker: { state: "restarting" },
+      scheduler: { failing: true },
+    });
+    expect(r).toEqual({
+      ready: false,
+      checks: {
+        database: "ok",
+        migrations: "ok",
+        listener: "ok",
+        worker: "restarting (its job runner stopped; see the log)",
+        scheduler: "retrying (its last tick failed; see the log)",
+      },
+    });
   });
 });
 
@@ -295,7 +339,13 @@ describe("slow clients and shutdown", () => {
       metrics: daemon.metrics.registry,
       readiness: async () => ({
         ready: true,
-        checks: { database: "ok", listener: "ok", migrations: "ok" },
+        checks: {
+          database: "ok",
+          listener: "ok",
+          migrations: "ok",
+          worker: "ok",
+          scheduler: "ok",
+        },
       }),
       logger: silentLogger(),
       headersTimeoutMs: 300,

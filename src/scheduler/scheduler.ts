@@ -54,6 +54,11 @@ export class Scheduler {
   private stopped = false;
   /** Events this scheduler fired since it started. */
   fired = 0;
+  /**
+   * True while its last tick failed (the database is away): nothing is lost,
+   * the schedules stay due and every tick retries, but /readyz says so.
+   */
+  failing = false;
 
   constructor(private readonly options: SchedulerOptions) {
     this.clock = options.clock ?? systemClock;
@@ -65,7 +70,12 @@ export class Scheduler {
     const kick = () => {
       // A slow tick (a big catch-up) is never overlapped by the next one.
       this.running ??= this.tick()
+        .then((result) => {
+          this.failing = false;
+          return result;
+        })
         .catch((error: unknown) => {
+          this.failing = true;
           // Nothing is lost: the schedules stay due and the next tick retries.
           this.options.logger.warn(
             { operation: "schedule", error: coerceError(error).message },

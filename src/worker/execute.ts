@@ -278,7 +278,9 @@ export async function executeEvent(
       // Not even the failure can be recorded: the database is down. The
       // attempt must not stay `running` while this daemon lives (no reaper
       // would end it, and it would hold a max_concurrency slot); if this
-      // fails too, it is ended when this daemon is reaped. graphile-worker
+      // fails too, this daemon's heartbeat ends it once graphile-worker has
+      // released the job (pgfn.abandon_orphaned_runs), or the reaper does
+      // if the daemon dies. graphile-worker
       // then tries the job again, at most once more than the event has
       // attempts left (sql/000009): the attempt past max_attempts is refused
       // above and ends the event in the dead letters.

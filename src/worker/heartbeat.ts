@@ -18,8 +18,22 @@ export interface HeartbeatOptions {
   readonly deadAfterMs: number;
   /** graphile-worker's ids for this daemon's workers, as they are created. */
   readonly graphileWorkerIds: () => readonly string[];
+  /**
+   * The graphile-worker ids that hold the jobs of this daemon's runs under
+   * way, or undefined while they are not known (the worker is starting):
+   * each beat then abandons the attempts of this daemon whose job none of
+   * them holds (pgfn.abandon_orphaned_runs). (Default: no such check)
+   */
+  readonly liveGraphileWorkerIds?: () => readonly string[] | undefined;
   readonly logger: Logger;
 }
+
+/**
+ * An attempt younger than this is never taken for an orphan: a runner
+ * started between reading the live ids and the query cannot have an older
+ * one. (10000 ms)
+ */
+export const ORPHAN_MIN_AGE_MS = 10_000;
 
 export interface Heartbeat {
   /** Beats and reaps once, now. */
@@ -36,6 +50,13 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
   );
   let running: Promise<void> | undefined;
+  // Since when this daemon has reached the database without a failed beat.
+  // After an outage every daemon's heartbeat is stale, and a daemon that got
+  // the database back first cannot tell a dead peer from one still
+  // reconnecting: it reaps only once it has itself been back for
+  // deadAfterMs, long enough for every live peer to have beaten again. At
+  // start (0): at once, whatever died while no daemon ran.
+  let connectedSince: number | undefined = 0;
   const beat = async () => {
     try {
       const updated = await pool.query(
@@ -55,6 +76,21 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
         );
       }
+      const live = options.liveGraphileWorkerIds?.();
+      if (live) {
+        const orphans = await pool.query<{ n: number }>(
+          `select pgfn.abandon_orphaned_runs($1, $2, make_interval(secs => $3)) as n`,
+          [daemonId, live, ORPHAN_MIN_AGE_MS / 1000],
+        );
+        if ((orphans.rows[0]?.n ?? 0) > 0) {
+          logger.warn(
+            { operation: "heartbeat", worker_id: daemonId, abandoned: orphans.rows[0]?.n },
+            "attempts cut short by a database outage were abandoned; their events run again",
+          );
+        }
+      }
+      connectedSince ??= Date.now();
+      if (Date.now() - connectedSince < options.deadAfterMs) return;
       const { rows } = await pool.query<{ n: number }>(
         `select pgfn.reap_dead_daemons(make_interval(secs => $1)) as n`,
         [options.deadAfterMs / 1000],
@@ -66,6 +102,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
         );
       }
     } catch (error) {
+      connectedSince = undefined;
       // A missed beat is survivable; several in a row make others reap us, which is right.
       logger.warn({ operation: "heartbeat", error: (error as Error).message }, "heartbeat failed");
     }

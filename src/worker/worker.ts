@@ -1,6 +1,18 @@
 /**
  * The graphile-worker side: jobs named `pgfn_run` (added by pgfn.dispatch)
- * become handler runs.
+ * become handler runs, under a supervisor that replaces graphile-worker's
+ * runner when it stops on its own.
+ *
+ * Why a supervisor: graphile-worker 0.17.3 stops its whole worker pool when
+ * one batched job completion or failure fails (`batch()` in its main.js
+ * gives up after the first error: graphile/worker#636), which is what
+ * happens to a completion sent while the database is restarting. The
+ * runner's promise then resolves as if it had been asked to stop
+ * (graphile/worker#635), and the jobs it held stay locked for graphile's 4
+ * hours. So the supervisor watches the runner; when it stops without being
+ * asked (graphile-worker lets the runs under way finish first), the
+ * supervisor releases its jobs (pgfn.release_stopped_worker) and starts a
+ * new runner, retrying with backoff for as long as the database is away.
  */
 import { EventEmitter } from "node:events";
 import {
@@ -13,11 +25,30 @@ import {
 import type pg from "pg";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { PgfnError } from "../errors.js";
+import { coerceError, PgfnError } from "../errors.js";
 import { executeEvent, type ExecutorDeps } from "./execute.js";
 import { RUN_TASK } from "./tasks.js";
 
 const runPayload = z.object({ event_id: z.union([z.number().int(), z.string().regex(/^\d+$/)]) });
+
+/**
+ * How long a runner that began to stop on its own may take to finish (it
+ * waits for its runs) before the daemon gives up on replacing it in this
+ * process: the longest timeout_ms a function may have (300 s), and a margin
+ * for recording the outcome.
+ */
+export const DRAIN_TIMEOUT_MS = 330_000;
+
+/**
+ * The pause before the next try at replacing a stopped runner: 200 ms
+ * doubling to at most 5 s (200, 400, 800, 1600, 3200, 5000, ...), each
+ * between half and all of that so that daemons stopped by one outage do not
+ * come back in step.
+ */
+export function restartDelayMs(attempt: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(200 * 2 ** Math.min(attempt, 10), 5000);
+  return Math.round(ceiling * (0.5 + random() / 2));
+}
 
 export interface WorkerOptions {
   readonly pool: pg.Pool;
@@ -27,8 +58,33 @@ export interface WorkerOptions {
   /** How often to look for jobs that became due (retries); new jobs are announced by NOTIFY. */
   readonly pollIntervalMs: number;
   readonly logger: Logger;
-  /** Called with each graphile-worker worker (and pool) id as it is created (for the heartbeat). */
-  readonly onWorkerCreated?: (workerId: string) => void;
+  /**
+   * Called when a stopping runner cannot be replaced in this process (its
+   * runs did not finish within DRAIN_TIMEOUT_MS): the process should exit
+   * non-zero so that its supervisor starts a fresh one. (Default: log only)
+   */
+  readonly onFatal?: (error: Error) => void;
+}
+
+/**
+ * "running"; "restarting" from the moment a runner stops on its own until
+ * its replacement runs; "stopped" once stop() was called.
+ */
+export type WorkerState = "running" | "restarting" | "stopped";
+
+export interface Worker {
+  readonly state: WorkerState;
+  /** Runners that stopped on their own and were replaced since start. */
+  readonly restarts: number;
+  /**
+   * graphile-worker ids (pools and workers) that may hold this daemon's
+   * jobs: the current runner's, and a stopped runner's until its jobs are
+   * released. The heartbeat records them so that the reaper can release
+   * them if this daemon dies.
+   */
+  readonly graphileWorkerIds: readonly string[];
+  /** Stops taking jobs and waits for the runs under way. */
+  stop(): Promise<void>;
 }
 
 /** graphile-worker logs through ours, one level down: its info is our debug. */
@@ -41,43 +97,220 @@ function graphileLogger(logger: Logger): GraphileLogger {
   });
 }
 
-export async function startWorker(options: WorkerOptions): Promise<Runner> {
-  const task: Task = async (payload, helpers) => {
-    const parsed = runPayload.safeParse(payload);
-    if (!parsed.success) {
-      // A job we did not make; failing it would only retry it 25 times.
-      helpers.logger.error(`ignoring ${RUN_TASK} job ${helpers.job.id} with a malformed payload`);
-      return;
-    }
-    await executeEvent(options.executor, String(parsed.data.event_id), String(helpers.job.id));
-  };
-  const events = new EventEmitter() as WorkerEvents;
-  events.on("worker:create", ({ worker }) => options.onWorkerCreated?.(worker.workerId));
-  // With the local queue, jobs waiting in it are locked by the pool's id:
-  // the reaper must release those too.
-  events.on("pool:create", ({ workerPool }) => options.onWorkerCreated?.(workerPool.id));
-  return run({
-    events,
-    pgPool: options.pool,
-    concurrency: options.concurrency,
-    pollInterval: options.pollIntervalMs,
-    noHandleSignals: true,
-    logger: graphileLogger(options.logger),
-    taskList: { [RUN_TASK]: task },
-    preset: {
-      worker: {
-        // One query fetches (and locks) a batch of jobs, and completions
-        // made in the same tick share one query: per run, the job costs a
-        // fraction of a round trip instead of two. A completion delayed by
-        // a crash only means the job runs again, and a job whose event
-        // already succeeded is skipped (executeEvent).
-        localQueue: { size: options.concurrency },
-        completeJobBatchDelay: 0,
+/** One graphile-worker runner and what the supervisor knows about it. */
+interface Generation {
+  runner: Runner | undefined;
+  /** Its pool's and workers' ids: what its jobs are locked by. */
+  readonly ids: string[];
+  /** Why it stopped, from its events. */
+  reason: string | undefined;
+  /** Set when it began to stop on its own: fires if it never finishes stopping. */
+  watchdog?: NodeJS.Timeout;
+}
+
+export async function startWorker(options: WorkerOptions): Promise<Worker> {
+  const { logger, pool } = options;
+  const daemonId = options.executor.workerId;
+  let state: WorkerState = "running";
+  let restarts = 0;
+  let current: Generation | undefined;
+  /** Stopped runners whose jobs are not released yet. */
+  const unreleased = new Set<Generation>();
+  let replacing: Promise<void> | undefined;
+  /** A stopping runner's runs never finished: it is never replaced here (see fail). */
+  let fatal = false;
+  const stopController = new AbortController();
+
+  const startRunner = async (): Promise<Generation> => {
+    const gen: Generation = {
+      runner: undefined,
+      ids: [],
+      reason: undefined,
+    };
+    const task: Task = async (payload, helpers) => {
+      const parsed = runPayload.safeParse(payload);
+      if (!parsed.success) {
+        // A job we did not make; failing it would only retry it 25 times.
+        helpers.logger.error(`ignoring ${RUN_TASK} job ${helpers.job.id} with a malformed payload`);
+        return;
+      }
+      await executeEvent(options.executor, String(parsed.data.event_id), String(helpers.job.id));
+    };
+    const events = new EventEmitter() as WorkerEvents;
+    events.on("pool:create", ({ workerPool }) => gen.ids.push(workerPool.id));
+    events.on("worker:create", ({ worker }) => gen.ids.push(worker.workerId));
+    events.on("pool:fatalError", ({ error, action }) => {
+      gen.reason ??= `${action} failed: ${coerceError(error).message}`;
+    });
+    events.on("pool:gracefulShutdown", ({ message }) => {
+      if (stopController.signal.aborted || gen !== current) return;
+      gen.reason ??= message;
+      // Not asked to stop: say so at once (/readyz), not only once it has.
+      state = "restarting";
+      // graphile-worker waits for the runs under way before its runner
+      // settles; one that never ends would keep this daemon from working.
+      gen.watchdog = setTimeout(() => fail(gen), DRAIN_TIMEOUT_MS);
+      gen.watchdog.unref();
+    });
+    const runner = await run({
+      events,
+      pgPool: pool,
+      concurrency: options.concurrency,
+      pollInterval: options.pollIntervalMs,
+      noHandleSignals: true,
+      logger: graphileLogger(logger),
+      taskList: { [RUN_TASK]: task },
+      preset: {
+        worker: {
+          // One query fetches (and locks) a batch of jobs, and completions
+          // made in the same tick share one query: per run, the job costs a
+          // fraction of a round trip instead of two. A completion delayed by
+          // a crash only means the job runs again, and a job whose event
+          // already succeeded is skipped (executeEvent).
+          localQueue: { size: options.concurrency },
+          completeJobBatchDelay: 0,
+          // Failures batched too, for their error path rather than speed:
+          // unbatched, graphile-worker does not await the failure query, and
+          // one sent while the database is away rejects unhandled (which
+          // kills the process). Batched, it stops the pool, which the
+          // supervisor replaces.
+          failJobBatchDelay: 0,
+        },
       },
-    },
-  }).catch((error: unknown) => {
+    });
+    gen.runner = runner;
+    // Current before anything can settle: the watcher below compares.
+    current = gen;
+    const watched = runner.promise.then(
+      () => undefined,
+      (error: unknown) => {
+        gen.reason ??= coerceError(error).message;
+      },
+    );
+    void watched.then(() => {
+      clearTimeout(gen.watchdog);
+      if (stopController.signal.aborted || gen !== current || fatal) return;
+      unreleased.add(gen);
+      replacing = replace(gen).finally(() => (replacing = undefined));
+    });
+    return gen;
+  };
+
+  /** Waits `ms`, or less if stop() is called meanwhile. */
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const signal = stopController.signal;
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done);
+    });
+
+  /** A stopped runner that cannot be replaced in this process. */
+  const fail = (gen: Generation) => {
+    if (fatal || stopController.signal.aborted) return;
+    fatal = true;
+    const error = new Error(
+      `graphile-worker's runner began to stop on its own (${gen.reason ?? "unknown"}) and had not finished after ${DRAIN_TIMEOUT_MS} ms: a run under way does not end. Restart the daemon.`,
+    );
+    logger.fatal({ operation: "worker", worker_id: daemonId, error: error.message }, error.message);
+    options.onFatal?.(error);
+  };
+
+  /** Releases the jobs of every stopped runner not released yet; throws while the database is away. */
+  const releaseStopped = async () => {
+    for (const gen of unreleased) {
+      const { rows } = await pool.query<{ abandoned: number }>(
+        `select pgfn.release_stopped_worker($1, $2) as abandoned`,
+        [daemonId, gen.ids],
+      );
+      unreleased.delete(gen);
+      if ((rows[0]?.abandoned ?? 0) > 0) {
+        logger.warn(
+          { operation: "worker", worker_id: daemonId, abandoned: rows[0]?.abandoned },
+          "attempts left running by the stopped runner were abandoned; their jobs run again",
+        );
+      }
+    }
+  };
+
+  const replace = async (dead: Generation): Promise<void> => {
+    state = "restarting";
+    logger.error(
+      { operation: "worker", worker_id: daemonId, error: dead.reason ?? "unknown" },
+      "graphile-worker's runner stopped on its own; replacing it",
+    );
+    for (let attempt = 0; !stopController.signal.aborted; attempt++) {
+      try {
+        await releaseStopped();
+        await startRunner();
+        // stop() stops the new runner too: it is `current`.
+        if (stopController.signal.aborted) return;
+        restarts++;
+        state = "running";
+        logger.warn(
+          { operation: "worker", worker_id: daemonId, restarts, attempts: attempt + 1 },
+          "graphile-worker's runner replaced; jobs run again",
+        );
+        return;
+      } catch (error) {
+        if (attempt === 0 || attempt % 10 === 0) {
+          logger.warn(
+            {
+              operation: "worker",
+              worker_id: daemonId,
+              attempt,
+              error: coerceError(error).message,
+            },
+            "cannot replace the stopped runner yet (is the database back?); retrying",
+          );
+        }
+        await sleep(restartDelayMs(attempt));
+      }
+    }
+  };
+
+  try {
+    await startRunner();
+  } catch (error) {
     throw new PgfnError("INTERNAL", `graphile-worker did not start: ${(error as Error).message}`, {
       cause: error,
     });
-  });
+  }
+
+  let stopping: Promise<void> | undefined;
+  return {
+    get state() {
+      return state;
+    },
+    get restarts() {
+      return restarts;
+    },
+    get graphileWorkerIds() {
+      return [...new Set([...[...unreleased].flatMap((g) => g.ids), ...(current?.ids ?? [])])];
+    },
+    stop() {
+      stopping ??= (async () => {
+        stopController.abort();
+        state = "stopped";
+        await replacing;
+        // graphile-worker's stop waits for the jobs under way; a runner that
+        // stopped on its own says it is "already stopped".
+        await current?.runner?.stop().catch(() => undefined);
+        // One that had begun to stop on its own before stop() was called.
+        if (current?.reason !== undefined) unreleased.add(current);
+        // Best effort: a stopped runner's jobs should not wait for the reaper.
+        await releaseStopped().catch((error: unknown) =>
+          logger.warn(
+            { operation: "worker", worker_id: daemonId, error: coerceError(error).message },
+            "could not release the stopped runner's jobs; the reaper will",
+          ),
+        );
+      })();
+      return stopping;
+    },
+  };
 }
