@@ -222,6 +222,47 @@ describe("host memory counts against memory_limit_mb", () => {
   });
 });
 
+describe("linear memory before the instance can be read", () => {
+  /** A module whose memory starts at `pages` and whose `init` grows it 8 x 8 MB. */
+  const startUp = (pages: number, init: string) => {
+    const module = binaryen.parseText(`(module
+      (memory ${pages})
+      (func $grow (local $i i32)
+        (loop $more
+          (drop (memory.grow (i32.const 128)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $more (i32.lt_u (local.get $i) (i32.const 8)))))
+      ${init}
+      (func (export "handle") (result i32) (i32.const 0)))`);
+    try {
+      return module.emitBinary();
+    } finally {
+      module.dispose();
+    }
+  };
+
+  it("holds a start function and _initialize to the limit", async () => {
+    for (const init of ["(start $grow)", '(export "_initialize" (func $grow))']) {
+      const outcome = await run(startUp(1, init));
+      // The grows past 16 MB were refused (-1), and the module coped.
+      expect(outcome.ok).toBe(true);
+      expect(outcome.memoryPeakBytes).toBeLessThanOrEqual(16 * MB);
+    }
+  });
+
+  it("refuses a module that starts with more memory than its limit before instantiating it", async () => {
+    const outcome = await run(startUp(2048, ""));
+    expect(outcome.error).toEqual({
+      code: "MEMORY_EXCEEDED",
+      message:
+        "Memory limit exceeded: the handler asked to grow its memory from 0 MB by 128 MB, past " +
+        "its limit of 16 MB; the instance was stopped.",
+    });
+    // Never instantiated, so its memory was never seen.
+    expect(outcome.memoryPeakBytes).toBeUndefined();
+  });
+});
+
 describe("the thread backstop", () => {
   it("stops a run whose thread memory grows past twice the limit plus 64 MB", async () => {
     // What the counting might miss is, by construction, not reachable from a

@@ -20,6 +20,7 @@ import createPlugin, { type CallContext, type Plugin } from "@extism/extism";
 import type { ErrorCode } from "../errors.js";
 import { HostMemory, type HostContext } from "./hostMemory.js";
 import {
+  GUARD_INITIAL_PAGES_SECTION,
   GUARD_MEMORY_EXPORT,
   GUARD_NAMESPACE,
   PAGE_BYTES,
@@ -273,6 +274,11 @@ export async function invokeHandler(
   const logs: HandlerLog[] = [];
   const started = performance.now();
   let memory: WebAssembly.Memory | undefined;
+  // The linear memory's size before the instance's memory can be read (its
+  // start-up code runs inside createPlugin): the initial size, then what
+  // each granted memory.grow returned.
+  let linearPages = initialPages(module);
+  let growing = 0;
   const limitBytes =
     options.memoryLimitBytes === undefined
       ? Infinity
@@ -280,7 +286,7 @@ export async function invokeHandler(
   // Linear memory and the host memory the handler makes Extism hold, under one limit.
   const budget = new HostMemory(
     limitBytes,
-    () => memory?.buffer.byteLength ?? 0,
+    () => memory?.buffer.byteLength ?? linearPages * PAGE_BYTES,
     options.threadMemory,
   );
   const peak = () => (memory ? { memoryPeakBytes: budget.peakBytes } : {});
@@ -308,10 +314,16 @@ export async function invokeHandler(
 
   // Hooks that guardMemory() put around every memory.grow.
   const guard = {
-    memory_grow_pre: (context: CallContext, _id: number, delta: number): number =>
+    memory_grow_pre: (context: CallContext, _id: number, delta: number): number => {
+      growing = delta >>> 0;
       // 0xffffffff pages: more than any engine grants, so the grow returns -1.
-      budget.mayGrow(context, (delta >>> 0) * PAGE_BYTES) ? delta : -1,
-    memory_grow_post: (_context: CallContext, _id: number, result: number): number => result,
+      return budget.mayGrow(context, growing * PAGE_BYTES) ? delta : -1;
+    },
+    memory_grow_post: (_context: CallContext, _id: number, result: number): number => {
+      // memory.grow returns the old size in pages, or -1.
+      if (result !== -1) linearPages = (result >>> 0) + growing;
+      return result;
+    },
     ...Object.fromEntries(
       PASS_THROUGH_HOOKS.map((name) => [
         name,
@@ -330,6 +342,11 @@ export async function invokeHandler(
     );
   }
   if (json === undefined) return failed("The input cannot be sent as JSON.", "INVALID_REQUEST");
+  if (linearPages * PAGE_BYTES > limitBytes) {
+    // Not instantiated at all: the engine would allocate it all at once.
+    budget.refusal = { kind: "grow", fromBytes: 0, deltaBytes: linearPages * PAGE_BYTES };
+    return memoryExceeded()!;
+  }
   budget.begin(Buffer.byteLength(json));
 
   const logger = captureLogger(logs);
@@ -472,6 +489,19 @@ function isGuarded(module: WebAssembly.Module): boolean {
     guarded.set(module, value);
   }
   return value;
+}
+
+const initialPagesOf = new WeakMap<WebAssembly.Module, number>();
+
+/** The linear memory's initial pages, as guardMemory() recorded them; 0 when it did not. */
+function initialPages(module: WebAssembly.Module): number {
+  let pages = initialPagesOf.get(module);
+  if (pages === undefined) {
+    const [section] = WebAssembly.Module.customSections(module, GUARD_INITIAL_PAGES_SECTION);
+    pages = section?.byteLength === 4 ? new DataView(section).getUint32(0, true) : 0;
+    initialPagesOf.set(module, pages);
+  }
+  return pages;
 }
 
 const wasiNeeded = new WeakMap<WebAssembly.Module, boolean>();
