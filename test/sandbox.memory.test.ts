@@ -222,7 +222,7 @@ describe("host memory counts against memory_limit_mb", () => {
   });
 });
 
-describe("linear memory before the instance can be read", () => {
+describe("start-up code (a start function, _initialize), run before the memory is visible", () => {
   /** A module whose memory starts at `pages` and whose `init` grows it 8 x 8 MB. */
   const startUp = (pages: number, init: string) => {
     const module = binaryen.parseText(`(module
@@ -248,6 +248,19 @@ describe("linear memory before the instance can be read", () => {
       expect(outcome.ok).toBe(true);
       expect(outcome.memoryPeakBytes).toBeLessThanOrEqual(16 * MB);
     }
+  });
+
+  it("gives back the blocks start-up code allocated, which Extism drops before the call", async () => {
+    const module = binaryen.parseText(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (memory 1)
+      (func (export "_initialize") (drop (call $alloc (i64.const ${10 * MB}))))
+      (func (export "handle") (result i32) (drop (call $alloc (i64.const ${10 * MB}))) (i32.const 0)))`);
+    const wasm = module.emitBinary();
+    module.dispose();
+    const outcome = await run(wasm);
+    expect(outcome.ok).toBe(true);
+    expect(outcome.memoryPeakBytes).toBeLessThanOrEqual(11 * MB);
   });
 
   it("refuses a module that starts with more memory than its limit before instantiating it", async () => {

@@ -170,6 +170,17 @@ export class HostMemory {
     this.peak = Math.max(this.peak, this.linearBytes() + this.hostBytes);
   }
 
+  /**
+   * Call just before the plugin's call: Extism's call() drops every block
+   * but the null page (start-up code's too) and reuses their indices, so
+   * what was counted for them is given back. Vars survive; so do their bytes.
+   */
+  startCall(): void {
+    for (const charge of this.blocks.values()) this.hostBytes -= charge;
+    this.blocks.clear();
+    this.recheckAt = 1024;
+  }
+
   /** Gives back bytes reserved for something that did not happen or was dropped. */
   release(bytes: number): void {
     this.hostBytes -= bytes;

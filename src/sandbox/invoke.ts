@@ -396,6 +396,7 @@ export async function invokeHandler(
       return memoryExceeded()!;
     }
     let out;
+    budget.startCall();
     try {
       out = await plugin.call(entry, json);
     } catch (error) {
