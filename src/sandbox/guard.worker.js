@@ -6,7 +6,7 @@ import { parentPort } from "node:worker_threads";
 
 let binaryen;
 
-parentPort.on("message", async ({ id, wasm, memoryExport }) => {
+parentPort.on("message", async ({ id, wasm, memoryExport, initialPagesSection }) => {
   let module;
   try {
     binaryen ??= (await import("binaryen")).default;
@@ -31,7 +31,14 @@ parentPort.on("message", async ({ id, wasm, memoryExport }) => {
     // The pass argument is global to Binaryen: set it right before the run.
     binaryen.setPassArgument("instrument-memory", "memory.grow");
     module.runPasses(["instrument-memory"]);
-    if (!module.getMemoryInfo().module) module.addMemoryExport("0", memoryExport);
+    const info = module.getMemoryInfo();
+    if (!info.module) module.addMemoryExport("0", memoryExport);
+    // The memory's initial pages, u32 little-endian: the sandbox refuses a
+    // module that starts past its limit before instantiating it, and knows
+    // the size while start-up code runs, before the memory can be read.
+    const initial = new Uint8Array(4);
+    new DataView(initial.buffer).setUint32(0, info.initial, true);
+    module.addCustomSection(initialPagesSection, initial);
     const out = module.emitBinary();
     parentPort.postMessage({ id, wasm: out }, [out.buffer]);
   } catch (error) {

@@ -19,7 +19,9 @@ import { createHash } from "node:crypto";
 import createPlugin, { type CallContext, type Plugin } from "@extism/extism";
 import type { ErrorCode } from "../errors.js";
 import { redactAndClip, secretValues } from "./host/redact.js";
+import { HostMemory, type HostContext } from "./hostMemory.js";
 import {
+  GUARD_INITIAL_PAGES_SECTION,
   GUARD_MEMORY_EXPORT,
   GUARD_NAMESPACE,
   PAGE_BYTES,
@@ -62,17 +64,21 @@ export interface InvokeOutcome {
   /** What the handler logged, in order, at every level. */
   readonly logs: readonly HandlerLog[];
   /**
-   * The handler's linear memory at its largest (wasm memory never shrinks, so
-   * its size at the end); undefined when the module's memory is not visible.
+   * The handler's memory at its largest: its linear memory plus the host
+   * memory (Extism blocks and vars) it made the sandbox hold; undefined when
+   * the module's memory is not visible.
    */
   readonly memoryPeakBytes?: number;
   /** What the handler said about retrying (pgfn_retry_after / pgfn_no_retry). */
   readonly retry?: { readonly afterMs?: number; readonly never?: boolean };
 }
 
-/** A host function as Extism calls it: its call context, then the wasm arguments (i64 as bigint). */
+/**
+ * A host function: what it may do with Extism's memory (its replies are
+ * counted against the memory limit), then the wasm arguments (i64 as bigint).
+ */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type HostFunction = (context: CallContext, ...args: any[]) => unknown;
+export type HostFunction = (context: HostContext, ...args: any[]) => unknown;
 
 /** Options of {@link invokeHandler}. */
 export interface InvokeOptions {
@@ -88,6 +94,14 @@ export interface InvokeOptions {
   readonly config?: Readonly<Record<string, string>>;
   /** Host functions offered under `extism:host/user`. (Default: none) */
   readonly userFunctions?: Readonly<Record<string, HostFunction>>;
+  /**
+   * The thread's memory outside the JavaScript heap, for the backstop that
+   * stops a run whose thread grows past twice the limit (hostMemory.ts);
+   * only where one invocation runs per thread. (Default: no backstop)
+   */
+  readonly threadMemory?: () => number;
+  /** Called when that backstop stopped the run: the thread should be replaced. */
+  readonly onThreadMemoryExceeded?: () => void;
 }
 
 /** The export called when none is named. */
@@ -264,12 +278,22 @@ export async function invokeHandler(
   const clip = (text: string) => redactAndClip(text, secrets, MAX_MESSAGE_CHARS);
   const started = performance.now();
   let memory: WebAssembly.Memory | undefined;
-  const limitPages =
+  // The linear memory's size before the instance's memory can be read (its
+  // start-up code runs inside createPlugin): the initial size, then what
+  // each granted memory.grow returned.
+  let linearPages = initialPages(module);
+  let growing = 0;
+  const limitBytes =
     options.memoryLimitBytes === undefined
       ? Infinity
-      : Math.floor(options.memoryLimitBytes / PAGE_BYTES);
-  let refusedGrow: { fromPages: number; deltaPages: number } | undefined;
-  const peak = () => (memory ? { memoryPeakBytes: memory.buffer.byteLength } : {});
+      : Math.floor(options.memoryLimitBytes / PAGE_BYTES) * PAGE_BYTES;
+  // Linear memory and the host memory the handler makes Extism hold, under one limit.
+  const budget = new HostMemory(
+    limitBytes,
+    () => memory?.buffer.byteLength ?? linearPages * PAGE_BYTES,
+    options.threadMemory,
+  );
+  const peak = () => (memory ? { memoryPeakBytes: budget.peakBytes } : {});
   const done = (output: unknown): InvokeOutcome => ({
     ok: true,
     output,
@@ -286,28 +310,24 @@ export async function invokeHandler(
     ...peak(),
   });
   const memoryExceeded = (): InvokeOutcome | undefined => {
-    if (!refusedGrow) return undefined;
-    const mb = (pages: number) => Math.round((pages * PAGE_BYTES) / 2 ** 20);
-    return failed(
-      `Memory limit exceeded: the handler asked to grow its memory from ${mb(refusedGrow.fromPages)} MB by ` +
-        `${mb(refusedGrow.deltaPages)} MB, past its limit of ${mb(limitPages)} MB; the instance was stopped.`,
-      "MEMORY_EXCEEDED",
-    );
+    const message = budget.refusalMessage();
+    if (message === undefined) return undefined;
+    if (budget.refusal?.kind === "thread") options.onThreadMemoryExceeded?.();
+    return failed(message, "MEMORY_EXCEEDED");
   };
 
   // Hooks that guardMemory() put around every memory.grow.
   const guard = {
-    memory_grow_pre: (_context: CallContext, _id: number, delta: number): number => {
-      const fromPages = memory ? memory.buffer.byteLength / PAGE_BYTES : 0;
-      const deltaPages = delta >>> 0;
-      if (fromPages + deltaPages > limitPages) {
-        refusedGrow ??= { fromPages, deltaPages };
-        // 0xffffffff pages: more than any engine grants, so the grow returns -1.
-        return -1;
-      }
-      return delta;
+    memory_grow_pre: (context: CallContext, _id: number, delta: number): number => {
+      growing = delta >>> 0;
+      // 0xffffffff pages: more than any engine grants, so the grow returns -1.
+      return budget.mayGrow(context, growing * PAGE_BYTES) ? delta : -1;
     },
-    memory_grow_post: (_context: CallContext, _id: number, result: number): number => result,
+    memory_grow_post: (_context: CallContext, _id: number, result: number): number => {
+      // memory.grow returns the old size in pages, or -1.
+      if (result !== -1) linearPages = (result >>> 0) + growing;
+      return result;
+    },
     ...Object.fromEntries(
       PASS_THROUGH_HOOKS.map((name) => [
         name,
@@ -326,23 +346,40 @@ export async function invokeHandler(
     );
   }
   if (json === undefined) return failed("The input cannot be sent as JSON.", "INVALID_REQUEST");
+  if (linearPages * PAGE_BYTES > limitBytes) {
+    // Not instantiated at all: the engine would allocate it all at once.
+    budget.refusal = { kind: "grow", fromBytes: 0, deltaBytes: linearPages * PAGE_BYTES };
+    return memoryExceeded()!;
+  }
+  budget.begin(Buffer.byteLength(json));
 
+  const logger = captureLogger(logs, clip);
+  const userFunctions = Object.fromEntries(
+    Object.entries(options.userFunctions ?? {}).map(([name, fn]) => [
+      name,
+      (context: CallContext, ...args: unknown[]) =>
+        fn(budget.hostContext(context, `${name}'s reply`), ...args),
+    ]),
+  );
   let plugin: Plugin | undefined;
   try {
     try {
       // A new plugin is a new instance: no globals, memory or Extism vars
       // survive from one invocation to the next.
       plugin = await createPlugin(
-        { wasm: [{ module }], config: { ...options.config } },
+        // No config and no memory options for Extism: config_get is ours
+        // (below), and Extism's maxPages check comes after the allocation.
+        { wasm: [{ module }] },
         {
           useWasi: needsWasi(module),
           functions: {
             ...(isGuarded(module) && { [GUARD_NAMESPACE]: guard }),
-            ...(options.userFunctions && { "extism:host/user": { ...options.userFunctions } }),
+            // Extism merges these over its own kernel functions: every
+            // allocation a handler can ask for is counted (hostMemory.ts).
+            "extism:host/env": budget.kernelFunctions(options.config ?? {}, logger),
+            "extism:host/user": userFunctions,
           },
-          // Extism's own blocks (input, output, vars) count against the limit too.
-          ...(Number.isFinite(limitPages) && { memory: { maxPages: limitPages } }),
-          logger: captureLogger(logs, clip),
+          logger,
           // The logger only sees levels at or above this; we keep all of them.
           logLevel: "trace",
           // WASI stdout/stderr go to /dev/null, never to the daemon's output.
@@ -350,21 +387,27 @@ export async function invokeHandler(
         },
       );
     } catch (error) {
-      return failed(`The module could not be instantiated: ${messageOf(error)}`);
+      // Start-up code (_initialize, a start function) can allocate too.
+      return (
+        memoryExceeded() ?? failed(`The module could not be instantiated: ${messageOf(error)}`)
+      );
     }
     const { exports } = await plugin.getInstance();
     const exported = exports[GUARD_MEMORY_EXPORT] ?? exports.memory;
     if (exported instanceof WebAssembly.Memory) memory = exported;
-    if (memory && memory.buffer.byteLength / PAGE_BYTES > limitPages) {
-      refusedGrow = { fromPages: 0, deltaPages: memory.buffer.byteLength / PAGE_BYTES };
+    if (memory && memory.buffer.byteLength + budget.hostBytesInUse > limitBytes) {
+      budget.refusal ??= { kind: "grow", fromBytes: 0, deltaBytes: memory.buffer.byteLength };
       return memoryExceeded()!;
     }
     let out;
+    budget.startCall();
     try {
       out = await plugin.call(entry, json);
     } catch (error) {
       return memoryExceeded() ?? failed(handlerMessage(error, entry, logs));
     }
+    // A refused host allocation stops the run even if the module caught the trap.
+    if (budget.stopped) return memoryExceeded()!;
     // A handler that survived a refused grow and succeeded has succeeded.
     const bytes = out?.bytes() ?? new Uint8Array();
     if (bytes.byteLength > MAX_OUTPUT_BYTES) {
@@ -447,6 +490,19 @@ function isGuarded(module: WebAssembly.Module): boolean {
     guarded.set(module, value);
   }
   return value;
+}
+
+const initialPagesOf = new WeakMap<WebAssembly.Module, number>();
+
+/** The linear memory's initial pages, as guardMemory() recorded them; 0 when it did not. */
+function initialPages(module: WebAssembly.Module): number {
+  let pages = initialPagesOf.get(module);
+  if (pages === undefined) {
+    const [section] = WebAssembly.Module.customSections(module, GUARD_INITIAL_PAGES_SECTION);
+    pages = section?.byteLength === 4 ? new DataView(section).getUint32(0, true) : 0;
+    initialPagesOf.set(module, pages);
+  }
+  return pages;
 }
 
 const wasiNeeded = new WeakMap<WebAssembly.Module, boolean>();

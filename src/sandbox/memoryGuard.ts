@@ -21,6 +21,9 @@ export const GUARD_NAMESPACE = "env";
 /** Added so the sandbox can read the memory's size even when the module does not export it. */
 export const GUARD_MEMORY_EXPORT = "__pgfn_memory";
 
+/** Custom section guardMemory adds: the memory's initial pages, u32 little-endian. */
+export const GUARD_INITIAL_PAGES_SECTION = "pgfn.initial_pages";
+
 /** WebAssembly page size: 64 KiB. */
 export const PAGE_BYTES = 65536;
 
@@ -81,9 +84,9 @@ export async function warmMemoryGuard(): Promise<void> {
 }
 
 /**
- * Returns the module with every memory.grow guarded and its memory exported
- * as GUARD_MEMORY_EXPORT. Rejects, with Binaryen's message, a module it
- * cannot read.
+ * Returns the module with every memory.grow guarded, its memory exported
+ * as GUARD_MEMORY_EXPORT and its initial size in GUARD_INITIAL_PAGES_SECTION.
+ * Rejects, with Binaryen's message, a module it cannot read.
  */
 export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
@@ -97,6 +100,7 @@ export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
       id,
       wasm: new Uint8Array(wasm),
       memoryExport: GUARD_MEMORY_EXPORT,
+      initialPagesSection: GUARD_INITIAL_PAGES_SECTION,
     });
   });
 }

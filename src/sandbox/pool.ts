@@ -239,7 +239,7 @@ export class SandboxPool {
     slot.job = undefined;
     slot.worker.unref();
     this.finish(job, msg.outcome);
-    if (slot.invocations >= this.maxInvocations) {
+    if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
       void this.retire(slot);
     }

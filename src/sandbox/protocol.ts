@@ -35,6 +35,8 @@ export interface ResultMessage {
   readonly type: "result";
   readonly id: number;
   readonly outcome: InvokeOutcome;
+  /** The thread passed its memory backstop: replace it. */
+  readonly recycle?: boolean;
 }
 
 /** What a host call returns to the handler, as JSON. */
@@ -51,3 +53,9 @@ export type HostReply =
  */
 export const HOST_BUFFER_BYTES = 4 * 1024 * 1024;
 export const HOST_HEADER_BYTES = 8;
+
+/**
+ * A host function's argument beyond this is refused before it is read or
+ * sent to the main thread: as much as a reply may be. (4 MiB)
+ */
+export const MAX_HOST_ARGUMENT_BYTES = HOST_BUFFER_BYTES;

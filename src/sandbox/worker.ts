@@ -5,10 +5,11 @@
  * thread can still be killed at any moment by the pool's timeout.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { CallContext } from "@extism/extism";
+import { threadExternalMemory, type HostContext } from "./hostMemory.js";
 import { invokeHandler, type HostFunction } from "./invoke.js";
 import {
   HOST_HEADER_BYTES,
+  MAX_HOST_ARGUMENT_BYTES,
   type HostReply,
   type InvokeMessage,
   type ResultMessage,
@@ -45,20 +46,26 @@ function callHost(name: string, payload: unknown): HostReply {
 
 /** A host function taking and returning JSON in Extism memory. */
 function jsonHostFunction(name: string): HostFunction {
-  return (context: CallContext, offset: bigint) => {
+  const refuse = (context: HostContext, message: string) => {
+    const reply: HostReply = { ok: false, error: { message, transient: false } };
+    hostFailure ??= reply.error;
+    return context.store(JSON.stringify(reply));
+  };
+  return (context: HostContext, offset: bigint) => {
+    // Checked before it is decoded, parsed and copied to the main thread:
+    // the daemon's own heap must not hold whatever a handler passes.
+    const length = Number(context.length(offset));
+    if (length > MAX_HOST_ARGUMENT_BYTES) {
+      return refuse(
+        context,
+        `${name}: the argument is ${length} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`,
+      );
+    }
     let payload: unknown;
     try {
       payload = JSON.parse(context.read(offset)?.text() ?? "null");
     } catch (error) {
-      const reply: HostReply = {
-        ok: false,
-        error: {
-          message: `${name}: the argument is not JSON (${(error as Error).message})`,
-          transient: false,
-        },
-      };
-      hostFailure ??= reply.error;
-      return context.store(JSON.stringify(reply));
+      return refuse(context, `${name}: the argument is not JSON (${(error as Error).message})`);
     }
     return context.store(JSON.stringify(callHost(name, payload)));
   };
@@ -73,7 +80,7 @@ let retry: { afterMs?: number; never?: boolean } | undefined;
  * matter if the handler then fails; answered here, without the main thread.
  */
 const retryFunctions: Record<string, HostFunction> = {
-  pgfn_retry_after: (_context: CallContext, ms: bigint) => {
+  pgfn_retry_after: (_context: HostContext, ms: bigint) => {
     retry = { afterMs: Math.max(0, Math.min(Number(ms), 86_400_000)) };
   },
   pgfn_no_retry: () => {
@@ -91,6 +98,7 @@ port.on("message", async (msg: InvokeMessage) => {
   const module = modules.get(msg.moduleId)!;
   hostFailure = undefined;
   retry = undefined;
+  let recycle = false;
   const userFunctions = {
     ...retryFunctions,
     ...Object.fromEntries(
@@ -102,6 +110,8 @@ port.on("message", async (msg: InvokeMessage) => {
     memoryLimitBytes: msg.memoryLimitBytes,
     config: msg.config,
     userFunctions,
+    threadMemory: threadExternalMemory,
+    onThreadMemoryExceeded: () => (recycle = true),
   });
   // Set by host calls during the invocation; TypeScript cannot see that.
   const failure = hostFailure as { message: string; transient: boolean } | undefined;
@@ -118,7 +128,8 @@ port.on("message", async (msg: InvokeMessage) => {
   const said = retry as { afterMs?: number; never?: boolean } | undefined;
   if (!outcome.ok && said) outcome = { ...outcome, retry: said };
   current = undefined;
-  port.postMessage({ type: "result", id: msg.id, outcome } satisfies ResultMessage);
+  // Past the backstop, whatever grew may still be held: the pool replaces this thread.
+  port.postMessage({ type: "result", id: msg.id, outcome, recycle } satisfies ResultMessage);
 });
 
 // Loaded and listening: warm() waits for this, not for 'online', which comes
