@@ -23,7 +23,8 @@ function pgfn(args: string[], env: Record<string, string | undefined> = {}): Pro
       ["--import", "tsx", MAIN, ...args],
       {
         env: { ...process.env, DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env },
-        timeout: 30000,
+        // Each child compiles src/ through tsx: seconds on a loaded machine.
+        timeout: 120_000,
       },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
@@ -48,7 +49,8 @@ beforeAll(async () => {
 });
 afterAll(() => t?.drop());
 
-describe("pgfn CLI", () => {
+// Several child processes per test, each starting through tsx.
+describe("pgfn CLI", { timeout: 240_000 }, () => {
   it("migrate reports an up-to-date schema", async () => {
     const r = await pgfn(["migrate"]);
     expect(r.code).toBe(0);
