@@ -313,6 +313,31 @@ describe("the role boundary (issue 10, finding 2)", () => {
     expect(error.message).toContain(`is a member of superuser role "${boss}"`);
   });
 
+  it("checks the role it logged in as, not the role a default of its own switched to", async () => {
+    // Handler SQL may set its own role's defaults: while still harmless it
+    // makes every later login start as a member role it was given, so that
+    // a check of current_user looks at that role instead of its own.
+    const boss = await roles.create("boss5", "superuser");
+    const planter = await roles.create("planter");
+    const decoy = await roles.create("decoy", "nologin");
+    await db.pool.query(`grant ${decoy} to ${planter}`);
+    const shortLived = newExecutor({ maxLifetimeMs: 0 });
+    try {
+      await shortLived.query(
+        { role: planter, deadline: soon() },
+        `alter role ${planter} set role = '${decoy}'`,
+        [],
+      );
+      await db.pool.query(`grant ${boss} to ${planter}`);
+      const error = await failure(
+        shortLived.query({ role: planter, deadline: soon() }, "select 1", []),
+      );
+      expect(error.message).toContain(`is a member of superuser role "${boss}"`);
+    } finally {
+      await shortLived.end();
+    }
+  });
+
   it("refuses the daemon's own role", async () => {
     const daemonUser = await roles.create("daemon");
     const own = newExecutor({ daemonRole: daemonUser });
@@ -407,6 +432,49 @@ describe("limits", () => {
       );
     } finally {
       await stubborn.end();
+    }
+  });
+
+  it("stops such a statement even when the role's search_path shadows pg_terminate_backend", async () => {
+    // The role's own default search_path is in force on the connection that
+    // ends the stuck statement; a pg_terminate_backend of its own there
+    // would keep its statement running on the server forever.
+    const shadow = await roles.create("termshadow");
+    await db.pool.query(`create schema ${shadow} authorization ${shadow}`);
+    await db.pool.query(`
+      create function ${shadow}.pg_terminate_backend(integer) returns boolean
+        language sql as 'select false';
+      alter function ${shadow}.pg_terminate_backend(integer) owner to ${shadow};
+      alter role ${shadow} in database ${db.name} set search_path = ${shadow}, pg_catalog;
+    `);
+    const marker = "stubborn_behind_a_shadow";
+    const stubborn = newExecutor();
+    try {
+      const error = await failure(
+        stubborn.query(
+          { role: shadow, deadline: Date.now() + 500 },
+          `do $$ begin loop begin perform pg_sleep(10);
+             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("did not answer before the invocation's deadline");
+      await waitFor(
+        async () =>
+          (
+            await db.pool.query(
+              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+              [db.name, `%${marker}%`],
+            )
+          ).rows[0].gone,
+        { message: "the stubborn statement's backend to end" },
+      );
+    } finally {
+      await stubborn.end();
+      await db.pool.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+        [db.name, `%${marker}%`],
+      );
     }
   });
 

@@ -284,7 +284,10 @@ export class DbQueryExecutor {
       const timer = setTimeout(() => destroyClient(client), TERMINATE_TIMEOUT_MS);
       try {
         await client.connect();
-        await client.query("select pg_terminate_backend($1)", [pid]);
+        // Qualified: this session runs with the role's own default
+        // search_path, where a pg_terminate_backend of its own could say
+        // "done" and leave the statement running forever.
+        await client.query("select pg_catalog.pg_terminate_backend($1)", [pid]);
       } catch {
         // Best effort: statement_timeout or the server noticing the closed socket remain.
       } finally {

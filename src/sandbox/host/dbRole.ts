@@ -216,11 +216,14 @@ export async function checkRoleIsSafe(
   // search_path) to a schema of its own with a pg_has_role or pg_roles that
   // says "no": resolve every name in pg_catalog while checking.
   await client.query("set search_path = pg_catalog, pg_temp");
+  // session_user, not current_user: the role may have set itself a default
+  // role (alter role ... set role), so that a login starts as one of its
+  // member roles; handler SQL can switch back with RESET ROLE at any time.
   let rows: RoleFacts[];
   try {
     ({ rows } = await client.query<RoleFacts>(
       `with me as (select oid, rolsuper, rolcreaterole, rolreplication from pg_roles
-                   where rolname = current_user),
+                   where rolname = session_user),
             schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
             owners as (
               select nspowner as owner from schemas
