@@ -393,6 +393,18 @@ describe("limits", () => {
     const error = await failure(executor.query({ role: reader, deadline: soon() }, "commit", []));
     expect(error.transient).toBe(false);
     expect(error.message).toContain("transaction control");
+    // Postgres nests block comments: this is a commit, then a prepare.
+    for (const sql of ["/* /* */ */ commit", "-- x\n/* a /* b */ c */ prepare transaction 'x'"]) {
+      const nested = await failure(executor.query({ role: reader, deadline: soon() }, sql, []));
+      expect(nested.message, sql).toContain("transaction control is not allowed");
+    }
+    // Comments alone before a query are fine.
+    const { rows } = await executor.query(
+      { role: reader, deadline: soon() },
+      "/* /* */ */ -- commit\n select 1 as one",
+      [],
+    );
+    expect(rows).toEqual([{ one: 1 }]);
   });
 
   it("times out within the deadline, transient", async () => {

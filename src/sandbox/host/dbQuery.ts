@@ -448,14 +448,44 @@ function checkRequest(ctx: DbQueryContext, sql: string, params: unknown[]): stri
   if (!Array.isArray(params)) {
     throw new HostFunctionError("db_query failed: params must be an array", false);
   }
-  const uncommented = sql.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/--[^\n]*/g, " ");
-  if (TRANSACTION_CONTROL.test(uncommented)) {
+  if (TRANSACTION_CONTROL.test(withoutLeadingComments(sql))) {
     throw new HostFunctionError(
       "db_query refused: transaction control is not allowed; each db_query call runs in a transaction of its own",
       false,
     );
   }
   return ctx.role;
+}
+
+/**
+ * `sql` from its first token on, past whitespace and comments. Postgres
+ * nests block comments: a strip that does not would end the first comment
+ * at the inner close and let a commit, or a PREPARE TRANSACTION (which
+ * outlives the connection and holds back vacuum), through.
+ */
+function withoutLeadingComments(sql: string): string {
+  let i = 0;
+  for (;;) {
+    while (i < sql.length && /\s/.test(sql[i]!)) i++;
+    if (sql.startsWith("--", i)) {
+      const end = sql.indexOf("\n", i);
+      if (end < 0) return "";
+      i = end + 1;
+    } else if (sql.startsWith("/*", i)) {
+      let depth = 0;
+      while (i < sql.length) {
+        if (sql.startsWith("/*", i)) {
+          depth++;
+          i += 2;
+        } else if (sql.startsWith("*/", i)) {
+          depth--;
+          i += 2;
+          if (depth === 0) break;
+        } else i++;
+      }
+      if (depth > 0) return "";
+    } else return sql.slice(i);
+  }
 }
 
 /** Milliseconds left before `deadline` in ms, at least 1; a transient error when none is left. */
