@@ -351,6 +351,25 @@ describe("the role boundary (issue 10, finding 2)", () => {
     }
   });
 
+  it("refuses the daemon's own role and its members when its name needs quotes", async () => {
+    // current_user as the daemon saw it, not an identifier to parse: a
+    // mixed-case or dotted name read as one would name another role or none.
+    for (const label of ["Daemon", "dae.mon"]) {
+      const daemonUser = await roles.create(label);
+      const member = await roles.create(`${label}member`);
+      await db.pool.query(`grant "${daemonUser}" to "${member}"`);
+      const own = newExecutor({ daemonRole: daemonUser });
+      try {
+        for (const role of [daemonUser, member]) {
+          const error = await failure(own.query({ role, deadline: soon() }, "select 1", []));
+          expect(error.message, role).toContain("the role the daemon connects as");
+        }
+      } finally {
+        await own.end();
+      }
+    }
+  });
+
   it("refuses a missing or NOLOGIN role and a function without one, saying what to do", async () => {
     const none = await failure(executor.query({ role: null, deadline: soon() }, "select 1", []));
     expect(none.transient).toBe(false);

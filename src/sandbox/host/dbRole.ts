@@ -246,8 +246,10 @@ export async function checkRoleIsSafe(
               array(select nspname::text from pg_namespace n
                     where n.oid in (select oid from schemas)
                       and has_schema_privilege(me.oid, n.oid, 'CREATE') order by 1) as creates_in,
-              coalesce($3::text is not null and to_regrole($3) is not null
-                       and pg_has_role(me.oid, to_regrole($3), 'MEMBER'), false) as daemon_reached,
+              -- By name, not to_regrole: that parses an identifier, so a
+              -- mixed-case or dotted daemon role would be another role or none.
+              coalesce((select pg_has_role(me.oid, d.oid, 'MEMBER') from pg_roles d
+                        where d.rolname = $3::text), false) as daemon_reached,
               coalesce((select has_column_privilege(me.oid, f.oid, 'env', 'SELECT')
                         from functions f), false) as reads_env,
               coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
