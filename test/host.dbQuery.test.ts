@@ -259,6 +259,9 @@ describe("the role boundary (issue 10, finding 2)", () => {
     const envReader = await roles.create("envreader");
     await db.pool.query(`grant usage on schema pgfn to ${envReader}`);
     await db.pool.query(`grant select on pgfn.functions to ${envReader}`);
+    const infoReader = await roles.create("inforeader");
+    await db.pool.query(`grant usage on schema pgfn to ${infoReader}`);
+    await db.pool.query(`grant select on pgfn.function_info to ${infoReader}`);
     const replicator = await roles.create("replicator", "replication");
     const signaller = await roles.create("signaller");
     await db.pool.query(`grant pg_signal_backend to ${signaller}`);
@@ -277,6 +280,7 @@ describe("the role boundary (issue 10, finding 2)", () => {
         [programs, `revoke pg_execute_server_program from ${programs}`],
         [creator, `alter role ${creator} nocreaterole`],
         [envReader, `revoke select on pgfn.functions from ${envReader}`],
+        [infoReader, `revoke select on pgfn.function_info from ${infoReader}`],
         [ownerMember, `"${owner}", which owns pgfn's or graphile-worker's objects`],
         [replicator, `alter role ${replicator} noreplication`],
         [signaller, `revoke pg_signal_backend from ${signaller}`],

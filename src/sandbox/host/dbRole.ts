@@ -192,7 +192,7 @@ interface RoleFacts {
   owners_reached: string[];
   creates_in: string[];
   daemon_reached: boolean;
-  reads_env: boolean;
+  reads_env: string[];
   writes_functions: boolean;
 }
 
@@ -204,7 +204,8 @@ interface RoleFacts {
  * with file, program, signal or all-data access, the owner of pgfn's or
  * graphile-worker's objects (every function's env, the job queue), a role
  * that may create objects in those schemas, the daemon's own role, or a role
- * that may read `pgfn.functions.env` or write `pgfn.functions`.
+ * that may read the env of `pgfn.functions` (or of a view showing it, like
+ * `pgfn.function_info`) or write `pgfn.functions`.
  * Run on every new connection, before any handler SQL.
  */
 export async function checkRoleIsSafe(
@@ -250,8 +251,15 @@ export async function checkRoleIsSafe(
               -- mixed-case or dotted daemon role would be another role or none.
               coalesce((select pg_has_role(me.oid, d.oid, 'MEMBER') from pg_roles d
                         where d.rolname = $3::text), false) as daemon_reached,
-              coalesce((select has_column_privilege(me.oid, f.oid, 'env', 'SELECT')
-                        from functions f), false) as reads_env,
+              -- pgfn.functions, and any view or table showing its env
+              -- (pgfn.function_info does, for pgfn's own functions).
+              array(select format('%I.%I', n.nspname, c.relname) from pg_attribute a
+                    join pg_class c on c.oid = a.attrelid
+                    join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
+                      and not a.attisdropped
+                      and has_column_privilege(me.oid, c.oid, a.attnum, 'SELECT')
+                    order by 1) as reads_env,
               coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
                                or has_any_column_privilege(me.oid, f.oid, 'UPDATE')
                         from functions f), false) as writes_functions
@@ -327,10 +335,10 @@ export async function checkRoleIsSafe(
       `Revoke it: revoke insert, update on pgfn.functions from ${id};`,
     );
   }
-  if (f.reads_env) {
+  if (f.reads_env.length > 0) {
     refuse(
-      "may read pgfn.functions.env (every function's secrets)",
-      `Revoke it: revoke select on pgfn.functions from ${id};`,
+      `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
+      `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${id};`,
     );
   }
 }
