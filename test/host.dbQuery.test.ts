@@ -624,6 +624,33 @@ describe("limits", () => {
       await small.end();
     }
   });
+
+  it("counts the bytes the server sends at commit too: a deferred trigger's notices", async () => {
+    // The statement only sets up a trigger deferred to commit; the flood
+    // comes while db_query commits, after the statement itself has ended.
+    const small = newExecutor({ maxBytes: 100_000 });
+    try {
+      const error = await failure(
+        small.query(
+          { role: reader, deadline: Date.now() + 60_000 },
+          `do $$ begin
+             create temp table flood (x int);
+             create function pg_temp.flood() returns trigger language plpgsql as
+               'begin for i in 1..20000 loop raise notice ''%'', repeat(''x'', 1000); end loop; return null; end';
+             create constraint trigger flood after insert on flood deferrable initially deferred
+               for each row execute function pg_temp.flood();
+             insert into flood values (1);
+           end $$`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("larger than 100000 bytes (PGFN_DB_QUERY_MAX_BYTES)");
+      const ok = await small.query({ role: reader, deadline: soon() }, "select 1 as one", []);
+      expect(ok.rows).toEqual([{ one: 1 }]);
+    } finally {
+      await small.end();
+    }
+  });
 });
 
 describe("COPY with the client (finding 4)", () => {

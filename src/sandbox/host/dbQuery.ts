@@ -181,6 +181,14 @@ export class DbQueryExecutor {
       },
       Math.max(0, ctx.deadline - Date.now()) + DEADLINE_GRACE_MS,
     );
+    // Every byte of the call, not only the statement's: a trigger deferred
+    // to commit (or anything else the server sends before the statement's
+    // reply or after it) would otherwise have the daemon buffer a flood of
+    // notices, or one notice as large as the server allows.
+    const stopCounting = countWireBytes(client, 2 * this.maxBytes + WIRE_BYTES_SLACK, () => {
+      state.refusal ??= tooManyBytes(this.maxBytes);
+      destroyClient(client);
+    });
     let reusable = false;
     try {
       await client.query("begin");
@@ -213,6 +221,7 @@ export class DbQueryExecutor {
       reusable = await resetAfterError(client);
       throw error instanceof HostFunctionError ? error : classify(error);
     } finally {
+      stopCounting();
       clearTimeout(timer);
       this.connections.release(connection, fn, reusable);
     }
@@ -316,25 +325,14 @@ export class DbQueryExecutor {
     state: CallState,
   ): Promise<DbQueryResult> {
     const { maxRows, maxBytes } = this;
-    // Wire bytes per JSON byte are at most about 2 (a zero-column row is 7
-    // bytes on the wire, `{},` 3 as JSON), so this never fires before the
-    // JSON count does, except for what the JSON count cannot see.
-    const maxWireBytes = 2 * maxBytes + 65_536;
     return new Promise((resolve, reject) => {
       const rows: Record<string, unknown>[] = [];
       let bytes = 0;
-      let wireBytes = 0;
       let settled = false;
       const connection = client.connection;
-      const stream = connection.stream;
-      const onData = (chunk: Buffer) => {
-        wireBytes += chunk.length;
-        if (wireBytes > maxWireBytes) refuse(tooManyBytes(maxBytes));
-      };
       const onCopyOut = () => refuse(copyRefused("TO STDOUT"));
       const done = () => {
         settled = true;
-        stream.off("data", onData);
         connection.off("copyOutResponse", onCopyOut);
       };
       const refuse = (error: HostFunctionError) => {
@@ -344,7 +342,6 @@ export class DbQueryExecutor {
         destroyClient(client);
         reject(error);
       };
-      stream.on("data", onData);
       connection.on("copyOutResponse", onCopyOut);
       // `queryMode` is in pg (8.11+) but not in @types/pg.
       const config: pg.QueryConfig & { queryMode: "extended" } = {
@@ -399,6 +396,30 @@ export class DbQueryExecutor {
       client.query(query);
     });
   }
+}
+
+/**
+ * Wire bytes per JSON byte are at most about 2 (a zero-column row is 7 bytes
+ * on the wire, `{},` 3 as JSON), so the wire count, at twice the JSON cap
+ * plus this, never fires before the JSON count does, except for what the
+ * JSON count cannot see (notices, one huge value, the replies around the
+ * statement).
+ */
+const WIRE_BYTES_SLACK = 65_536;
+
+/** Counts what the server sends on `client` from now on; `over` once past `max`. Returns the stop. */
+function countWireBytes(client: pg.Client, max: number, over: () => void): () => void {
+  const stream = client.connection.stream;
+  let bytes = 0;
+  const onData = (chunk: Buffer) => {
+    bytes += chunk.length;
+    if (bytes > max) {
+      stream.off("data", onData);
+      over();
+    }
+  };
+  stream.on("data", onData);
+  return () => stream.off("data", onData);
 }
 
 function tooManyBytes(maxBytes: number): HostFunctionError {
