@@ -191,9 +191,14 @@ interface RoleFacts {
   builtins_reached: string[];
   owners_reached: string[];
   creates_in: string[];
+  /** Roles within reach (itself included) that hold CREATE in creates_in. */
+  creates_holders: string[];
   daemon_reached: boolean;
   reads_env: string[];
-  writes_functions: boolean;
+  /** Roles within reach (itself included) that may read reads_env. */
+  env_holders: string[];
+  /** Roles within reach (itself included) that may insert into or update pgfn.functions. */
+  functions_writers: string[];
 }
 
 /**
@@ -232,7 +237,12 @@ export async function checkRoleIsSafe(
               union select p.proowner from pg_proc p where p.pronamespace in (select oid from schemas)),
             functions as (
               select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
-              where n.nspname = 'pgfn' and c.relname = 'functions')
+              where n.nspname = 'pgfn' and c.relname = 'functions'),
+            -- Itself and every role it is a member of: has_*_privilege
+            -- follows only inherited grants, but handler SQL can SET ROLE
+            -- to a role it is a NOINHERIT member of and use that role's.
+            reach as (select r.oid, r.rolname from pg_roles r, me
+                      where pg_has_role(me.oid, r.oid, 'MEMBER'))
        select session_user::text as session_user,
               me.rolsuper as superuser, me.rolcreaterole as createrole,
               me.rolreplication as replication,
@@ -246,7 +256,13 @@ export async function checkRoleIsSafe(
                     where pg_has_role(me.oid, r.oid, 'MEMBER') order by 1) as owners_reached,
               array(select nspname::text from pg_namespace n
                     where n.oid in (select oid from schemas)
-                      and has_schema_privilege(me.oid, n.oid, 'CREATE') order by 1) as creates_in,
+                      and exists (select 1 from reach
+                                  where has_schema_privilege(reach.oid, n.oid, 'CREATE'))
+                    order by 1) as creates_in,
+              array(select reach.rolname::text from reach, pg_namespace n
+                    where n.oid in (select oid from schemas)
+                      and has_schema_privilege(reach.oid, n.oid, 'CREATE')
+                    group by 1 order by 1) as creates_holders,
               -- By name, not to_regrole: that parses an identifier, so a
               -- mixed-case or dotted daemon role would be another role or none.
               coalesce((select pg_has_role(me.oid, d.oid, 'MEMBER') from pg_roles d
@@ -258,11 +274,20 @@ export async function checkRoleIsSafe(
                     join pg_namespace n on n.oid = c.relnamespace
                     where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
                       and not a.attisdropped
-                      and has_column_privilege(me.oid, c.oid, a.attnum, 'SELECT')
+                      and exists (select 1 from reach
+                                  where has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT'))
                     order by 1) as reads_env,
-              coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
-                               or has_any_column_privilege(me.oid, f.oid, 'UPDATE')
-                        from functions f), false) as writes_functions
+              array(select reach.rolname::text from reach, pg_attribute a
+                    join pg_class c on c.oid = a.attrelid
+                    join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
+                      and not a.attisdropped
+                      and has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT')
+                    group by 1 order by 1) as env_holders,
+              array(select reach.rolname::text from reach, functions f
+                    where has_any_column_privilege(reach.oid, f.oid, 'INSERT')
+                       or has_any_column_privilege(reach.oid, f.oid, 'UPDATE')
+                    order by 1) as functions_writers
        from me`,
       [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
     ));
@@ -326,24 +351,25 @@ export async function checkRoleIsSafe(
   if (f.creates_in.length > 0) {
     refuse(
       `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
-      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${id};`,
+      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${idents(f.creates_holders)};`,
     );
   }
-  if (f.writes_functions) {
+  if (f.functions_writers.length > 0) {
     refuse(
       "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
-      `Revoke it: revoke insert, update on pgfn.functions from ${id};`,
+      `Revoke it: revoke insert, update on pgfn.functions from ${idents(f.functions_writers)};`,
     );
   }
   if (f.reads_env.length > 0) {
     refuse(
       `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
-      `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${id};`,
+      `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${idents(f.env_holders)};`,
     );
   }
 }
 
 const list = (names: readonly string[]) => names.map((n) => `"${n}"`).join(", ");
+const idents = (names: readonly string[]) => names.map((n) => sqlIdent(n)).join(", ");
 
 /** An identifier as a person would type it: bare when Postgres would not need quotes. */
 function sqlIdent(name: string): string {
