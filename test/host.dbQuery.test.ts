@@ -217,7 +217,11 @@ describe("the role boundary (issue 10, finding 2)", () => {
     expect(error.transient).toBe(false);
     expect(error.message).toContain(`db_query refused: db_role "${boss}" is a superuser`);
     expect(error.message).toContain(`alter role ${boss} nosuperuser`);
-    expect(await sessionsOf(boss)).toBe(0);
+    // The refused connection is destroyed; its backend notices and exits a
+    // moment later, so wait for it rather than count at once.
+    await waitFor(async () => (await sessionsOf(boss)) === 0, {
+      message: "the refused superuser's session to end",
+    });
   });
 
   it("refuses a db_role that is a member of a superuser role, naming the fix", async () => {
@@ -315,6 +319,32 @@ describe("the role boundary (issue 10, finding 2)", () => {
     `);
     const error = await failure(executor.query({ role: shadow, deadline: soon() }, "select 1", []));
     expect(error.message).toContain(`is a member of superuser role "${boss}"`);
+  });
+
+  it("refuses a role that could SET ROLE to one holding pgfn's secrets, even without inheriting", async () => {
+    // A NOINHERIT member has none of the group's privileges until it runs
+    // SET ROLE, which handler SQL can do (in a DO block, say).
+    const group = await roles.create("envgroup", "nologin");
+    await db.pool.query(`grant usage, create on schema pgfn to ${group}`);
+    await db.pool.query(`grant select, update on pgfn.functions to ${group}`);
+    const member = await roles.create("noinherit", "noinherit");
+    await db.pool.query(`grant ${group} to ${member}`);
+    try {
+      const error = await failure(
+        executor.query(
+          { role: member, deadline: soon() },
+          `do $$ begin set role ${group};
+             raise exception '%', (select string_agg(env::text, ',') from pgfn.functions); end $$`,
+          [],
+        ),
+      );
+      expect(error.message).toMatch(/^db_query refused: db_role /);
+      expect(error.message).not.toContain(SECRET);
+      expect(error.message).toContain(`from ${group}`);
+    } finally {
+      await db.pool.query(`revoke all on pgfn.functions from ${group}`);
+      await db.pool.query(`revoke all on schema pgfn from ${group}`);
+    }
   });
 
   it("checks the role it logged in as, not the role a default of its own switched to", async () => {
