@@ -543,6 +543,44 @@ describe("limits", () => {
     }
   });
 
+  it("stops such a statement even when the role's logins start as another role", async () => {
+    // A role may give itself a default role (alter role ... set role); a
+    // session running as that one may not terminate the role's own sessions.
+    const starter = await roles.create("rolestart");
+    const decoy = await roles.create("roledecoy", "nologin");
+    await db.pool.query(`grant ${decoy} to ${starter}`);
+    await db.pool.query(`alter role ${starter} in database ${db.name} set role = '${decoy}'`);
+    const marker = "stubborn_behind_a_default_role";
+    const stubborn = newExecutor();
+    try {
+      const error = await failure(
+        stubborn.query(
+          { role: starter, deadline: Date.now() + 500 },
+          `do $$ begin loop begin perform pg_sleep(10);
+             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("did not answer before the invocation's deadline");
+      await waitFor(
+        async () =>
+          (
+            await db.pool.query(
+              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+              [db.name, `%${marker}%`],
+            )
+          ).rows[0].gone,
+        { message: "the stubborn statement's backend to end" },
+      );
+    } finally {
+      await stubborn.end();
+      await db.pool.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+        [db.name, `%${marker}%`],
+      );
+    }
+  });
+
   it("fails transient without running when the deadline has passed", async () => {
     const error = await failure(
       executor.query({ role: reader, deadline: Date.now() - 1 }, "select 1", []),

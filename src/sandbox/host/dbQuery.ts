@@ -293,6 +293,10 @@ export class DbQueryExecutor {
       const timer = setTimeout(() => destroyClient(client), TERMINATE_TIMEOUT_MS);
       try {
         await client.connect();
+        // A login may start as another role (alter role ... set role), which
+        // may not terminate this role's sessions; SET ROLE NONE is the
+        // session user itself (RESET ROLE would be that default again).
+        await client.query("set role none");
         // Qualified: this session runs with the role's own default
         // search_path, where a pg_terminate_backend of its own could say
         // "done" and leave the statement running forever.
