@@ -217,7 +217,11 @@ describe("the role boundary (issue 10, finding 2)", () => {
     expect(error.transient).toBe(false);
     expect(error.message).toContain(`db_query refused: db_role "${boss}" is a superuser`);
     expect(error.message).toContain(`alter role ${boss} nosuperuser`);
-    expect(await sessionsOf(boss)).toBe(0);
+    // The refused connection is destroyed; its backend notices and exits a
+    // moment later, so wait for it rather than count at once.
+    await waitFor(async () => (await sessionsOf(boss)) === 0, {
+      message: "the refused superuser's session to end",
+    });
   });
 
   it("refuses a db_role that is a member of a superuser role, naming the fix", async () => {
@@ -259,6 +263,9 @@ describe("the role boundary (issue 10, finding 2)", () => {
     const envReader = await roles.create("envreader");
     await db.pool.query(`grant usage on schema pgfn to ${envReader}`);
     await db.pool.query(`grant select on pgfn.functions to ${envReader}`);
+    const infoReader = await roles.create("inforeader");
+    await db.pool.query(`grant usage on schema pgfn to ${infoReader}`);
+    await db.pool.query(`grant select on pgfn.function_info to ${infoReader}`);
     const replicator = await roles.create("replicator", "replication");
     const signaller = await roles.create("signaller");
     await db.pool.query(`grant pg_signal_backend to ${signaller}`);
@@ -277,6 +284,7 @@ describe("the role boundary (issue 10, finding 2)", () => {
         [programs, `revoke pg_execute_server_program from ${programs}`],
         [creator, `alter role ${creator} nocreaterole`],
         [envReader, `revoke select on pgfn.functions from ${envReader}`],
+        [infoReader, `revoke select on pgfn.function_info from ${infoReader}`],
         [ownerMember, `"${owner}", which owns pgfn's or graphile-worker's objects`],
         [replicator, `alter role ${replicator} noreplication`],
         [signaller, `revoke pg_signal_backend from ${signaller}`],
@@ -313,6 +321,57 @@ describe("the role boundary (issue 10, finding 2)", () => {
     expect(error.message).toContain(`is a member of superuser role "${boss}"`);
   });
 
+  it("refuses a role that could SET ROLE to one holding pgfn's secrets, even without inheriting", async () => {
+    // A NOINHERIT member has none of the group's privileges until it runs
+    // SET ROLE, which handler SQL can do (in a DO block, say).
+    const group = await roles.create("envgroup", "nologin");
+    await db.pool.query(`grant usage, create on schema pgfn to ${group}`);
+    await db.pool.query(`grant select, update on pgfn.functions to ${group}`);
+    const member = await roles.create("noinherit", "noinherit");
+    await db.pool.query(`grant ${group} to ${member}`);
+    try {
+      const error = await failure(
+        executor.query(
+          { role: member, deadline: soon() },
+          `do $$ begin set role ${group};
+             raise exception '%', (select string_agg(env::text, ',') from pgfn.functions); end $$`,
+          [],
+        ),
+      );
+      expect(error.message).toMatch(/^db_query refused: db_role /);
+      expect(error.message).not.toContain(SECRET);
+      expect(error.message).toContain(`from ${group}`);
+    } finally {
+      await db.pool.query(`revoke all on pgfn.functions from ${group}`);
+      await db.pool.query(`revoke all on schema pgfn from ${group}`);
+    }
+  });
+
+  it("checks the role it logged in as, not the role a default of its own switched to", async () => {
+    // Handler SQL may set its own role's defaults: while still harmless it
+    // makes every later login start as a member role it was given, so that
+    // a check of current_user looks at that role instead of its own.
+    const boss = await roles.create("boss5", "superuser");
+    const planter = await roles.create("planter");
+    const decoy = await roles.create("decoy", "nologin");
+    await db.pool.query(`grant ${decoy} to ${planter}`);
+    const shortLived = newExecutor({ maxLifetimeMs: 0 });
+    try {
+      await shortLived.query(
+        { role: planter, deadline: soon() },
+        `alter role ${planter} set role = '${decoy}'`,
+        [],
+      );
+      await db.pool.query(`grant ${boss} to ${planter}`);
+      const error = await failure(
+        shortLived.query({ role: planter, deadline: soon() }, "select 1", []),
+      );
+      expect(error.message).toContain(`is a member of superuser role "${boss}"`);
+    } finally {
+      await shortLived.end();
+    }
+  });
+
   it("refuses the daemon's own role", async () => {
     const daemonUser = await roles.create("daemon");
     const own = newExecutor({ daemonRole: daemonUser });
@@ -323,6 +382,25 @@ describe("the role boundary (issue 10, finding 2)", () => {
       expect(error.message).toContain("the role the daemon connects as");
     } finally {
       await own.end();
+    }
+  });
+
+  it("refuses the daemon's own role and its members when its name needs quotes", async () => {
+    // current_user as the daemon saw it, not an identifier to parse: a
+    // mixed-case or dotted name read as one would name another role or none.
+    for (const label of ["Daemon", "dae.mon"]) {
+      const daemonUser = await roles.create(label);
+      const member = await roles.create(`${label}member`);
+      await db.pool.query(`grant "${daemonUser}" to "${member}"`);
+      const own = newExecutor({ daemonRole: daemonUser });
+      try {
+        for (const role of [daemonUser, member]) {
+          const error = await failure(own.query({ role, deadline: soon() }, "select 1", []));
+          expect(error.message, role).toContain("the role the daemon connects as");
+        }
+      } finally {
+        await own.end();
+      }
     }
   });
 
@@ -368,6 +446,18 @@ describe("limits", () => {
     const error = await failure(executor.query({ role: reader, deadline: soon() }, "commit", []));
     expect(error.transient).toBe(false);
     expect(error.message).toContain("transaction control");
+    // Postgres nests block comments: this is a commit, then a prepare.
+    for (const sql of ["/* /* */ */ commit", "-- x\n/* a /* b */ c */ prepare transaction 'x'"]) {
+      const nested = await failure(executor.query({ role: reader, deadline: soon() }, sql, []));
+      expect(nested.message, sql).toContain("transaction control is not allowed");
+    }
+    // Comments alone before a query are fine.
+    const { rows } = await executor.query(
+      { role: reader, deadline: soon() },
+      "/* /* */ */ -- commit\n select 1 as one",
+      [],
+    );
+    expect(rows).toEqual([{ one: 1 }]);
   });
 
   it("times out within the deadline, transient", async () => {
@@ -407,6 +497,87 @@ describe("limits", () => {
       );
     } finally {
       await stubborn.end();
+    }
+  });
+
+  it("stops such a statement even when the role's search_path shadows pg_terminate_backend", async () => {
+    // The role's own default search_path is in force on the connection that
+    // ends the stuck statement; a pg_terminate_backend of its own there
+    // would keep its statement running on the server forever.
+    const shadow = await roles.create("termshadow");
+    await db.pool.query(`create schema ${shadow} authorization ${shadow}`);
+    await db.pool.query(`
+      create function ${shadow}.pg_terminate_backend(integer) returns boolean
+        language sql as 'select false';
+      alter function ${shadow}.pg_terminate_backend(integer) owner to ${shadow};
+      alter role ${shadow} in database ${db.name} set search_path = ${shadow}, pg_catalog;
+    `);
+    const marker = "stubborn_behind_a_shadow";
+    const stubborn = newExecutor();
+    try {
+      const error = await failure(
+        stubborn.query(
+          { role: shadow, deadline: Date.now() + 500 },
+          `do $$ begin loop begin perform pg_sleep(10);
+             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("did not answer before the invocation's deadline");
+      await waitFor(
+        async () =>
+          (
+            await db.pool.query(
+              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+              [db.name, `%${marker}%`],
+            )
+          ).rows[0].gone,
+        { message: "the stubborn statement's backend to end" },
+      );
+    } finally {
+      await stubborn.end();
+      await db.pool.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+        [db.name, `%${marker}%`],
+      );
+    }
+  });
+
+  it("stops such a statement even when the role's logins start as another role", async () => {
+    // A role may give itself a default role (alter role ... set role); a
+    // session running as that one may not terminate the role's own sessions.
+    const starter = await roles.create("rolestart");
+    const decoy = await roles.create("roledecoy", "nologin");
+    await db.pool.query(`grant ${decoy} to ${starter}`);
+    await db.pool.query(`alter role ${starter} in database ${db.name} set role = '${decoy}'`);
+    const marker = "stubborn_behind_a_default_role";
+    const stubborn = newExecutor();
+    try {
+      const error = await failure(
+        stubborn.query(
+          { role: starter, deadline: Date.now() + 500 },
+          `do $$ begin loop begin perform pg_sleep(10);
+             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("did not answer before the invocation's deadline");
+      await waitFor(
+        async () =>
+          (
+            await db.pool.query(
+              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+              [db.name, `%${marker}%`],
+            )
+          ).rows[0].gone,
+        { message: "the stubborn statement's backend to end" },
+      );
+    } finally {
+      await stubborn.end();
+      await db.pool.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+        [db.name, `%${marker}%`],
+      );
     }
   });
 
@@ -517,6 +688,33 @@ describe("limits", () => {
         [],
       );
       expect(ok.rows[0]).toEqual({ x: "x".repeat(1000) });
+    } finally {
+      await small.end();
+    }
+  });
+
+  it("counts the bytes the server sends at commit too: a deferred trigger's notices", async () => {
+    // The statement only sets up a trigger deferred to commit; the flood
+    // comes while db_query commits, after the statement itself has ended.
+    const small = newExecutor({ maxBytes: 100_000 });
+    try {
+      const error = await failure(
+        small.query(
+          { role: reader, deadline: Date.now() + 60_000 },
+          `do $$ begin
+             create temp table flood (x int);
+             create function pg_temp.flood() returns trigger language plpgsql as
+               'begin for i in 1..20000 loop raise notice ''%'', repeat(''x'', 1000); end loop; return null; end';
+             create constraint trigger flood after insert on flood deferrable initially deferred
+               for each row execute function pg_temp.flood();
+             insert into flood values (1);
+           end $$`,
+          [],
+        ),
+      );
+      expect(error.message).toContain("larger than 100000 bytes (PGFN_DB_QUERY_MAX_BYTES)");
+      const ok = await small.query({ role: reader, deadline: soon() }, "select 1 as one", []);
+      expect(ok.rows).toEqual([{ one: 1 }]);
     } finally {
       await small.end();
     }

@@ -181,6 +181,14 @@ export class DbQueryExecutor {
       },
       Math.max(0, ctx.deadline - Date.now()) + DEADLINE_GRACE_MS,
     );
+    // Every byte of the call, not only the statement's: a trigger deferred
+    // to commit (or anything else the server sends before the statement's
+    // reply or after it) would otherwise have the daemon buffer a flood of
+    // notices, or one notice as large as the server allows.
+    const stopCounting = countWireBytes(client, 2 * this.maxBytes + WIRE_BYTES_SLACK, () => {
+      state.refusal ??= tooManyBytes(this.maxBytes);
+      destroyClient(client);
+    });
     let reusable = false;
     try {
       await client.query("begin");
@@ -213,6 +221,7 @@ export class DbQueryExecutor {
       reusable = await resetAfterError(client);
       throw error instanceof HostFunctionError ? error : classify(error);
     } finally {
+      stopCounting();
       clearTimeout(timer);
       this.connections.release(connection, fn, reusable);
     }
@@ -284,7 +293,14 @@ export class DbQueryExecutor {
       const timer = setTimeout(() => destroyClient(client), TERMINATE_TIMEOUT_MS);
       try {
         await client.connect();
-        await client.query("select pg_terminate_backend($1)", [pid]);
+        // A login may start as another role (alter role ... set role), which
+        // may not terminate this role's sessions; SET ROLE NONE is the
+        // session user itself (RESET ROLE would be that default again).
+        await client.query("set role none");
+        // Qualified: this session runs with the role's own default
+        // search_path, where a pg_terminate_backend of its own could say
+        // "done" and leave the statement running forever.
+        await client.query("select pg_catalog.pg_terminate_backend($1)", [pid]);
       } catch {
         // Best effort: statement_timeout or the server noticing the closed socket remain.
       } finally {
@@ -313,25 +329,14 @@ export class DbQueryExecutor {
     state: CallState,
   ): Promise<DbQueryResult> {
     const { maxRows, maxBytes } = this;
-    // Wire bytes per JSON byte are at most about 2 (a zero-column row is 7
-    // bytes on the wire, `{},` 3 as JSON), so this never fires before the
-    // JSON count does, except for what the JSON count cannot see.
-    const maxWireBytes = 2 * maxBytes + 65_536;
     return new Promise((resolve, reject) => {
       const rows: Record<string, unknown>[] = [];
       let bytes = 0;
-      let wireBytes = 0;
       let settled = false;
       const connection = client.connection;
-      const stream = connection.stream;
-      const onData = (chunk: Buffer) => {
-        wireBytes += chunk.length;
-        if (wireBytes > maxWireBytes) refuse(tooManyBytes(maxBytes));
-      };
       const onCopyOut = () => refuse(copyRefused("TO STDOUT"));
       const done = () => {
         settled = true;
-        stream.off("data", onData);
         connection.off("copyOutResponse", onCopyOut);
       };
       const refuse = (error: HostFunctionError) => {
@@ -341,7 +346,6 @@ export class DbQueryExecutor {
         destroyClient(client);
         reject(error);
       };
-      stream.on("data", onData);
       connection.on("copyOutResponse", onCopyOut);
       // `queryMode` is in pg (8.11+) but not in @types/pg.
       const config: pg.QueryConfig & { queryMode: "extended" } = {
@@ -398,6 +402,30 @@ export class DbQueryExecutor {
   }
 }
 
+/**
+ * Wire bytes per JSON byte are at most about 2 (a zero-column row is 7 bytes
+ * on the wire, `{},` 3 as JSON), so the wire count, at twice the JSON cap
+ * plus this, never fires before the JSON count does, except for what the
+ * JSON count cannot see (notices, one huge value, the replies around the
+ * statement).
+ */
+const WIRE_BYTES_SLACK = 65_536;
+
+/** Counts what the server sends on `client` from now on; `over` once past `max`. Returns the stop. */
+function countWireBytes(client: pg.Client, max: number, over: () => void): () => void {
+  const stream = client.connection.stream;
+  let bytes = 0;
+  const onData = (chunk: Buffer) => {
+    bytes += chunk.length;
+    if (bytes > max) {
+      stream.off("data", onData);
+      over();
+    }
+  };
+  stream.on("data", onData);
+  return () => stream.off("data", onData);
+}
+
 function tooManyBytes(maxBytes: number): HostFunctionError {
   return new HostFunctionError(
     `db_query failed: the reply is larger than ${maxBytes} bytes (PGFN_DB_QUERY_MAX_BYTES); select fewer rows or columns, or add a limit`,
@@ -445,14 +473,44 @@ function checkRequest(ctx: DbQueryContext, sql: string, params: unknown[]): stri
   if (!Array.isArray(params)) {
     throw new HostFunctionError("db_query failed: params must be an array", false);
   }
-  const uncommented = sql.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/--[^\n]*/g, " ");
-  if (TRANSACTION_CONTROL.test(uncommented)) {
+  if (TRANSACTION_CONTROL.test(withoutLeadingComments(sql))) {
     throw new HostFunctionError(
       "db_query refused: transaction control is not allowed; each db_query call runs in a transaction of its own",
       false,
     );
   }
   return ctx.role;
+}
+
+/**
+ * `sql` from its first token on, past whitespace and comments. Postgres
+ * nests block comments: a strip that does not would end the first comment
+ * at the inner close and let a commit, or a PREPARE TRANSACTION (which
+ * outlives the connection and holds back vacuum), through.
+ */
+function withoutLeadingComments(sql: string): string {
+  let i = 0;
+  for (;;) {
+    while (i < sql.length && /\s/.test(sql[i]!)) i++;
+    if (sql.startsWith("--", i)) {
+      const end = sql.indexOf("\n", i);
+      if (end < 0) return "";
+      i = end + 1;
+    } else if (sql.startsWith("/*", i)) {
+      let depth = 0;
+      while (i < sql.length) {
+        if (sql.startsWith("/*", i)) {
+          depth++;
+          i += 2;
+        } else if (sql.startsWith("*/", i)) {
+          depth--;
+          i += 2;
+          if (depth === 0) break;
+        } else i++;
+      }
+      if (depth > 0) return "";
+    } else return sql.slice(i);
+  }
 }
 
 /** Milliseconds left before `deadline` in ms, at least 1; a transient error when none is left. */

@@ -191,9 +191,14 @@ interface RoleFacts {
   builtins_reached: string[];
   owners_reached: string[];
   creates_in: string[];
+  /** Roles within reach (itself included) that hold CREATE in creates_in. */
+  creates_holders: string[];
   daemon_reached: boolean;
-  reads_env: boolean;
-  writes_functions: boolean;
+  reads_env: string[];
+  /** Roles within reach (itself included) that may read reads_env. */
+  env_holders: string[];
+  /** Roles within reach (itself included) that may insert into or update pgfn.functions. */
+  functions_writers: string[];
 }
 
 /**
@@ -204,7 +209,8 @@ interface RoleFacts {
  * with file, program, signal or all-data access, the owner of pgfn's or
  * graphile-worker's objects (every function's env, the job queue), a role
  * that may create objects in those schemas, the daemon's own role, or a role
- * that may read `pgfn.functions.env` or write `pgfn.functions`.
+ * that may read the env of `pgfn.functions` (or of a view showing it, like
+ * `pgfn.function_info`) or write `pgfn.functions`.
  * Run on every new connection, before any handler SQL.
  */
 export async function checkRoleIsSafe(
@@ -216,11 +222,14 @@ export async function checkRoleIsSafe(
   // search_path) to a schema of its own with a pg_has_role or pg_roles that
   // says "no": resolve every name in pg_catalog while checking.
   await client.query("set search_path = pg_catalog, pg_temp");
+  // session_user, not current_user: the role may have set itself a default
+  // role (alter role ... set role), so that a login starts as one of its
+  // member roles; handler SQL can switch back with RESET ROLE at any time.
   let rows: RoleFacts[];
   try {
     ({ rows } = await client.query<RoleFacts>(
       `with me as (select oid, rolsuper, rolcreaterole, rolreplication from pg_roles
-                   where rolname = current_user),
+                   where rolname = session_user),
             schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
             owners as (
               select nspowner as owner from schemas
@@ -228,7 +237,12 @@ export async function checkRoleIsSafe(
               union select p.proowner from pg_proc p where p.pronamespace in (select oid from schemas)),
             functions as (
               select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
-              where n.nspname = 'pgfn' and c.relname = 'functions')
+              where n.nspname = 'pgfn' and c.relname = 'functions'),
+            -- Itself and every role it is a member of: has_*_privilege
+            -- follows only inherited grants, but handler SQL can SET ROLE
+            -- to a role it is a NOINHERIT member of and use that role's.
+            reach as (select r.oid, r.rolname from pg_roles r, me
+                      where pg_has_role(me.oid, r.oid, 'MEMBER'))
        select session_user::text as session_user,
               me.rolsuper as superuser, me.rolcreaterole as createrole,
               me.rolreplication as replication,
@@ -242,14 +256,38 @@ export async function checkRoleIsSafe(
                     where pg_has_role(me.oid, r.oid, 'MEMBER') order by 1) as owners_reached,
               array(select nspname::text from pg_namespace n
                     where n.oid in (select oid from schemas)
-                      and has_schema_privilege(me.oid, n.oid, 'CREATE') order by 1) as creates_in,
-              coalesce($3::text is not null and to_regrole($3) is not null
-                       and pg_has_role(me.oid, to_regrole($3), 'MEMBER'), false) as daemon_reached,
-              coalesce((select has_column_privilege(me.oid, f.oid, 'env', 'SELECT')
-                        from functions f), false) as reads_env,
-              coalesce((select has_any_column_privilege(me.oid, f.oid, 'INSERT')
-                               or has_any_column_privilege(me.oid, f.oid, 'UPDATE')
-                        from functions f), false) as writes_functions
+                      and exists (select 1 from reach
+                                  where has_schema_privilege(reach.oid, n.oid, 'CREATE'))
+                    order by 1) as creates_in,
+              array(select reach.rolname::text from reach, pg_namespace n
+                    where n.oid in (select oid from schemas)
+                      and has_schema_privilege(reach.oid, n.oid, 'CREATE')
+                    group by 1 order by 1) as creates_holders,
+              -- By name, not to_regrole: that parses an identifier, so a
+              -- mixed-case or dotted daemon role would be another role or none.
+              coalesce((select pg_has_role(me.oid, d.oid, 'MEMBER') from pg_roles d
+                        where d.rolname = $3::text), false) as daemon_reached,
+              -- pgfn.functions, and any view or table showing its env
+              -- (pgfn.function_info does, for pgfn's own functions).
+              array(select format('%I.%I', n.nspname, c.relname) from pg_attribute a
+                    join pg_class c on c.oid = a.attrelid
+                    join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
+                      and not a.attisdropped
+                      and exists (select 1 from reach
+                                  where has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT'))
+                    order by 1) as reads_env,
+              array(select reach.rolname::text from reach, pg_attribute a
+                    join pg_class c on c.oid = a.attrelid
+                    join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
+                      and not a.attisdropped
+                      and has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT')
+                    group by 1 order by 1) as env_holders,
+              array(select reach.rolname::text from reach, functions f
+                    where has_any_column_privilege(reach.oid, f.oid, 'INSERT')
+                       or has_any_column_privilege(reach.oid, f.oid, 'UPDATE')
+                    order by 1) as functions_writers
        from me`,
       [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
     ));
@@ -313,24 +351,25 @@ export async function checkRoleIsSafe(
   if (f.creates_in.length > 0) {
     refuse(
       `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
-      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${id};`,
+      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${idents(f.creates_holders)};`,
     );
   }
-  if (f.writes_functions) {
+  if (f.functions_writers.length > 0) {
     refuse(
       "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
-      `Revoke it: revoke insert, update on pgfn.functions from ${id};`,
+      `Revoke it: revoke insert, update on pgfn.functions from ${idents(f.functions_writers)};`,
     );
   }
-  if (f.reads_env) {
+  if (f.reads_env.length > 0) {
     refuse(
-      "may read pgfn.functions.env (every function's secrets)",
-      `Revoke it: revoke select on pgfn.functions from ${id};`,
+      `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
+      `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${idents(f.env_holders)};`,
     );
   }
 }
 
 const list = (names: readonly string[]) => names.map((n) => `"${n}"`).join(", ");
+const idents = (names: readonly string[]) => names.map((n) => sqlIdent(n)).join(", ");
 
 /** An identifier as a person would type it: bare when Postgres would not need quotes. */
 function sqlIdent(name: string): string {
