@@ -81,6 +81,9 @@ export const DEFAULT_DB_QUERY_MAX_BYTES = 4_000_000;
 const DEADLINE_GRACE_MS = 1000;
 /** How long end() waits for calls in flight before closing their connections. (Default) */
 const DEFAULT_END_GRACE_MS = 2000;
+/** Settings of the session that ends a stuck statement, whatever the role set for itself. */
+const KILL_SESSION_OPTIONS =
+  "-c statement_timeout=0 -c lock_timeout=0 -c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0";
 /** How long the out-of-band pg_terminate_backend of a stuck statement may take. */
 const TERMINATE_TIMEOUT_MS = 5000;
 
@@ -285,8 +288,13 @@ export class DbQueryExecutor {
     destroyClient(connection.client);
     if (typeof pid !== "number") return;
     const terminating = (async () => {
+      const config = this.clientConfig(connection.role);
       const client = new pg.Client({
-        ...this.clientConfig(connection.role),
+        ...config,
+        // Startup options outrank the role's own defaults (alter role ...
+        // set statement_timeout = 1), which could otherwise end this session
+        // before it ends the stuck one.
+        options: [config.options, KILL_SESSION_OPTIONS].filter(Boolean).join(" "),
         connectionTimeoutMillis: TERMINATE_TIMEOUT_MS,
       });
       client.on("error", () => undefined);
