@@ -177,6 +177,38 @@ describe("the worker supervisor", () => {
     expect(runs).toEqual([{ status: "succeeded" }]);
   }, 120_000);
 
+  it("runs a job its running runner's id locked by a fetch whose reply was lost", async () => {
+    const d = daemon!;
+    // The connection dropped after the database committed a fetch: the job
+    // is locked by the live runner, which never received it. Nothing else
+    // would release it while this runner runs (4 hours).
+    const [event] = (
+      await t.pool.query<{ id: string }>(
+        `insert into pgfn.events (function_name, source, payload, dispatched_at)
+         values ('echo', 'manual', '{"n":4}', now()) returning id`,
+      )
+    ).rows.map((r) => r.id);
+    const client = await t.pool.connect();
+    try {
+      await client.query("begin");
+      const { rows } = await client.query<{ id: string }>(
+        `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+           max_attempts => 4, job_key => 'pgfn:event:' || $1)).id`,
+        [event],
+      );
+      await client.query(
+        `update graphile_worker._private_jobs set locked_by = $2, locked_at = now(), attempts = 1
+         where id = $1`,
+        [rows[0]!.id, d.worker!.graphileWorkerIds[0]],
+      );
+      await client.query("commit");
+    } finally {
+      client.release();
+    }
+    expect(await finishedRun(t.pool, event!, 60_000)).toMatchObject({ status: "succeeded" });
+    await jobsDone(d, "the job to be completed");
+  }, 120_000);
+
   it("abandons an attempt whose job none of its live ids holds any more, and only such", async () => {
     const d = daemon!;
     const ids = d.worker!.graphileWorkerIds;
