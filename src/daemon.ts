@@ -127,6 +127,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       // A daemon without a worker runs no jobs; one whose worker is starting
       // does not know its ids yet.
       liveGraphileWorkerIds: () => (config.worker ? worker?.graphileWorkerIds : []),
+      heldJobs: () => worker?.heldJobs(),
       logger,
     });
     if (config.worker) {

@@ -54,6 +54,35 @@ async function readyz(d: Daemon) {
   };
 }
 
+/** Waits for every pgfn_run job to be done; says what is left if they are not. */
+async function jobsDone(d: Daemon, message: string) {
+  try {
+    await waitFor(
+      async () => {
+        const { rows } = await t.pool.query(
+          `select count(*)::int as n from graphile_worker.jobs where task_identifier = 'pgfn_run'`,
+        );
+        return rows[0].n === 0 && d.worker!.state === "running";
+      },
+      { timeoutMs: 60_000, message },
+    );
+  } catch (error) {
+    throw await withJobs(d, error);
+  }
+}
+
+/** `error`, saying what the worker and the pgfn_run jobs look like. */
+async function withJobs(d: Daemon, error: unknown): Promise<Error> {
+  const { rows } = await t.pool.query(
+    `select id, key, locked_by, attempts, max_attempts, run_at, last_error
+     from graphile_worker.jobs where task_identifier = 'pgfn_run'`,
+  );
+  return new Error(
+    `${(error as Error).message} Worker: ${d.worker!.state}, ${d.worker!.restarts} restarts. Jobs left: ${JSON.stringify(rows)}`,
+    { cause: error },
+  );
+}
+
 describe("the worker supervisor", () => {
   it("backs off 200 ms doubling to 5 s, jittered between half and all of it", () => {
     expect([0, 1, 2, 3, 4, 5, 9].map((n) => restartDelayMs(n, () => 1))).toEqual([
@@ -101,15 +130,7 @@ describe("the worker supervisor", () => {
     expect(held).toEqual([]);
 
     await t.pool.query(`delete from public.refuse_completion`);
-    await waitFor(
-      async () => {
-        const { rows } = await t.pool.query(
-          `select count(*)::int as n from graphile_worker.jobs where task_identifier = 'pgfn_run'`,
-        );
-        return rows[0].n === 0 && d.worker!.state === "running";
-      },
-      { timeoutMs: 30_000, message: "the job to be completed by a replaced runner" },
-    );
+    await jobsDone(d, "the job to be completed by a replaced runner");
     expect((await readyz(d)).body.checks.worker).toBe("ok");
 
     // The replaced runner runs new work, and the event that was re-run after
@@ -124,7 +145,69 @@ describe("the worker supervisor", () => {
       [first],
     );
     expect(runs).toEqual([{ status: "succeeded" }]);
-  });
+  }, 120_000);
+
+  it("runs a job whose runners stopped more times than the job has attempts", async () => {
+    const d = daemon!;
+    // Each runner that fetched the job counted an attempt of it; one that
+    // stopped before reporting back never gave it back. Past the job's
+    // max_attempts (4 here: echo's 3, plus one) graphile-worker would
+    // never fetch it again, and its event would never run.
+    await t.pool.query(`insert into public.refuse_completion default values`);
+    const restartsBefore = d.worker!.restarts;
+    const event = await enqueueManual(t.pool, "echo", { n: 3 });
+    expect(await finishedRun(t.pool, event, 30_000)).toMatchObject({ status: "succeeded" });
+    const { rows: spec } = await t.pool.query<{ max_attempts: number }>(
+      `select max_attempts from graphile_worker._private_jobs where key = $1`,
+      [`pgfn:event:${event}`],
+    );
+    const maxAttempts = spec[0]!.max_attempts;
+    await waitFor(async () => d.worker!.restarts >= restartsBefore + maxAttempts + 1, {
+      timeoutMs: 60_000,
+      message: `the runner to stop and be replaced ${maxAttempts + 1} times`,
+    }).catch(async (error: unknown) => {
+      throw await withJobs(d, error);
+    });
+    await t.pool.query(`delete from public.refuse_completion`);
+    await jobsDone(d, "the job to be completed by a replaced runner");
+    const { rows: runs } = await t.pool.query(
+      `select status from pgfn.function_runs where event_id = $1`,
+      [event],
+    );
+    expect(runs).toEqual([{ status: "succeeded" }]);
+  }, 120_000);
+
+  it("runs a job its running runner's id locked by a fetch whose reply was lost", async () => {
+    const d = daemon!;
+    // The connection dropped after the database committed a fetch: the job
+    // is locked by the live runner, which never received it. Nothing else
+    // would release it while this runner runs (4 hours).
+    const [event] = (
+      await t.pool.query<{ id: string }>(
+        `insert into pgfn.events (function_name, source, payload, dispatched_at)
+         values ('echo', 'manual', '{"n":4}', now()) returning id`,
+      )
+    ).rows.map((r) => r.id);
+    const client = await t.pool.connect();
+    try {
+      await client.query("begin");
+      const { rows } = await client.query<{ id: string }>(
+        `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+           max_attempts => 4, job_key => 'pgfn:event:' || $1)).id`,
+        [event],
+      );
+      await client.query(
+        `update graphile_worker._private_jobs set locked_by = $2, locked_at = now(), attempts = 1
+         where id = $1`,
+        [rows[0]!.id, d.worker!.graphileWorkerIds[0]],
+      );
+      await client.query("commit");
+    } finally {
+      client.release();
+    }
+    expect(await finishedRun(t.pool, event!, 60_000)).toMatchObject({ status: "succeeded" });
+    await jobsDone(d, "the job to be completed");
+  }, 120_000);
 
   it("abandons an attempt whose job none of its live ids holds any more, and only such", async () => {
     const d = daemon!;

@@ -25,6 +25,14 @@ export interface HeartbeatOptions {
    * them holds (pgfn.abandon_orphaned_runs). (Default: no such check)
    */
   readonly liveGraphileWorkerIds?: () => readonly string[] | undefined;
+  /**
+   * The running runner's ids and the jobs it knows it holds, or undefined
+   * while none runs: each beat releases the jobs locked by those ids for
+   * longer than ORPHAN_MIN_AGE_MS that it does not know of (locked by a
+   * fetch whose reply was lost). (Default: no such check)
+   */
+  readonly heldJobs?: () =>
+    { readonly ids: readonly string[]; readonly jobIds: readonly string[] } | undefined;
   readonly logger: Logger;
 }
 
@@ -86,6 +94,34 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           logger.warn(
             { operation: "heartbeat", worker_id: daemonId, abandoned: orphans.rows[0]?.n },
             "attempts cut short by a database outage were abandoned; their events run again",
+          );
+        }
+      }
+      const held = options.heldJobs?.();
+      if (held) {
+        // A fetch counts an attempt; this one never reached the runner, so it
+        // is given back (as graphile-worker does for jobs it returns). The
+        // age keeps a fetch still under way out of reach.
+        const lost = await pool.query(
+          `with released as (
+             update graphile_worker._private_jobs
+             set locked_by = null, locked_at = null, attempts = greatest(0, attempts - 1)
+             where locked_by = any ($1::text[]) and locked_at < now() - make_interval(secs => $3)
+               and not (id = any ($2::bigint[]))
+             returning job_queue_id
+           ), queues as (
+             update graphile_worker._private_job_queues q
+             set locked_by = null, locked_at = null
+             where q.locked_by = any ($1::text[])
+               and q.id in (select job_queue_id from released)
+           )
+           select count(*)::int as n from released`,
+          [held.ids, held.jobIds, ORPHAN_MIN_AGE_MS / 1000],
+        );
+        if ((lost.rows[0]?.n ?? 0) > 0) {
+          logger.warn(
+            { operation: "heartbeat", worker_id: daemonId, released: lost.rows[0]?.n },
+            "released jobs locked by a fetch whose reply was lost (the connection dropped); they run again",
           );
         }
       }

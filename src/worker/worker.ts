@@ -83,9 +83,24 @@ export interface Worker {
    * them if this daemon dies.
    */
   readonly graphileWorkerIds: readonly string[];
+  /**
+   * The running runner's ids and the jobs it knows it holds (fetched and
+   * not yet completed, failed or returned), or undefined while no runner
+   * runs. A job locked by those ids that is not among them was locked by a
+   * fetch whose reply was lost (the connection dropped after the database
+   * committed it): the runner will never run or release it.
+   */
+  heldJobs(): { readonly ids: readonly string[]; readonly jobIds: readonly string[] } | undefined;
   /** Stops taking jobs and waits for the runs under way. */
   stop(): Promise<void>;
 }
+
+/**
+ * How long a job stays counted as held after its runner reported it done:
+ * its completion (or failure, or return) query is sent at once, and is over
+ * well before this. (10000 ms)
+ */
+const HELD_AFTER_DONE_MS = 10_000;
 
 /** graphile-worker logs through ours, one level down: its info is our debug. */
 function graphileLogger(logger: Logger): GraphileLogger {
@@ -106,6 +121,8 @@ interface Generation {
   reason: string | undefined;
   /** Set when it began to stop on its own: fires if it never finishes stopping. */
   watchdog?: NodeJS.Timeout;
+  /** Ids of the jobs it fetched and has not reported done (see Worker.heldJobs). */
+  readonly held: Set<string>;
 }
 
 export async function startWorker(options: WorkerOptions): Promise<Worker> {
@@ -126,6 +143,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       runner: undefined,
       ids: [],
       reason: undefined,
+      held: new Set(),
     };
     const task: Task = async (payload, helpers) => {
       const parsed = runPayload.safeParse(payload);
@@ -139,6 +157,17 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     const events = new EventEmitter() as WorkerEvents;
     events.on("pool:create", ({ workerPool }) => gen.ids.push(workerPool.id));
     events.on("worker:create", ({ worker }) => gen.ids.push(worker.workerId));
+    events.on("localQueue:getJobs:complete", ({ jobs }) => {
+      for (const job of jobs) gen.held.add(String(job.id));
+    });
+    const done = (id: string) => {
+      const timer = setTimeout(() => gen.held.delete(id), HELD_AFTER_DONE_MS);
+      timer.unref();
+    };
+    events.on("job:complete", ({ job }) => done(String(job.id)));
+    events.on("localQueue:returnJobs", ({ jobs }) => {
+      for (const job of jobs) done(String(job.id));
+    });
     events.on("pool:fatalError", ({ error, action }) => {
       gen.reason ??= `${action} failed: ${coerceError(error).message}`;
     });
@@ -291,6 +320,10 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     },
     get graphileWorkerIds() {
       return [...new Set([...[...unreleased].flatMap((g) => g.ids), ...(current?.ids ?? [])])];
+    },
+    heldJobs() {
+      if (state !== "running" || !current || current.ids.length === 0) return undefined;
+      return { ids: [...current.ids], jobIds: [...current.held] };
     },
     stop() {
       stopping ??= (async () => {
