@@ -99,23 +99,10 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
       }
       const held = options.heldJobs?.();
       if (held) {
-        // A fetch counts an attempt; this one never reached the runner, so it
-        // is given back (as graphile-worker does for jobs it returns). The
-        // age keeps a fetch still under way out of reach.
-        const lost = await pool.query(
-          `with released as (
-             update graphile_worker._private_jobs
-             set locked_by = null, locked_at = null, attempts = greatest(0, attempts - 1)
-             where locked_by = any ($1::text[]) and locked_at < now() - make_interval(secs => $3)
-               and not (id = any ($2::bigint[]))
-             returning job_queue_id
-           ), queues as (
-             update graphile_worker._private_job_queues q
-             set locked_by = null, locked_at = null
-             where q.locked_by = any ($1::text[])
-               and q.id in (select job_queue_id from released)
-           )
-           select count(*)::int as n from released`,
+        // Jobs those ids locked by a fetch whose reply never reached the
+        // runner; the age keeps a fetch still under way out of reach.
+        const lost = await pool.query<{ n: number }>(
+          `select pgfn.release_jobs($1, $2, make_interval(secs => $3)) as n`,
           [held.ids, held.jobIds, ORPHAN_MIN_AGE_MS / 1000],
         );
         if ((lost.rows[0]?.n ?? 0) > 0) {

@@ -14,7 +14,7 @@
  * supervisor releases its jobs (pgfn.release_stopped_worker) and starts a
  * new runner, retrying with backoff for as long as the database is away.
  * Released jobs get back the attempt graphile-worker counted when it fetched
- * them (sql/000011): a job held by a few stopped runners must not run out of
+ * them (pgfn.release_jobs): a job held by a few stopped runners must not run out of
  * graphile attempts before pgfn's own count says the event is done.
  */
 import { EventEmitter } from "node:events";
