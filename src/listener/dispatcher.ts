@@ -15,6 +15,8 @@ export interface DispatcherOptions {
   readonly db: Db;
   /** Events per transaction. */
   readonly batchSize: number;
+  /** Events of one function per job at most. (Default: 50) */
+  readonly eventsPerJob?: number;
   readonly logger: Logger;
 }
 
@@ -68,7 +70,13 @@ export class Dispatcher {
         // A full batch means there may be more: keep going until one is short.
         let pass: { dispatched: number; maySleep: boolean };
         do {
-          pass = await dispatchBatch(db, batchSize, AWAKE_MS, AWAKE_MARGIN_MS);
+          pass = await dispatchBatch(
+            db,
+            batchSize,
+            this.options.eventsPerJob ?? 50,
+            AWAKE_MS,
+            AWAKE_MARGIN_MS,
+          );
           this.dispatched += pass.dispatched;
           if (pass.dispatched > 0) {
             logger.debug({ operation: "dispatch", count: pass.dispatched }, "dispatched events");
