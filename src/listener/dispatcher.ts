@@ -22,8 +22,16 @@ export interface DispatcherOptions {
 
 /** How often an awake dispatcher polls: the latency an event can wait for it. */
 const AWAKE_POLL_MS = 2;
-/** Each pass that finds work keeps triggers quiet this long... */
-const AWAKE_MS = 50;
+/**
+ * Each pass that finds work keeps triggers quiet this long... A NOTIFY holds
+ * a server-wide lock from before its transaction's commit record until the
+ * WAL flush, so notifying writers commit one at a time: once a loaded
+ * listener's promise lapses between two passes, every commit notifies and
+ * the write rate collapses (seen in the bench: writers waiting on
+ * Lock:object at ~150 tx/s). A second of polling after the last work (at
+ * most ~500 empty passes, each an index probe) is far cheaper than that.
+ */
+const AWAKE_MS = 1000;
 /**
  * ...and the dispatcher polls this long after that before it sleeps: a
  * transaction that skipped its NOTIFY must have become visible by then (its
