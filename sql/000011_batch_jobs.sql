@@ -25,6 +25,10 @@ declare
   v_ids bigint[];
   v_specs graphile_worker.job_spec[];
 begin
+  -- No wait for the WAL flush: a server crash can lose this transaction
+  -- only as a whole, jobs and dispatched_at together, and its events are
+  -- then dispatched again. Waiting cost each pass a disk flush.
+  perform set_config('synchronous_commit', 'off', true);
   with claimed as (
     select e.id, e.function_name
     from pgfn.events e

@@ -220,7 +220,12 @@ export async function finishSucceededRuns(
         will_retry = false,
         next_attempt_at = null
     from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
-      as i(id bigint, result jsonb, logs jsonb, duration_ms double precision, memory_peak_bytes bigint)
+      as i(id bigint, result jsonb, logs jsonb, duration_ms double precision, memory_peak_bytes bigint),
+      -- No wait for the WAL flush. Only a server crash can lose this commit,
+      -- and then it also loses the later completion of the runs' job, which
+      -- does wait (a flush covers all earlier WAL): the job runs again and
+      -- so do these attempts, which is at-least-once for attempts in flight.
+      (select set_config('synchronous_commit', 'off', true)) as async_commit
     where r.id = i.id
     returning r.*`.execute(db);
   return runs;

@@ -39,7 +39,13 @@ export class SuccessRecorder {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, MAX_BATCH);
         try {
-          this.settle(batch, await finishSucceededRuns(this.db, batch.map((p) => p.input)));
+          this.settle(
+            batch,
+            await finishSucceededRuns(
+              this.db,
+              batch.map((p) => p.input),
+            ),
+          );
         } catch (error) {
           if (batch.length === 1) {
             batch[0]!.reject(error);
