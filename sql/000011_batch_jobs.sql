@@ -128,11 +128,31 @@ $$;
 comment on function pgfn.begin_runs(bigint[], text, bigint) is
   'pgfn.begin_run for each of the events, in event order, in one call. The daemon calls it.';
 
--- As in 000005_daemons.sql, except that an attempt with none left no longer
--- completes its job when that job carries other events too: they still have
--- to run. The job runs again instead, and finds this event in the dead
--- letters (pgfn.begin_run: done).
-create or replace function pgfn.reap_dead_daemons(p_stale interval) returns integer
+-- A daemon killed outright is known dead at once, not only after its
+-- heartbeat went stale for PGFN_DEAD_AFTER_MS: each daemon holds a session
+-- advisory lock (pgfn.daemon_lock_key) on a connection of its own, which
+-- the server releases the moment the process's connections close. A daemon
+-- that says it holds the lock (holds_lock), whose lock is free and whose
+-- heartbeat is older than p_unlocked_after (a couple of beats: a live daemon
+-- whose lock connection dropped takes the lock again at its next beat) is
+-- reaped.
+alter table pgfn.daemons add column if not exists holds_lock boolean not null default false;
+
+create or replace function pgfn.daemon_lock_key(p_daemon_id text) returns bigint
+language sql immutable
+set search_path = pg_catalog, pg_temp
+as $$ select hashtextextended('pgfn:daemon:' || p_daemon_id, 0) $$;
+
+comment on function pgfn.daemon_lock_key(text) is
+  'The session advisory lock a live daemon holds while it runs. The daemon takes it; the reaper tests it.';
+
+-- As in 000005_daemons.sql, plus the lock test above; and an attempt with
+-- none left no longer completes its job when that job carries other events
+-- too: they still have to run. The job runs again instead, and finds this
+-- event in the dead letters (pgfn.begin_run: done).
+drop function if exists pgfn.reap_dead_daemons(interval);
+create or replace function pgfn.reap_dead_daemons(p_stale interval, p_unlocked_after interval default null)
+returns integer
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
@@ -145,9 +165,17 @@ declare
   v_message text;
 begin
   for v_daemon in
-    select * from pgfn.daemons where heartbeat_at < now() - p_stale
+    select * from pgfn.daemons d
+    where d.heartbeat_at < now() - p_stale
+       or (d.holds_lock and d.heartbeat_at < now() - p_unlocked_after)
     for update skip locked
   loop
+    -- Free lock: no live session of the daemon holds it. The test lock is
+    -- ours until this transaction ends, which is harmless: the daemon is gone.
+    if v_daemon.heartbeat_at >= now() - p_stale
+       and not pg_try_advisory_xact_lock(pgfn.daemon_lock_key(v_daemon.id)) then
+      continue;
+    end if;
     select array_agg(distinct w) into v_workers from (
       select unnest(v_daemon.graphile_worker_ids) as w
       union
@@ -234,3 +262,6 @@ begin
   return v_count;
 end
 $$;
+
+comment on function pgfn.reap_dead_daemons(interval, interval) is
+  'Abandons the running runs of daemons silent for longer than p_stale, or whose liveness lock is free and who were silent for longer than p_unlocked_after; releases their jobs for retry (or dead-letters them past max_attempts). Returns how many daemons were reaped. Daemons call it.';

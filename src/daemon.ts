@@ -124,6 +124,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     // Registered before any run can start, so every run has a daemon to outlive.
     heartbeat = await startHeartbeat({
       pool,
+      connectionString: options.connectionString,
       daemonId: config.workerId,
       intervalMs: config.heartbeatIntervalMs,
       deadAfterMs: config.deadAfterMs,
