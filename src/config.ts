@@ -57,8 +57,13 @@ const schema = z.object({
       });
     })
     .optional(),
-  /** Jobs one daemon runs at once. (Default: 10) */
+  /** Handler runs one daemon runs at once, and jobs it holds. (Default: 10) */
   PGFN_WORKER_CONCURRENCY: int(1, 1000).default(10),
+  /**
+   * Events of one function one job carries at most: a batch is started,
+   * and its successes recorded, in a few statements. (Default: 50)
+   */
+  PGFN_EVENTS_PER_JOB: int(1, 1000).default(50),
   /**
    * The server, database and connection options of db_query. Each function's
    * queries log in as its own db_role (the URL's user is replaced by it);
@@ -140,6 +145,7 @@ export type Config = Readonly<{
   adminToken: string | undefined;
   invokeTokens: readonly string[];
   workerConcurrency: number;
+  eventsPerJob: number;
   dbQueryUrl: string | undefined;
   dbQueryPoolSize: number;
   dbQueryMaxBytes: number;
@@ -189,6 +195,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminToken: e.PGFN_ADMIN_TOKEN,
     invokeTokens: Object.freeze(splitTokens(e.PGFN_INVOKE_TOKENS ?? "")),
     workerConcurrency: e.PGFN_WORKER_CONCURRENCY,
+    eventsPerJob: e.PGFN_EVENTS_PER_JOB,
     dbQueryUrl: e.PGFN_DB_QUERY_URL ?? e.DATABASE_URL,
     dbQueryPoolSize: e.PGFN_DB_QUERY_POOL_SIZE,
     dbQueryMaxBytes: e.PGFN_DB_QUERY_MAX_BYTES,

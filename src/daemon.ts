@@ -25,6 +25,8 @@ import { createSandbox, type Sandbox } from "./sandbox/sandbox.js";
 import { Scheduler, type Clock } from "./scheduler/scheduler.js";
 import type { ExecutorDeps } from "./worker/execute.js";
 import { startHeartbeat, type Heartbeat } from "./worker/heartbeat.js";
+import { SuccessRecorder } from "./worker/recorder.js";
+import { Slots } from "./worker/slots.js";
 import { startWorker, type Worker } from "./worker/worker.js";
 
 export interface DaemonOptions {
@@ -112,6 +114,8 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       sandbox: sandbox.pool,
       workerId: config.workerId,
       logger,
+      recorder: new SuccessRecorder(db),
+      slots: new Slots(config.workerConcurrency),
       onRunFinished: (run, event) => {
         metrics.observeRun(run, event);
         onRunFinished?.(run, event);
@@ -120,6 +124,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     // Registered before any run can start, so every run has a daemon to outlive.
     heartbeat = await startHeartbeat({
       pool,
+      connectionString: options.connectionString,
       daemonId: config.workerId,
       intervalMs: config.heartbeatIntervalMs,
       deadAfterMs: config.deadAfterMs,
@@ -143,7 +148,12 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     // Records the worker ids, and reaps at once whatever died while we were away.
     await heartbeat.beat();
     if (config.listener) {
-      dispatcher = new Dispatcher({ db, batchSize: config.dispatchBatch, logger });
+      dispatcher = new Dispatcher({
+        db,
+        batchSize: config.dispatchBatch,
+        eventsPerJob: config.eventsPerJob,
+        logger,
+      });
       listener = await startListener({
         connectionString: options.connectionString,
         dispatcher,

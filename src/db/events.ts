@@ -6,7 +6,8 @@ import type { EventSource } from "../interfaces.js";
 export type EventRow = Selectable<EventsTable>;
 
 /**
- * Turns up to `limit` undispatched events into jobs (sql/000003_dispatch.sql).
+ * Turns up to `limit` undispatched events into jobs of up to `perJob` events
+ * of one function (sql/000011_batch_jobs.sql).
  * Finding some keeps triggers from sending NOTIFY for `awakeMs`; `maySleep`
  * says the caller has polled long enough after that to go back to waiting
  * for notifications.
@@ -14,11 +15,12 @@ export type EventRow = Selectable<EventsTable>;
 export async function dispatchBatch(
   db: Db,
   limit: number,
+  perJob: number,
   awakeMs: number,
   marginMs: number,
 ): Promise<{ dispatched: number; maySleep: boolean }> {
   const { rows } = await sql<{ dispatched: number; may_sleep: boolean }>`
-    select dispatched, may_sleep from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs})`.execute(
+    select dispatched, may_sleep from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs}, ${perJob})`.execute(
     db,
   );
   return { dispatched: rows[0]?.dispatched ?? 0, maySleep: rows[0]?.may_sleep ?? true };

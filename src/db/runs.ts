@@ -35,37 +35,24 @@ export interface BeginRunResult {
   readonly slot: StartRunResult | undefined;
 }
 
-/**
- * Loads the event and its function and records the start of an attempt, in
- * one round trip (sql/000006_admission.sql, pgfn.begin_run); undefined when
- * the event no longer exists. The attempt is committed before the handler
- * runs, so a crash mid-run leaves a visible `running` row. For an enabled
- * function, its circuit and its max_concurrency across every daemon decide
- * first; `probe` marks the single attempt a half-open circuit lets through.
- */
-export async function beginRun(
-  db: Db,
-  input: { readonly eventId: string; readonly workerId: string; readonly jobId: string | null },
-): Promise<BeginRunResult | undefined> {
-  const { rows } = await sql<{
-    event: Record<string, unknown>;
-    fn: Record<string, unknown> | null;
-    done_run_id: string | null;
-    run_id: string | null;
-    attempt: number | null;
-    probe: boolean;
-    refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
-    retry_at: Date | null;
-  }>`select * from pgfn.begin_run(${input.eventId}::bigint, ${input.workerId}, ${input.jobId}::bigint)`.execute(
-    db,
-  );
-  const row = rows[0];
-  if (!row) return undefined;
+/** A row of pgfn.begin_run / pgfn.begin_runs. */
+interface BeginRow {
+  event: Record<string, unknown>;
+  fn: Record<string, unknown> | null;
+  done_run_id: string | null;
+  run_id: string | null;
+  attempt: number | null;
+  probe: boolean;
+  refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
+  retry_at: Date | null;
+}
+
+function toBeginRunResult(eventId: string, row: BeginRow): BeginRunResult {
   // jsonb carries timestamps as strings and bigints as numbers.
   const date = (v: unknown) => (typeof v === "string" ? new Date(v) : null);
   const event = {
     ...row.event,
-    id: input.eventId,
+    id: eventId,
     created_at: date(row.event.created_at)!,
     dispatched_at: date(row.event.dispatched_at),
   } as EventRow;
@@ -83,6 +70,46 @@ export async function beginRun(
       ? { started: false, refused: row.refused, retryAt: row.retry_at ?? undefined }
       : { started: true, id: row.run_id!, attempt: row.attempt!, probe: row.probe };
   return { event, fn, doneRunId: row.done_run_id, slot };
+}
+
+/**
+ * Loads the event and its function and records the start of an attempt, in
+ * one round trip (sql/000006_admission.sql, pgfn.begin_run); undefined when
+ * the event no longer exists. The attempt is committed before the handler
+ * runs, so a crash mid-run leaves a visible `running` row. For an enabled
+ * function, its circuit and its max_concurrency across every daemon decide
+ * first; `probe` marks the single attempt a half-open circuit lets through.
+ */
+export async function beginRun(
+  db: Db,
+  input: { readonly eventId: string; readonly workerId: string; readonly jobId: string | null },
+): Promise<BeginRunResult | undefined> {
+  const { rows } = await sql<BeginRow>`
+    select * from pgfn.begin_run(${input.eventId}::bigint, ${input.workerId}, ${input.jobId}::bigint)`.execute(
+    db,
+  );
+  const row = rows[0];
+  return row && toBeginRunResult(input.eventId, row);
+}
+
+/**
+ * beginRun for several events of one job, in event order, in one round trip
+ * (sql/000011_batch_jobs.sql, pgfn.begin_runs). Events that no longer exist
+ * are left out.
+ */
+export async function beginRuns(
+  db: Db,
+  input: {
+    readonly eventIds: readonly string[];
+    readonly workerId: string;
+    readonly jobId: string | null;
+  },
+): Promise<BeginRunResult[]> {
+  const { rows } = await sql<BeginRow & { event_id: string }>`
+    select * from pgfn.begin_runs(${input.eventIds}::bigint[], ${input.workerId}, ${input.jobId}::bigint)`.execute(
+    db,
+  );
+  return rows.map((row) => toBeginRunResult(String(row.event_id), row));
 }
 
 /** Counts a finished attempt against its function's circuit; returns the circuit's state. */
@@ -140,6 +167,68 @@ export async function finishRun(db: Db, input: FinishRunInput): Promise<Run> {
     returning *`.execute(db);
   if (!rows[0]) throw new Error(`run ${input.runId} does not exist`);
   return rows[0];
+}
+
+/** A succeeded attempt's outcome, for finishSucceededRuns. */
+export interface SucceededRunInput {
+  readonly runId: string;
+  readonly functionName: string;
+  readonly result: unknown;
+  readonly logs: readonly unknown[];
+  readonly durationMs: number;
+  readonly memoryPeakBytes?: number;
+}
+
+/**
+ * finishRun for many succeeded attempts in one statement (and one commit):
+ * the common outcome, recorded for whatever finished meanwhile (see
+ * src/worker/recorder.ts). Returns the runs in no particular order.
+ */
+export async function finishSucceededRuns(
+  db: Db,
+  inputs: readonly SucceededRunInput[],
+): Promise<Run[]> {
+  const rows = inputs.map((i) => ({
+    id: i.runId,
+    // Boxed, so that a handler's null stays JSON null (as finishRun stores
+    // it) rather than becoming SQL null in jsonb_to_recordset.
+    result: i.result === undefined ? null : { v: i.result },
+    logs: i.logs,
+    duration_ms: i.durationMs,
+    memory_peak_bytes: i.memoryPeakBytes ?? null,
+  }));
+  const names = [...new Set(inputs.map((i) => i.functionName))];
+  const { rows: runs } = await sql<Run>`
+    with fn as (
+      update pgfn.functions
+      set last_run_at = clock_timestamp(), last_status = 'succeeded'
+      where name = any (${names}::text[])
+        -- As in finishRun: no lock on the function's row for every run.
+        and (last_status is distinct from 'succeeded' or last_run_at is null
+             or last_run_at < clock_timestamp() - interval '1 second')
+    )
+    update pgfn.function_runs r
+    set status = 'succeeded',
+        result = i.result -> 'v',
+        error_code = null,
+        http_status = 200,
+        error_message = null,
+        logs = i.logs,
+        duration_ms = i.duration_ms,
+        memory_peak_bytes = i.memory_peak_bytes,
+        finished_at = clock_timestamp(),
+        will_retry = false,
+        next_attempt_at = null
+    from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+      as i(id bigint, result jsonb, logs jsonb, duration_ms double precision, memory_peak_bytes bigint),
+      -- No wait for the WAL flush. Only a server crash can lose this commit,
+      -- and then it also loses the later completion of the runs' job, which
+      -- does wait (a flush covers all earlier WAL): the job runs again and
+      -- so do these attempts, which is at-least-once for attempts in flight.
+      (select set_config('synchronous_commit', 'off', true)) as async_commit
+    where r.id = i.id
+    returning r.*`.execute(db);
+  return runs;
 }
 
 /**

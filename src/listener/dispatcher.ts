@@ -15,13 +15,23 @@ export interface DispatcherOptions {
   readonly db: Db;
   /** Events per transaction. */
   readonly batchSize: number;
+  /** Events of one function per job at most. (Default: 50) */
+  readonly eventsPerJob?: number;
   readonly logger: Logger;
 }
 
 /** How often an awake dispatcher polls: the latency an event can wait for it. */
 const AWAKE_POLL_MS = 2;
-/** Each pass that finds work keeps triggers quiet this long... */
-const AWAKE_MS = 50;
+/**
+ * Each pass that finds work keeps triggers quiet this long... A NOTIFY holds
+ * a server-wide lock from before its transaction's commit record until the
+ * WAL flush, so notifying writers commit one at a time: once a loaded
+ * listener's promise lapses between two passes, every commit notifies and
+ * the write rate collapses (seen in the bench: writers waiting on
+ * Lock:object at ~150 tx/s). A second of polling after the last work (at
+ * most ~500 empty passes, each an index probe) is far cheaper than that.
+ */
+const AWAKE_MS = 1000;
 /**
  * ...and the dispatcher polls this long after that before it sleeps: a
  * transaction that skipped its NOTIFY must have become visible by then (its
@@ -68,7 +78,13 @@ export class Dispatcher {
         // A full batch means there may be more: keep going until one is short.
         let pass: { dispatched: number; maySleep: boolean };
         do {
-          pass = await dispatchBatch(db, batchSize, AWAKE_MS, AWAKE_MARGIN_MS);
+          pass = await dispatchBatch(
+            db,
+            batchSize,
+            this.options.eventsPerJob ?? 50,
+            AWAKE_MS,
+            AWAKE_MARGIN_MS,
+          );
           this.dispatched += pass.dispatched;
           if (pass.dispatched > 0) {
             logger.debug({ operation: "dispatch", count: pass.dispatched }, "dispatched events");

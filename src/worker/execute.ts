@@ -12,7 +12,9 @@ import {
   abandonEarlierRuns,
   recordCircuit,
   beginRun,
+  beginRuns,
   succeededRun,
+  type BeginRunResult,
   type FinishRunInput,
   type Run,
 } from "../db/runs.js";
@@ -24,6 +26,8 @@ import type { EventInput, Operation } from "../interfaces.js";
 import type { InvokeOutcome, ModuleCache } from "../sandbox/invoke.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
 import { deferEvent, recordOutcome } from "./outcome.js";
+import type { SuccessRecorder } from "./recorder.js";
+import type { Slots } from "./slots.js";
 
 export interface ExecutorDeps {
   readonly db: Db;
@@ -38,6 +42,10 @@ export interface ExecutorDeps {
   readonly logger: Logger;
   /** Called after each run is recorded, with its event (the dev console, the metrics). */
   readonly onRunFinished?: (run: Run, event: EventRow) => void;
+  /** Records successes together (see recorder.ts). (Default: one statement per run) */
+  readonly recorder?: SuccessRecorder;
+  /** Bounds the attempts jobs run at once (see slots.ts). (Default: no bound) */
+  readonly slots?: Slots;
 }
 
 /** The JSON a handler receives (DESIGN.md section 1). */
@@ -88,13 +96,75 @@ export async function executeEvent(
   jobId: string | null = null,
   options: { readonly sync?: boolean } = {},
 ): Promise<Run | undefined> {
-  const { db, logger } = deps;
-  const begun = await beginRun(db, { eventId, workerId: deps.workerId, jobId });
+  const begun = await beginRun(deps.db, { eventId, workerId: deps.workerId, jobId });
   if (!begun) {
-    logger.warn({ operation: "run", event_id: eventId }, "event no longer exists; nothing to run");
+    deps.logger.warn(
+      { operation: "run", event_id: eventId },
+      "event no longer exists; nothing to run",
+    );
     return undefined;
   }
+  return runBegun(deps, begun, jobId, options);
+}
+
+/**
+ * Runs a job's events: as many at once as there are free slots, each
+ * started (pgfn.begin_runs, one round trip for all that fit) just before it
+ * runs. Every event is run and recorded on its own terms, as executeEvent
+ * would: a failed one gets its own retry or dead letter. Throws, once all
+ * are over, if an attempt's outcome could not be recorded at all (the
+ * database is away): graphile-worker then runs the job again, and the
+ * events it finished already are skipped (pgfn.begin_run: done).
+ */
+export async function executeJob(
+  deps: ExecutorDeps,
+  eventIds: readonly string[],
+  jobId: string,
+): Promise<void> {
+  const pending = [...new Set(eventIds)].sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
+  const runs: Promise<unknown>[] = [];
+  const errors: unknown[] = [];
+  try {
+    while (pending.length > 0) {
+      const taken = deps.slots ? await deps.slots.take(pending.length) : pending.length;
+      const chunk = pending.splice(0, taken);
+      let begun: BeginRunResult[];
+      try {
+        begun = await beginRuns(deps.db, { eventIds: chunk, workerId: deps.workerId, jobId });
+      } catch (error) {
+        deps.slots?.give(taken);
+        throw error;
+      }
+      const gone = chunk.length - begun.length;
+      if (gone > 0) {
+        deps.logger.warn(
+          { operation: "run", job_id: jobId, events: gone },
+          "events no longer exist; nothing to run",
+        );
+      }
+      // Only an attempt that started keeps its slot while it runs.
+      deps.slots?.give(taken - begun.filter((b) => b.slot?.started).length);
+      for (const b of begun) {
+        const run = runBegun(deps, b, jobId, {}).catch((error: unknown) => errors.push(error));
+        runs.push(b.slot?.started ? run.finally(() => deps.slots?.give()) : run);
+      }
+    }
+  } finally {
+    await Promise.all(runs);
+  }
+  if (errors.length > 0) throw errors[0];
+}
+
+/** executeEvent once its attempt was begun (or found done, or refused). */
+async function runBegun(
+  deps: ExecutorDeps,
+  begun: BeginRunResult,
+  jobId: string | null,
+  options: { readonly sync?: boolean },
+): Promise<Run | undefined> {
+  const { db, logger } = deps;
   const { event, fn, slot } = begun;
+  const eventId = event.id;
   // A job can outlive its work: a daemon killed after recording the run but
   // before graphile-worker completed the job leaves it to run again.
   if (!slot) {
@@ -232,7 +302,7 @@ export async function executeEvent(
       durationMs,
       ...(outcome.memoryPeakBytes !== undefined && { memoryPeakBytes: outcome.memoryPeakBytes }),
     };
-    run = await recordOutcome(db, context, finish, facts);
+    run = await recordOutcome(db, context, finish, facts, deps.recorder);
   } catch (caught) {
     const error = coerceError(caught);
     // Not one of ours (those say what happened): pgfn's own fault or the

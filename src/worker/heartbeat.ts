@@ -6,11 +6,17 @@
  * graphile-worker's 4-hour lock expiry.
  */
 import { hostname } from "node:os";
-import type pg from "pg";
+import pg from "pg";
 import type { Logger } from "pino";
 
 export interface HeartbeatOptions {
   readonly pool: pg.Pool;
+  /**
+   * Where to open the connection that holds this daemon's liveness lock.
+   * (Default: no lock; the daemon is known dead only once its heartbeat is
+   * deadAfterMs old)
+   */
+  readonly connectionString?: string;
   /** This daemon's id (function_runs.worker_id). */
   readonly daemonId: string;
   readonly intervalMs: number;
@@ -50,12 +56,52 @@ export interface Heartbeat {
   stop(): Promise<void>;
 }
 
+/**
+ * Beats this many heartbeat intervals old, with its liveness lock free, make
+ * a daemon dead: a live one whose lock connection dropped takes the lock
+ * again at its next beat.
+ */
+const UNLOCKED_BEATS = 2.5;
+
 export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbeat> {
   const { pool, daemonId, logger } = options;
+  // The liveness lock (pgfn.daemon_lock_key): held on a connection of its
+  // own, outside the pool, so that the server lets go of it the moment this
+  // process dies, and so that a busy pool cannot make it look dead.
+  let lockClient: pg.Client | undefined;
+  const holdLock = async (): Promise<boolean> => {
+    if (!options.connectionString) return false;
+    if (lockClient) return true;
+    const client = new pg.Client({
+      connectionString: options.connectionString,
+      application_name: "pgfn-liveness",
+    });
+    const lost = () => {
+      if (lockClient === client) lockClient = undefined;
+    };
+    client.on("error", lost);
+    client.on("end", lost);
+    try {
+      await client.connect();
+      const { rows } = await client.query<{ ok: boolean }>(
+        `select pg_try_advisory_lock(pgfn.daemon_lock_key($1)) as ok`,
+        [daemonId],
+      );
+      if (rows[0]?.ok) {
+        lockClient = client;
+        return true;
+      }
+    } catch {
+      // Not now: the next beat tries again, and the heartbeat still counts.
+    }
+    await client.end().catch(() => undefined);
+    return false;
+  };
   await pool.query(
-    `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids) values ($1, $2, $3, $4)
-     on conflict (id) do update set heartbeat_at = now(), started_at = now(), graphile_worker_ids = excluded.graphile_worker_ids`,
-    [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
+    `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids, holds_lock) values ($1, $2, $3, $4, $5)
+     on conflict (id) do update set heartbeat_at = now(), started_at = now(),
+       graphile_worker_ids = excluded.graphile_worker_ids, holds_lock = excluded.holds_lock`,
+    [daemonId, hostname(), process.pid, options.graphileWorkerIds(), await holdLock()],
   );
   let running: Promise<void> | undefined;
   // Since when this daemon has reached the database without a failed beat.
@@ -67,9 +113,10 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
   let connectedSince: number | undefined = 0;
   const beat = async () => {
     try {
+      const locked = await holdLock();
       const updated = await pool.query(
-        `update pgfn.daemons set heartbeat_at = now(), graphile_worker_ids = $2 where id = $1`,
-        [daemonId, options.graphileWorkerIds()],
+        `update pgfn.daemons set heartbeat_at = now(), graphile_worker_ids = $2, holds_lock = $3 where id = $1`,
+        [daemonId, options.graphileWorkerIds(), locked],
       );
       if (updated.rowCount === 0) {
         // Reaped while alive (a stall longer than PGFN_DEAD_AFTER_MS): our
@@ -80,8 +127,8 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           "this daemon was reaped as dead after missing heartbeats; its running attempts were retried elsewhere (raise PGFN_DEAD_AFTER_MS if this recurs)",
         );
         await pool.query(
-          `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids) values ($1, $2, $3, $4) on conflict (id) do nothing`,
-          [daemonId, hostname(), process.pid, options.graphileWorkerIds()],
+          `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids, holds_lock) values ($1, $2, $3, $4, $5) on conflict (id) do nothing`,
+          [daemonId, hostname(), process.pid, options.graphileWorkerIds(), locked],
         );
       }
       const live = options.liveGraphileWorkerIds?.();
@@ -115,8 +162,8 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
       connectedSince ??= Date.now();
       if (Date.now() - connectedSince < options.deadAfterMs) return;
       const { rows } = await pool.query<{ n: number }>(
-        `select pgfn.reap_dead_daemons(make_interval(secs => $1)) as n`,
-        [options.deadAfterMs / 1000],
+        `select pgfn.reap_dead_daemons(make_interval(secs => $1), make_interval(secs => $2)) as n`,
+        [options.deadAfterMs / 1000, (UNLOCKED_BEATS * options.intervalMs) / 1000],
       );
       if ((rows[0]?.n ?? 0) > 0) {
         logger.warn(
@@ -140,6 +187,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
       clearInterval(timer);
       await running;
       await pool.query(`delete from pgfn.daemons where id = $1`, [daemonId]).catch(() => undefined);
+      await lockClient?.end().catch(() => undefined);
     },
   };
 }

@@ -10,6 +10,7 @@ import type { FunctionInfo } from "../db/functions.js";
 import { finishRun, type FinishRunInput, type Run } from "../db/runs.js";
 import type { EventInput } from "../interfaces.js";
 import { isRetryable, retryDelayMs, type FailureFacts } from "./policy.js";
+import type { SuccessRecorder } from "./recorder.js";
 import { RUN_TASK } from "./tasks.js";
 
 export interface OutcomeContext {
@@ -27,8 +28,20 @@ export async function recordOutcome(
   context: OutcomeContext,
   finish: FinishRunInput,
   facts: FailureFacts | undefined,
+  /** Records a success together with others (see recorder.ts). */
+  recorder?: SuccessRecorder,
 ): Promise<Run> {
   const { event, fn, attempt } = context;
+  if (finish.status === "succeeded" && recorder && !context.sync) {
+    return recorder.record({
+      runId: finish.runId,
+      functionName: finish.functionName,
+      result: finish.result,
+      logs: finish.logs,
+      durationMs: finish.durationMs,
+      ...(finish.memoryPeakBytes !== undefined && { memoryPeakBytes: finish.memoryPeakBytes }),
+    });
+  }
   // One statement needs no transaction of its own: a success (the common
   // case) costs one round trip, not three.
   if (finish.status === "succeeded" || !facts || context.sync) return finishRun(db, finish);

@@ -29,10 +29,15 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { coerceError, PgfnError } from "../errors.js";
-import { executeEvent, type ExecutorDeps } from "./execute.js";
+import { executeJob, type ExecutorDeps } from "./execute.js";
 import { RUN_TASK } from "./tasks.js";
 
-const runPayload = z.object({ event_id: z.union([z.number().int(), z.string().regex(/^\d+$/)]) });
+const eventId = z.union([z.number().int(), z.string().regex(/^\d+$/)]);
+/** A job carries one event, or a batch of one function's events (sql/000011_batch_jobs.sql). */
+const runPayload = z.union([
+  z.object({ event_id: eventId }),
+  z.object({ event_ids: z.array(eventId).min(1) }),
+]);
 
 /**
  * How long a runner that began to stop on its own may take to finish (it
@@ -155,7 +160,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         helpers.logger.error(`ignoring ${RUN_TASK} job ${helpers.job.id} with a malformed payload`);
         return;
       }
-      await executeEvent(options.executor, String(parsed.data.event_id), String(helpers.job.id));
+      const ids = "event_id" in parsed.data ? [parsed.data.event_id] : parsed.data.event_ids;
+      await executeJob(options.executor, ids.map(String), String(helpers.job.id));
     };
     const events = new EventEmitter() as WorkerEvents;
     events.on("pool:create", ({ workerPool }) => gen.ids.push(workerPool.id));
