@@ -313,7 +313,9 @@ describe("the statement-level path (pgfn.record_row_events)", () => {
     expect(direct.message).toMatch(/called only by the trigger function pgfn\.enqueue\(\)/);
 
     const wrapped = await asRole(writer, async (c) => {
-      await c.query(`create function ${writer}.forge() returns void language sql as $f$ ${forged} $f$`);
+      await c.query(
+        `create function ${writer}.forge() returns void language sql as $f$ ${forged} $f$`,
+      );
       return failure(c.query(`select ${writer}.forge()`));
     });
     expect(wrapped.code).toBe(INSUFFICIENT_PRIVILEGE);
