@@ -64,9 +64,27 @@ async function notificationsOfInsert(): Promise<string[]> {
   }
 }
 
+/**
+ * Runs `use` while a daemon is registered in pgfn.daemons, as every daemon
+ * is before its listener LISTENs: writers notify only then.
+ */
+async function withDaemonRegistered<T>(use: () => Promise<T>): Promise<T> {
+  await t.pool.query(`insert into pgfn.daemons (id) values ('wake-test-listener')`);
+  try {
+    return await use();
+  } finally {
+    await t.pool.query(`delete from pgfn.daemons where id = 'wake-test-listener'`);
+  }
+}
+
 it("wakes a sleeping listener with one empty notification per transaction", async () => {
   await t.pool.query(`update pgfn.listener_state set awake_until = null`);
-  expect(await notificationsOfInsert()).toEqual([""]);
+  expect(await withDaemonRegistered(notificationsOfInsert)).toEqual([""]);
+});
+
+it("sends no NOTIFY while no daemon is registered: nobody could hear it", async () => {
+  await t.pool.query(`update pgfn.listener_state set awake_until = null`);
+  expect(await notificationsOfInsert()).toEqual([]);
 });
 
 it("queues the wake-up check once per transaction, again in the next one and after a savepoint took back the first", async () => {
@@ -75,6 +93,7 @@ it("queues the wake-up check once per transaction, again in the next one and aft
   // session, the second's first event rolled back to a savepoint: each must
   // still send its notification.
   await t.pool.query(`update pgfn.listener_state set awake_until = null`);
+  await t.pool.query(`insert into pgfn.daemons (id) values ('wake-test-listener')`);
   const listener = new pg.Client({ connectionString: t.url });
   const writer = new pg.Client({ connectionString: t.url });
   await Promise.all([listener.connect(), writer.connect()]);
@@ -95,6 +114,7 @@ it("queues the wake-up check once per transaction, again in the next one and aft
     expect(received.filter((p) => p !== "sentinel")).toEqual(["", ""]);
   } finally {
     await Promise.all([listener.end(), writer.end()]);
+    await t.pool.query(`delete from pgfn.daemons where id = 'wake-test-listener'`);
   }
 });
 
