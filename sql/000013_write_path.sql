@@ -1,10 +1,8 @@
 -- A lean write path: what attaching pgfn to a table costs its writers.
 --
--- Measured before this migration (pgbench, 4 clients, fsync on, no consumer;
--- numbers in the README's benchmark section): an attached table took a
--- fraction of the plain table's insert rate, and a 10-row statement paid ten
--- times what a 1-row one did. Two costs went per row where once per
--- statement or once per transaction does:
+-- Measured before this migration (pgbench, 4 clients, fsync on, no consumer):
+-- an attached table took a fraction of the plain table's insert rate. Two
+-- costs went per row where once per statement or once per transaction does:
 -- * the trigger: per row, a PL/pgSQL call of pgfn.enqueue() and one of
 --   pgfn.record_row_event(), each switching search_path (and the second the
 --   user), and one insert into pgfn.events;
@@ -24,6 +22,9 @@
 --   table a statement names, so a row written through a parent would be
 --   missed.
 -- * events_wake is queued for the first event of a transaction only.
+-- * pgfn.wake sends no NOTIFY while no daemon is registered (at the end of
+--   this file): with no consumer running, that NOTIFY, not the trigger, cost
+--   writers most.
 -- Triggers written by hand, `for each row execute function
 -- pgfn.enqueue('fn')`, keep working as they are. Triggers attached before
 -- this migration are left as they are too (a migration takes no lock on
@@ -323,7 +324,7 @@ comment on function pgfn.detach(regclass, text) is
 -- at a time: with no pgfn daemon running, every writing transaction paid
 -- that for a wake-up nobody could hear (measured: the attached table's
 -- insert rate at 4 clients fell to a third or less of the same table with
--- the NOTIFY skipped; numbers in the README). A daemon registers in
+-- the NOTIFY skipped). A daemon registers in
 -- pgfn.daemons (000005) before its listener LISTENs and sweeps, and a
 -- listener's first pass after LISTEN finds every event committed before it,
 -- so a transaction that saw no daemon at its commit-time check is found by
