@@ -91,6 +91,9 @@ describe("pgfn.enqueue", () => {
     const listener = await t.pool.connect();
     const received: string[] = [];
     listener.on("notification", (n) => received.push(`${n.channel}:${n.payload}`));
+    // Writers notify only while a daemon is registered (sql/000013): this
+    // listener stands for one.
+    await t.pool.query(`insert into pgfn.daemons (id) values ('enqueue-test-listener')`);
     try {
       await listener.query("listen pgfn_events");
       await t.pool.query(
@@ -104,6 +107,7 @@ describe("pgfn.enqueue", () => {
       expect(received).toEqual(["pgfn_events:", "pgfn_events:"]);
     } finally {
       listener.release();
+      await t.pool.query(`delete from pgfn.daemons where id = 'enqueue-test-listener'`);
     }
   });
 

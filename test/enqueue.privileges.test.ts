@@ -255,6 +255,94 @@ describe("the role boundary around pgfn", () => {
   });
 });
 
+describe("the statement-level path (pgfn.record_row_events)", () => {
+  const forged = `select pgfn.record_row_events('victim', 'public', 'x', 'INSERT', array['{"forged": true}'::jsonb])`;
+
+  it("runs the table's casts as the writer when a DELETE statement's old rows become JSON", async () => {
+    const owner = await createRole("delowner");
+    await t.pool.query(`
+      grant pgfn_writer to ${owner};
+      create schema ${owner} authorization ${owner};`);
+    await asRole(owner, (c) =>
+      c.query(`
+        create type ${owner}.mood as enum ('a');
+        create function ${owner}.mood_to_json(${owner}.mood) returns json language plpgsql as $f$
+        begin
+          begin
+            alter role ${owner} superuser;
+            return to_json('escalated as ' || current_user);
+          exception when insufficient_privilege then
+            return to_json('refused as ' || current_user);
+          end;
+        end $f$;
+        create cast (${owner}.mood as json) with function ${owner}.mood_to_json(${owner}.mood);
+        create table ${owner}.moods (id int primary key, mood ${owner}.mood);
+        insert into ${owner}.moods values (1, 'a'), (2, 'a');`),
+    );
+    await t.pool.query(`select pgfn.attach('${owner}.moods', 'on_mood', array['DELETE'])`);
+    const level = await t.pool.query(
+      `select tgtype & 1 as row from pg_trigger where tgrelid = '${owner}.moods'::regclass`,
+    );
+    expect(level.rows).toEqual([{ row: 0 }]); // the statement-level trigger is what runs
+
+    await asRole(owner, (c) => c.query(`delete from ${owner}.moods`));
+
+    expect(await isSuperuser(owner)).toBe(false);
+    expect((await eventsOf("on_mood")).map((e) => [e.operation, e.old, e.new])).toEqual([
+      ["DELETE", { id: 1, mood: `refused as ${owner}` }, null],
+      ["DELETE", { id: 2, mood: `refused as ${owner}` }, null],
+    ]);
+  });
+
+  it("lets no role outside pgfn_writer call it", async () => {
+    const outsider = await createRole("stmtout");
+    await t.pool.query(`grant usage on schema pgfn to ${outsider}`);
+    const error = await asRole(outsider, (c) => failure(c.query(forged)));
+    expect(error.code).toBe(INSUFFICIENT_PRIVILEGE);
+    expect(error.message).toBe("permission denied for function record_row_events");
+    expect(await eventsOf("victim")).toEqual([]);
+  });
+
+  it("refuses a member of pgfn_writer outside a trigger: directly, or from a function of its own", async () => {
+    const writer = await createRole("stmtmember");
+    await t.pool.query(`
+      grant pgfn_writer to ${writer};
+      create schema ${writer} authorization ${writer};`);
+    const direct = await asRole(writer, (c) => failure(c.query(forged)));
+    expect(direct.code).toBe(INSUFFICIENT_PRIVILEGE);
+    expect(direct.message).toMatch(/called only by the trigger function pgfn\.enqueue\(\)/);
+
+    const wrapped = await asRole(writer, async (c) => {
+      await c.query(
+        `create function ${writer}.forge() returns void language sql as $f$ ${forged} $f$`,
+      );
+      return failure(c.query(`select ${writer}.forge()`));
+    });
+    expect(wrapped.code).toBe(INSUFFICIENT_PRIVILEGE);
+    expect(await eventsOf("victim")).toEqual([]);
+  });
+
+  it("records, from a member's own trigger, only what a row trigger could: no UPDATE without its pairs", async () => {
+    const writer = await createRole("stmtforger");
+    await t.pool.query(`
+      grant pgfn_writer to ${writer};
+      create schema ${writer} authorization ${writer};`);
+    const error = await asRole(writer, async (c) => {
+      await c.query(`
+        create table ${writer}.bait (id int);
+        create function ${writer}.forge() returns trigger language plpgsql as $f$
+        begin
+          perform pgfn.record_row_events('victim', 'public', 'x', 'UPDATE', array['{"forged": true}'::jsonb]);
+          return null;
+        end $f$;
+        create trigger forge after insert on ${writer}.bait for each statement execute function ${writer}.forge();`);
+      return failure(c.query(`insert into ${writer}.bait values (1)`));
+    });
+    expect(error.message).toBe("pgfn.record_row_events records INSERT or DELETE rows, not UPDATE");
+    expect(await eventsOf("victim")).toEqual([]);
+  });
+});
+
 describe("trigger names", () => {
   // 64 characters each, the longest names pgfn allows; the same first 58.
   const prefix = "n".repeat(58);

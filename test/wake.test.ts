@@ -64,9 +64,58 @@ async function notificationsOfInsert(): Promise<string[]> {
   }
 }
 
+/**
+ * Runs `use` while a daemon is registered in pgfn.daemons, as every daemon
+ * is before its listener LISTENs: writers notify only then.
+ */
+async function withDaemonRegistered<T>(use: () => Promise<T>): Promise<T> {
+  await t.pool.query(`insert into pgfn.daemons (id) values ('wake-test-listener')`);
+  try {
+    return await use();
+  } finally {
+    await t.pool.query(`delete from pgfn.daemons where id = 'wake-test-listener'`);
+  }
+}
+
 it("wakes a sleeping listener with one empty notification per transaction", async () => {
   await t.pool.query(`update pgfn.listener_state set awake_until = null`);
-  expect(await notificationsOfInsert()).toEqual([""]);
+  expect(await withDaemonRegistered(notificationsOfInsert)).toEqual([""]);
+});
+
+it("sends no NOTIFY while no daemon is registered: nobody could hear it", async () => {
+  await t.pool.query(`update pgfn.listener_state set awake_until = null`);
+  expect(await notificationsOfInsert()).toEqual([]);
+});
+
+it("queues the wake-up check once per transaction, again in the next one and after a savepoint took back the first", async () => {
+  // The check is queued with a transaction's first event only (events_wake's
+  // WHEN notes it in a transaction-local setting). Two transactions of one
+  // session, the second's first event rolled back to a savepoint: each must
+  // still send its notification.
+  await t.pool.query(`update pgfn.listener_state set awake_until = null`);
+  await t.pool.query(`insert into pgfn.daemons (id) values ('wake-test-listener')`);
+  const listener = new pg.Client({ connectionString: t.url });
+  const writer = new pg.Client({ connectionString: t.url });
+  await Promise.all([listener.connect(), writer.connect()]);
+  const received: string[] = [];
+  listener.on("notification", (n) => received.push(n.payload ?? ""));
+  try {
+    await listener.query("listen pgfn_events");
+    await writer.query("set role pgfn_wake_writer");
+    await writer.query(`insert into public.orders (note) values ('first')`);
+    await writer.query("begin");
+    await writer.query("savepoint s");
+    await writer.query(`insert into public.orders (note) values ('taken back')`);
+    await writer.query("rollback to savepoint s");
+    await writer.query(`insert into public.orders (note) values ('second')`);
+    await writer.query("commit");
+    await writer.query(`select pg_notify('pgfn_events', 'sentinel')`);
+    await waitFor(async () => received.includes("sentinel"), { message: "the sentinel" });
+    expect(received.filter((p) => p !== "sentinel")).toEqual(["", ""]);
+  } finally {
+    await Promise.all([listener.end(), writer.end()]);
+    await t.pool.query(`delete from pgfn.daemons where id = 'wake-test-listener'`);
+  }
 });
 
 it("skips the NOTIFY while a listener is awake", async () => {
