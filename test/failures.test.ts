@@ -305,5 +305,43 @@ describe("psql operations", () => {
         )
       ).rows[0].n,
     ).toBe(open);
+    // A replay whose original was pruned forgets it, and nothing points at a deleted event.
+    expect(
+      (
+        await t.pool.query(
+          `select count(*)::int as n from pgfn.events e
+           where e.replay_of is not null and not exists (select 1 from pgfn.events o where o.id = e.replay_of)`,
+        )
+      ).rows[0].n,
+    ).toBe(0);
+  });
+
+  it("prune waits for every event a batch job still has to run", async () => {
+    // Two events in one job (as dispatch makes them) that no daemon ran yet;
+    // the first already has a finished run (a job that runs again).
+    const { rows } = await t.pool.query<{ id: string }>(
+      `insert into pgfn.events (function_name, source, payload, created_at, dispatched_at)
+       select 'echo', 'manual', '{}', now() - interval '1 day', now() from generate_series(1, 2) returning id`,
+    );
+    const [first, second] = rows.map((r) => r.id);
+    await t.pool.query(
+      `select graphile_worker.add_job('pgfn_run', json_build_object('event_ids', array[$1::bigint, $2::bigint]),
+         run_at => now() + interval '1 hour', job_key => 'pgfn:batch:' || $1)`,
+      [first, second],
+    );
+    await t.pool.query(
+      `insert into pgfn.function_runs (event_id, function_name, attempt, status, finished_at)
+       values ($1, 'echo', 1, 'failed', now()), ($2, 'echo', 1, 'failed', now())`,
+      [first, second],
+    );
+    await t.pool.query(`select pgfn.prune('1 hour')`);
+    const left = await t.pool.query(`select id from pgfn.events where id = any ($1::bigint[])`, [
+      [first, second],
+    ]);
+    expect(left.rowCount).toBe(2);
+    await t.pool.query(
+      `delete from graphile_worker._private_jobs where key = 'pgfn:batch:' || $1`,
+      [first],
+    );
   });
 });
