@@ -17,10 +17,14 @@ export type StartRunResult =
     }
   | {
       readonly started: false;
-      readonly refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT";
-      /** When waiting makes sense (the circuit's cooldown), else undefined. */
+      /** ORDERING: an ordered function's earlier event, or its running one, goes first. */
+      readonly refused: RefusedReason;
+      /** When waiting makes sense (the circuit's cooldown, an earlier event's retry), else undefined. */
       readonly retryAt: Date | undefined;
     };
+
+/** Why an attempt may not start now (sql/000006 and sql/000012, pgfn.start_run). */
+export type RefusedReason = "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | "ORDERING";
 
 export interface BeginRunResult {
   readonly event: EventRow;
@@ -43,7 +47,7 @@ interface BeginRow {
   run_id: string | null;
   attempt: number | null;
   probe: boolean;
-  refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
+  refused: RefusedReason | null;
   retry_at: Date | null;
 }
 

@@ -183,11 +183,14 @@ async function runBegun(
           )
         : new PgfnError(
             "CONCURRENCY_LIMIT",
-            `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
+            slot.refused === "ORDERING"
+              ? `Function "${event.function_name}" runs its events one at a time in order (ordering = '${fn?.ordering}') and is busy with earlier ones; try again shortly.`
+              : `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
           );
     }
     // Wait without holding a worker, as a job due later: at the circuit's
-    // cooldown, or a moment from now for a free slot. Jitter keeps the
+    // cooldown or the retry of the earlier event this one waits behind, or
+    // a moment from now for a free slot or its turn. Jitter keeps the
     // waiting events of one function from returning together.
     const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
     await deferEvent(
