@@ -203,7 +203,9 @@ describe("two daemons", () => {
     const runs = await waitFor(
       async () => {
         const runs = await runsOf("in_order");
-        return runs.filter((r) => r.status === "succeeded").length === ids.length ? runs : undefined;
+        return runs.filter((r) => r.status === "succeeded").length === ids.length
+          ? runs
+          : undefined;
       },
       { timeoutMs: 60_000, message: "all 30 events of in_order to succeed" },
     );
