@@ -209,8 +209,10 @@ describe("two daemons", () => {
       },
       { timeoutMs: 60_000, message: "all 30 events of in_order to succeed" },
     );
-    expect(runs.map((r) => r.event_id)).toEqual(ids);
-    expect(overlaps(runs)).toEqual([]);
+    expect({ order: runs.map((r) => r.event_id), overlaps: overlaps(runs) }).toEqual({
+      order: ids,
+      overlaps: [],
+    });
     // Waiting for its turn is not an attempt.
     expect(runs.every((r) => r.attempt === 1)).toBe(true);
   });
