@@ -58,11 +58,14 @@ comment on function pgfn.event_finished(bigint) is
 -- it (head of line) until it succeeds or becomes a dead letter; a dead
 -- letter lets the next one go. "Earlier" is the event id, which is commit
 -- order for events committed one after another; of two transactions
--- committing at the same time, the first seen runs first.
+-- committing at the same time, the first one seen runs first.
 --
--- refused is null when it may start; else 'ORDERING', with retry_at when the
--- blocking event waits for its own retry (not worth asking before), null when
--- it is worth asking again soon.
+-- refused is null when it may start; else 'ORDERING', with retry_at: when to
+-- ask again, jitter included. The event next in line asks again soon (a
+-- quarter of the time the running attempt has taken so far, 10 ms to 1 s,
+-- or when the event ahead of it is due to retry); each event behind it 25 ms
+-- later than the one before, up to 2 s more, so a backlog waits in line
+-- instead of asking all at once.
 create or replace function pgfn.ordered_turn(p_function text, p_event_id bigint)
 returns table (refused text, retry_at timestamptz)
 language plpgsql
@@ -74,20 +77,14 @@ declare
   v_first bigint;
   v_through bigint;
   v_changed boolean := false;
+  v_running_since timestamptz;
   v_retry_at timestamptz;
+  v_behind integer;
 begin
-  -- (1) One at a time: also an earlier event's duplicate attempt, or an
-  -- event committed after a later id that is already running.
-  if exists (select 1 from pgfn.function_runs r
-             where r.function_name = p_function and r.status = 'running') then
-    return query select 'ORDERING'::text, null::timestamptz;
-    return;
-  end if;
-
   select * into v_progress from pgfn.ordering_progress o where o.function_name = p_function;
   if not found then
     -- First use (a new function, or one switched to ordering): the first
-    -- scan reads its history once.
+    -- look reads its history once.
     insert into pgfn.ordering_progress (function_name) values (p_function)
     on conflict (function_name) do nothing;
     select * into v_progress from pgfn.ordering_progress o where o.function_name = p_function;
@@ -109,9 +106,9 @@ begin
     v_changed := true;
   end if;
 
-  -- (2) The first unfinished event after the prefix: this one, or an
-  -- earlier one that holds it. Reads the events since the prefix in id
-  -- order, through the (function_name, id) index, and stops there.
+  -- The first unfinished event after the prefix: this one, or an earlier
+  -- one that holds it. Reads the events since the prefix in id order,
+  -- through the (function_name, id) index, and stops there.
   select e.id into v_first
   from pgfn.events e
   where e.function_name = p_function and e.id > v_done and not pgfn.event_finished(e.id)
@@ -139,23 +136,41 @@ begin
     where o.function_name = p_function;
   end if;
 
-  if v_first is null or v_first >= p_event_id then
+  -- (1) One at a time: also a second attempt of the running event (a
+  -- duplicate job), or an event committed after a larger id began.
+  select min(r.started_at) into v_running_since
+  from pgfn.function_runs r
+  where r.function_name = p_function and r.status = 'running';
+  -- (2) Every earlier event finished.
+  if v_running_since is null and (v_first is null or v_first >= p_event_id) then
     return query select null::text, null::timestamptz;
     return;
   end if;
-  -- Held by v_first: not worth asking again before its retry is due.
-  select r.next_attempt_at into v_retry_at
-  from pgfn.function_runs r
-  where r.event_id = v_first
-  order by r.attempt desc
-  limit 1;
+
+  -- Refused. How far back in line (at most 80 looked at: 2 s).
+  select count(*) into v_behind
+  from (select 1 from pgfn.events e
+        where e.function_name = p_function and e.id > v_first and e.id < p_event_id
+        limit 80) q;
+  if v_running_since is not null then
+    v_retry_at := clock_timestamp() + make_interval(secs =>
+      least(1.0, greatest(0.01, extract(epoch from clock_timestamp() - v_running_since) / 4)));
+  else
+    -- Held by v_first, which may wait for its retry.
+    select r.next_attempt_at into v_retry_at
+    from pgfn.function_runs r
+    where r.event_id = v_first
+    order by r.attempt desc
+    limit 1;
+    v_retry_at := greatest(v_retry_at, clock_timestamp() + interval '10 milliseconds');
+  end if;
   return query select 'ORDERING'::text,
-    case when v_retry_at > clock_timestamp() then v_retry_at end;
+    v_retry_at + make_interval(secs => 0.025 * v_behind + random() * 0.01);
 end
 $$;
 
 comment on function pgfn.ordered_turn(text, bigint) is
-  'Whether an attempt of an event of a function with ordering may start now: none of the function is running and every earlier event is finished. refused is null, or ORDERING with retry_at when waiting for an earlier event''s retry. Call only under the function''s advisory lock (pgfn.start_run).';
+  'Whether an attempt of an event of a function with ordering may start now: none of the function is running and every earlier event is finished. refused is null, or ORDERING with retry_at, when to ask again. Call only under the function''s advisory lock (pgfn.start_run).';
 
 -- As in 000006_admission.sql, with the ordering gate: under the same lock,
 -- after the circuit (an open circuit defers to its cooldown, not to a poll)

@@ -189,16 +189,12 @@ async function runBegun(
           );
     }
     // Wait without holding a worker, as a job due later: at the circuit's
-    // cooldown or the retry of the earlier event this one waits behind, or
-    // a moment from now for a free slot or its turn. Jitter keeps the
-    // waiting events of one function from returning together.
+    // cooldown, or a moment from now for a free slot. Jitter keeps the
+    // waiting events of one function from returning together. An ordered
+    // function's event waits exactly as told: its turn comes in line.
     const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
-    await deferEvent(
-      db,
-      event,
-      fn,
-      waitMs + Math.floor(Math.random() * (slot.retryAt ? 1000 : 400)),
-    );
+    const jitterMs = slot.refused === "ORDERING" ? 0 : slot.retryAt ? 1000 : 400;
+    await deferEvent(db, event, fn, waitMs + Math.floor(Math.random() * jitterMs));
     logger.debug(
       { operation: "run", event_id: eventId, function: event.function_name, reason: slot.refused },
       "deferred",
