@@ -257,3 +257,41 @@ $$;
 
 comment on function pgfn.start_run(bigint, text, text, text, bigint, integer) is
   'Records the start of an attempt if the circuit, the function''s ordering (pgfn.ordered_turn) and max_concurrency allow it; otherwise says why not (refused) and when to try again (retry_at). The daemon calls it.';
+
+-- Called when an attempt of an ordered function has been recorded: the
+-- event now first in line (it may have been refused while this one ran)
+-- runs now instead of at its deferral, which graphile-worker only finds at
+-- its next poll (pollInterval, 1 s by default). Only a deferral
+-- (pgfn:wait:<id>) is moved, never a retry, whose delay is the function's
+-- policy. A hint: the gate decides, under the lock, whether it may start.
+create or replace function pgfn.ordered_wake(p_function text) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_next bigint;
+  v_jobs bigint[];
+begin
+  select e.id into v_next
+  from pgfn.events e
+  where e.function_name = p_function
+    and e.id > coalesce((select o.done_through from pgfn.ordering_progress o where o.function_name = p_function), 0)
+    and not pgfn.event_finished(e.id)
+  order by e.id
+  limit 1;
+  if v_next is null then
+    return;
+  end if;
+  select array_agg(j.id) into v_jobs
+  from graphile_worker.jobs j
+  where j.key = 'pgfn:wait:' || v_next and j.locked_at is null and j.run_at > now();
+  if v_jobs is not null then
+    perform graphile_worker.reschedule_jobs(v_jobs, run_at => now());
+    -- What graphile-worker's add_jobs sends: idle workers fetch at once.
+    perform pg_notify('jobs:insert', '{"count":1}');
+  end if;
+end
+$$;
+
+comment on function pgfn.ordered_wake(text) is
+  'Runs the deferred job of the event first in line of an ordered function now (after an attempt of the function was recorded). The daemon calls it.';

@@ -116,6 +116,14 @@ export async function beginRuns(
   return rows.map((row) => toBeginRunResult(String(row.event_id), row));
 }
 
+/**
+ * After an attempt of an ordered function is recorded: the event now first
+ * in line runs at once rather than at its deferral (sql/000012, pgfn.ordered_wake).
+ */
+export async function wakeNextInLine(db: Db, functionName: string): Promise<void> {
+  await sql`select pgfn.ordered_wake(${functionName})`.execute(db);
+}
+
 /** Counts a finished attempt against its function's circuit; returns the circuit's state. */
 export async function recordCircuit(db: Db, runId: string): Promise<string | null> {
   const { rows } = await sql<{ state: string | null }>`

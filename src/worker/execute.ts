@@ -13,6 +13,7 @@ import {
   recordCircuit,
   beginRun,
   beginRuns,
+  wakeNextInLine,
   succeededRun,
   type BeginRunResult,
   type FinishRunInput,
@@ -410,6 +411,14 @@ async function runBegun(
           : `circuit ${circuit}: work for this function is deferred for ${fn.circuit_cooldown_ms} ms`,
       );
     }
+  }
+  if (fn && fn.ordering !== "none") {
+    await wakeNextInLine(db, fn.name).catch((e: unknown) =>
+      logger.warn(
+        { operation: "run", function: fn.name, error: (e as Error).message },
+        "could not wake the next event in line; it runs at its deferral",
+      ),
+    );
   }
   deps.onRunFinished?.(run, event);
   return run;
