@@ -48,6 +48,7 @@ it("applies every migration once when ten processes migrate at once, and nothing
     "functions:BASE TABLE",
     "listener_state:BASE TABLE",
     "migrations:BASE TABLE",
+    "ordering_progress:BASE TABLE",
     "pending:VIEW",
     "schedules:BASE TABLE",
     "stats:VIEW",

@@ -17,10 +17,14 @@ export type StartRunResult =
     }
   | {
       readonly started: false;
-      readonly refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT";
-      /** When waiting makes sense (the circuit's cooldown), else undefined. */
+      /** ORDERING: an ordered function's earlier event, or its running one, goes first. */
+      readonly refused: RefusedReason;
+      /** When waiting makes sense (the circuit's cooldown, an earlier event's retry), else undefined. */
       readonly retryAt: Date | undefined;
     };
+
+/** Why an attempt may not start now (sql/000006 and sql/000012, pgfn.start_run). */
+export type RefusedReason = "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | "ORDERING";
 
 export interface BeginRunResult {
   readonly event: EventRow;
@@ -43,7 +47,7 @@ interface BeginRow {
   run_id: string | null;
   attempt: number | null;
   probe: boolean;
-  refused: "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | null;
+  refused: RefusedReason | null;
   retry_at: Date | null;
 }
 
@@ -110,6 +114,14 @@ export async function beginRuns(
     db,
   );
   return rows.map((row) => toBeginRunResult(String(row.event_id), row));
+}
+
+/**
+ * After an attempt of an ordered function is recorded: the event now first
+ * in line runs at once rather than at its deferral (sql/000012, pgfn.ordered_wake).
+ */
+export async function wakeNextInLine(db: Db, functionName: string): Promise<void> {
+  await sql`select pgfn.ordered_wake(${functionName})`.execute(db);
 }
 
 /** Counts a finished attempt against its function's circuit; returns the circuit's state. */

@@ -13,6 +13,7 @@ import {
   recordCircuit,
   beginRun,
   beginRuns,
+  wakeNextInLine,
   succeededRun,
   type BeginRunResult,
   type FinishRunInput,
@@ -183,19 +184,18 @@ async function runBegun(
           )
         : new PgfnError(
             "CONCURRENCY_LIMIT",
-            `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
+            slot.refused === "ORDERING"
+              ? `Function "${event.function_name}" runs its events one at a time in order (ordering = '${fn?.ordering}') and is busy with earlier ones; try again shortly.`
+              : `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
           );
     }
     // Wait without holding a worker, as a job due later: at the circuit's
     // cooldown, or a moment from now for a free slot. Jitter keeps the
-    // waiting events of one function from returning together.
+    // waiting events of one function from returning together. An ordered
+    // function's event waits exactly as told: its turn comes in line.
     const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
-    await deferEvent(
-      db,
-      event,
-      fn,
-      waitMs + Math.floor(Math.random() * (slot.retryAt ? 1000 : 400)),
-    );
+    const jitterMs = slot.refused === "ORDERING" ? 0 : slot.retryAt ? 1000 : 400;
+    await deferEvent(db, event, fn, waitMs + Math.floor(Math.random() * jitterMs));
     logger.debug(
       { operation: "run", event_id: eventId, function: event.function_name, reason: slot.refused },
       "deferred",
@@ -411,6 +411,14 @@ async function runBegun(
           : `circuit ${circuit}: work for this function is deferred for ${fn.circuit_cooldown_ms} ms`,
       );
     }
+  }
+  if (fn && fn.ordering !== "none") {
+    await wakeNextInLine(db, fn.name).catch((e: unknown) =>
+      logger.warn(
+        { operation: "run", function: fn.name, error: (e as Error).message },
+        "could not wake the next event in line; it runs at its deferral",
+      ),
+    );
   }
   deps.onRunFinished?.(run, event);
   return run;
