@@ -19,7 +19,14 @@ import { guardMemory } from "../src/sandbox/memoryGuard.js";
 import { createSandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 
-export const SANDBOX_HEADERS = ["case", "p50 ms", "p99 ms", "calls/s", "p50 vs main"];
+export const SANDBOX_HEADERS = [
+  "case",
+  "p50 ms",
+  "p99 ms",
+  "calls/s",
+  "CPU us/call",
+  "p50 vs main",
+];
 
 /**
  * Runs the sandbox measurements and returns the table's rows. `url`: a
@@ -42,11 +49,16 @@ export async function runSandboxBench(options: {
   const pct = (sorted: number[], p: number) =>
     sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 
-  /** Runs `once` `calls` times with `parallel` in flight; returns p50, p99 (ms) and calls/s. */
+  /**
+   * Runs `once` `calls` times with `parallel` in flight; returns p50, p99
+   * (ms), calls/s and the process's CPU per call (all threads, µs): steadier
+   * than calls/s on a shared machine.
+   */
   async function measure(parallel: number, once: () => Promise<unknown>) {
     for (let i = 0; i < 200; i++) await once(); // warm-up
     const latencies: number[] = [];
     let next = 0;
+    const cpu = process.cpuUsage();
     const started = performance.now();
     await Promise.all(
       Array.from({ length: parallel }, async () => {
@@ -58,8 +70,14 @@ export async function runSandboxBench(options: {
       }),
     );
     const seconds = (performance.now() - started) / 1000;
+    const { user, system } = process.cpuUsage(cpu);
     latencies.sort((a, b) => a - b);
-    return { p50: pct(latencies, 50), p99: pct(latencies, 99), rate: latencies.length / seconds };
+    return {
+      p50: pct(latencies, 50),
+      p99: pct(latencies, 99),
+      rate: latencies.length / seconds,
+      cpuUs: (user + system) / latencies.length,
+    };
   }
 
   const echoBytes = await readFile(examplePath("echo"));
@@ -72,7 +90,7 @@ export async function runSandboxBench(options: {
 
     const row = (
       name: string,
-      r: { p50: number; p99: number; rate: number },
+      r: { p50: number; p99: number; rate: number; cpuUs: number },
       base?: { p50: number },
     ) =>
       rows.push([
@@ -80,6 +98,7 @@ export async function runSandboxBench(options: {
         r.p50.toFixed(3),
         r.p99.toFixed(3),
         r.rate.toFixed(0),
+        r.cpuUs.toFixed(0),
         base ? `${(r.p50 / base.p50).toFixed(1)}x` : "",
       ]);
 
@@ -178,6 +197,7 @@ export async function runSandboxBench(options: {
       "cold: guard + compile + first call",
       pct(cold, 50).toFixed(3),
       pct(cold, 99).toFixed(3),
+      "",
       "",
       "",
     ]);
