@@ -1,7 +1,9 @@
-// npm run bench:sandbox: what an invocation costs. Fresh-instance calls of
-// the echo handler with 1 KB of JSON in and out, through the thread pool and
-// directly on the main thread (so the pool's overhead shows as a ratio); the
-// same with one db_query; and the first (cold) invocation of a new module.
+// npm run bench:sandbox: what an invocation costs. Calls of the echo handler
+// with 1 KB of JSON in and out, through the thread pool (an instance kept per
+// thread and restored between calls) and directly on the main thread, on a new
+// instance per call and on a kept one (so the pool's overhead shows as a
+// ratio); the same with one db_query; and the first (cold) invocation of a
+// new module.
 // `npm run bench` runs it too, through runSandboxBench.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -14,7 +16,7 @@ import { examplePath } from "../examples/build.js";
 import { startEmbeddedPostgres } from "../src/embedded.js";
 import { formatTable } from "../src/format.js";
 import { DbQueryExecutor } from "../src/sandbox/host/dbQuery.js";
-import { invokeHandler, ModuleCache, sha256Hex } from "../src/sandbox/invoke.js";
+import { InstanceCache, invokeHandler, ModuleCache, sha256Hex } from "../src/sandbox/invoke.js";
 import { guardMemory } from "../src/sandbox/memoryGuard.js";
 import { createSandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
@@ -105,7 +107,15 @@ export async function runSandboxBench(options: {
     const direct = await measure(1, () =>
       invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes }),
     );
-    row("echo, main thread, 1 at a time", direct);
+    row("echo, main thread, new instance per call", direct);
+    const instances = new InstanceCache();
+    row(
+      "echo, main thread, kept instance",
+      await measure(1, () =>
+        invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes, instances }),
+      ),
+      direct,
+    );
     row(
       "echo, pool, 1 at a time",
       await measure(1, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
