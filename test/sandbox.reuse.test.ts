@@ -171,6 +171,20 @@ describe("what a kept instance cannot give back gets a new instance per invocati
     for (let i = 0; i < 3; i++) expect((await run(table)).output).toBe(1);
   });
 
+  it("a module that drops a passive data segment", async () => {
+    // memory.init of a dropped segment traps: only a new instance can run it twice.
+    const dropping = wat(`
+      (data $once "7")
+      (func (export "handle") (result i32) (local $a i64)
+        (memory.init $once (i32.const 16) (i32.const 0) (i32.const 1))
+        (data.drop $once)
+        (local.set $a (call $alloc (i64.const 1)))
+        (call $store_u8 (local.get $a) (i32.load8_u (i32.const 16)))
+        (call $output_set (local.get $a) (i64.const 1))
+        (i32.const 0))`);
+    for (let i = 0; i < 3; i++) expect((await run(dropping)).output).toBe(7);
+  });
+
   it("an instance whose start-up read the function's config", async () => {
     const configured = wat(`
       (global $k (mut i32) (i32.const 48))

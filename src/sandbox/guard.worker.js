@@ -15,6 +15,21 @@ let binaryen;
  */
 const UNRESTORABLE = /\((?:table\.(?:set|grow|fill|copy|init)|elem\.drop|data\.drop)\b/;
 
+/**
+ * Whether UNRESTORABLE instructions can do anything in this module, so the
+ * text (tens of milliseconds for a small module) is only printed when they
+ * can: table instructions need a table (Extism imports none), elem.drop an
+ * element segment, and data.drop changes nothing for an active segment,
+ * which instantiation already dropped.
+ */
+function mayChangeOtherState(module) {
+  if (module.getNumTables() > 0 || module.getNumElementSegments() > 0) return true;
+  for (let i = 0; i < module.getNumDataSegments(); i++) {
+    if (module.getDataSegmentInfo(module.getDataSegmentByIndex(i)).passive) return true;
+  }
+  return false;
+}
+
 const SHADOW = "__pgfn_shadow_";
 
 /** Value types a shadow global can hold, with a zero of each. */
@@ -47,7 +62,7 @@ function addGlobalsSnapshot(module, { save, restore }) {
     if (!type) return false;
     globals.push({ name: info.name, type: info.type, zero: ZERO[type] });
   }
-  if (UNRESTORABLE.test(module.emitText())) return false;
+  if (mayChangeOtherState(module) && UNRESTORABLE.test(module.emitText())) return false;
   const saves = [];
   const restores = [];
   for (const [i, g] of globals.entries()) {
