@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import binaryen from "binaryen";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../src/sandbox/invoke.js";
-import type { HostBinding } from "../src/sandbox/pool.js";
+import { SandboxPool, type HostBinding } from "../src/sandbox/pool.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import { exampleWasm } from "./helpers.js";
 
@@ -240,5 +240,27 @@ describe("the pool's clock", () => {
     expect(outcome.ok).toBe(true);
     // The host functions were given the deadline the pool holds the run to.
     expect(deadline).toBeGreaterThanOrEqual(spinDone + 1000);
+  });
+
+  it("answers the invocations running and queued when the pool closes, rather than keeping them waiting", async () => {
+    const pool = new SandboxPool({ size: 1 });
+    const spinWasm = await readFile(exampleWasm("spin"));
+    const spin = await sandbox.modules.get(sha256Hex(spinWasm), async () => spinWasm);
+    const request = { module: spin, input: {}, timeoutMs: 600_000, memoryLimitBytes: 16 * MB };
+    let started!: () => void;
+    const isRunning = new Promise<void>((resolve) => (started = resolve));
+    // The pool calls host when a thread starts the invocation.
+    const running = pool.invoke({ ...request, host: () => (started(), {}) });
+    const queued = pool.invoke(request);
+    await isRunning;
+    await pool.close();
+    expect((await queued).error).toEqual({
+      code: "FUNCTION_ERROR",
+      message: "The sandbox shut down before the handler ran.",
+    });
+    expect((await running).error).toEqual({
+      code: "FUNCTION_ERROR",
+      message: "The sandbox shut down during the run.",
+    });
   });
 });

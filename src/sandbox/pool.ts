@@ -159,6 +159,15 @@ export class SandboxPool {
     this.closed = true;
     for (const job of this.queue.splice(0))
       this.finish(job, this.failure(job, "INTERNAL_SHUTDOWN"));
+    for (const slot of this.slots) {
+      // A retired thread's exit is not a crash: its job is answered here.
+      if (slot.job)
+        this.finish(
+          slot.job,
+          this.failure(slot.job, "FUNCTION_ERROR", "The sandbox shut down during the run."),
+        );
+      slot.job = undefined;
+    }
     await Promise.all([...this.slots].map((slot) => this.retire(slot)));
   }
 
