@@ -1,7 +1,9 @@
-// npm run bench:sandbox: what an invocation costs. Fresh-instance calls of
-// the echo handler with 1 KB of JSON in and out, through the thread pool and
-// directly on the main thread (so the pool's overhead shows as a ratio); the
-// same with one db_query; and the first (cold) invocation of a new module.
+// npm run bench:sandbox: what an invocation costs. Calls of the echo handler
+// with 1 KB of JSON in and out, through the thread pool (an instance kept per
+// thread and restored between calls) and directly on the main thread, on a new
+// instance per call and on a kept one (so the pool's overhead shows as a
+// ratio); the same with one db_query; and the first (cold) invocation of a
+// new module.
 // `npm run bench` runs it too, through runSandboxBench.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -14,12 +16,19 @@ import { examplePath } from "../examples/build.js";
 import { startEmbeddedPostgres } from "../src/embedded.js";
 import { formatTable } from "../src/format.js";
 import { DbQueryExecutor } from "../src/sandbox/host/dbQuery.js";
-import { invokeHandler, ModuleCache, sha256Hex } from "../src/sandbox/invoke.js";
+import { InstanceCache, invokeHandler, ModuleCache, sha256Hex } from "../src/sandbox/invoke.js";
 import { guardMemory } from "../src/sandbox/memoryGuard.js";
 import { createSandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 
-export const SANDBOX_HEADERS = ["case", "p50 ms", "p99 ms", "calls/s", "p50 vs main"];
+export const SANDBOX_HEADERS = [
+  "case",
+  "p50 ms",
+  "p99 ms",
+  "calls/s",
+  "CPU us/call",
+  "p50 vs main",
+];
 
 /**
  * Runs the sandbox measurements and returns the table's rows. `url`: a
@@ -42,11 +51,16 @@ export async function runSandboxBench(options: {
   const pct = (sorted: number[], p: number) =>
     sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 
-  /** Runs `once` `calls` times with `parallel` in flight; returns p50, p99 (ms) and calls/s. */
+  /**
+   * Runs `once` `calls` times with `parallel` in flight; returns p50, p99
+   * (ms), calls/s and the process's CPU per call (all threads, µs): steadier
+   * than calls/s on a shared machine.
+   */
   async function measure(parallel: number, once: () => Promise<unknown>) {
     for (let i = 0; i < 200; i++) await once(); // warm-up
     const latencies: number[] = [];
     let next = 0;
+    const cpu = process.cpuUsage();
     const started = performance.now();
     await Promise.all(
       Array.from({ length: parallel }, async () => {
@@ -58,8 +72,14 @@ export async function runSandboxBench(options: {
       }),
     );
     const seconds = (performance.now() - started) / 1000;
+    const { user, system } = process.cpuUsage(cpu);
     latencies.sort((a, b) => a - b);
-    return { p50: pct(latencies, 50), p99: pct(latencies, 99), rate: latencies.length / seconds };
+    return {
+      p50: pct(latencies, 50),
+      p99: pct(latencies, 99),
+      rate: latencies.length / seconds,
+      cpuUs: (user + system) / latencies.length,
+    };
   }
 
   const echoBytes = await readFile(examplePath("echo"));
@@ -72,7 +92,7 @@ export async function runSandboxBench(options: {
 
     const row = (
       name: string,
-      r: { p50: number; p99: number; rate: number },
+      r: { p50: number; p99: number; rate: number; cpuUs: number },
       base?: { p50: number },
     ) =>
       rows.push([
@@ -80,13 +100,22 @@ export async function runSandboxBench(options: {
         r.p50.toFixed(3),
         r.p99.toFixed(3),
         r.rate.toFixed(0),
+        r.cpuUs.toFixed(0),
         base ? `${(r.p50 / base.p50).toFixed(1)}x` : "",
       ]);
 
     const direct = await measure(1, () =>
       invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes }),
     );
-    row("echo, main thread, 1 at a time", direct);
+    row("echo, main thread, new instance per call", direct);
+    const instances = new InstanceCache();
+    row(
+      "echo, main thread, kept instance",
+      await measure(1, () =>
+        invokeHandler(echo, input, { memoryLimitBytes: limits.memoryLimitBytes, instances }),
+      ),
+      direct,
+    );
     row(
       "echo, pool, 1 at a time",
       await measure(1, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
@@ -178,6 +207,7 @@ export async function runSandboxBench(options: {
       "cold: guard + compile + first call",
       pct(cold, 50).toFixed(3),
       pct(cold, 99).toFixed(3),
+      "",
       "",
       "",
     ]);

@@ -87,6 +87,12 @@ export class HostMemory {
   private readonly blocks = new Map<number, number>();
   /** Bytes charged per var name. */
   private readonly vars = new Map<string, number>();
+  /**
+   * The vars themselves, here rather than in Extism's plugin, which keeps
+   * them for its life: an instance outlives an invocation (invoke.ts), its
+   * vars must not.
+   */
+  private readonly varValues = new Map<string, Uint8Array>();
   private recheckAt = 1024;
   private peak = 0;
   private threadStart: number | undefined;
@@ -216,9 +222,10 @@ export class HostMemory {
 
   /**
    * Replacements for the `extism:host/env` functions that create blocks or
-   * vars, with Extism's behaviour (rc13, call-context.ts) and counted. One
-   * difference: config_get and var_get leave the key's block to the handler
-   * (Extism frees it; nothing public does), so it stays counted until freed.
+   * vars, with Extism's behaviour (rc13, call-context.ts) and counted. Two
+   * differences: config_get and var_get leave the key's block to the handler
+   * (Extism frees it; nothing public does), so it stays counted until freed;
+   * vars live in this object, for one invocation.
    *
    * @param config what config_get answers: the function's env.
    * @param logger where Extism's own complaints go.
@@ -244,11 +251,11 @@ export class HostMemory {
       },
       var_get: (context, keyAddress) => {
         const key = context.read(keyAddress!)?.string();
-        const value = key === undefined ? null : context.getVariable(key);
+        const value = key === undefined ? undefined : this.varValues.get(key);
         if (!value) return 0n;
-        // A copy: Extism hands out the var's own buffer, which a later
-        // var_set would then leave alive, uncounted, in this block.
-        return this.store(context, value.bytes().slice(), `var_get of ${quoteKey(key!)}`);
+        // A copy: the var's own buffer in a block would stay alive, uncounted,
+        // after a later var_set replaced it.
+        return this.store(context, value.slice(), `var_get of ${quoteKey(key!)}`);
       },
       var_set: (context, keyAddress, valueAddress) => {
         const key = context.read(keyAddress!)?.string();
@@ -260,7 +267,7 @@ export class HostMemory {
         }
         const old = this.vars.get(key) ?? 0;
         if (valueAddress === 0n) {
-          context.deleteVariable(key);
+          this.varValues.delete(key);
           this.vars.delete(key);
           this.release(old);
           return;
@@ -275,7 +282,7 @@ export class HostMemory {
         const charge = Number(context.length(valueAddress!)) + key.length + BLOCK_OVERHEAD_BYTES;
         this.reserve(context, charge, `var_set of ${quoteKey(key)}`);
         // Copied, as Extism does: a var outlives the block it was set from.
-        context.setVariable(key, value.bytes().slice());
+        this.varValues.set(key, value.bytes().slice());
         this.vars.set(key, charge);
         this.release(old);
       },

@@ -12,6 +12,13 @@
  * engine can grant once the limit would be passed: the grow fails (-1) as it
  * would on a full machine, the handler's allocator gives up, and the run is
  * MEMORY_EXCEEDED rather than a plain trap, because the sandbox saw it.
+ *
+ * The same rewrite prepares a module for reuse (invoke.ts keeps an instance
+ * per thread and module and restores it before each invocation): two
+ * exported functions save and restore every mutable global through shadow
+ * globals only they touch. A module whose state cannot be restored that way
+ * (it changes tables or drops segments) does not get them, and gets a new
+ * instance per invocation.
  */
 import { Worker } from "node:worker_threads";
 
@@ -23,6 +30,12 @@ export const GUARD_MEMORY_EXPORT = "__pgfn_memory";
 
 /** Custom section guardMemory adds: the memory's initial pages, u32 little-endian. */
 export const GUARD_INITIAL_PAGES_SECTION = "pgfn.initial_pages";
+
+/** Added to a module that can be reused: copies its mutable globals to their shadows. */
+export const GUARD_SAVE_GLOBALS = "__pgfn_save_globals";
+
+/** Added with GUARD_SAVE_GLOBALS: copies the shadows back into the mutable globals. */
+export const GUARD_RESTORE_GLOBALS = "__pgfn_restore_globals";
 
 /** WebAssembly page size: 64 KiB. */
 export const PAGE_BYTES = 65536;
@@ -85,7 +98,8 @@ export async function warmMemoryGuard(): Promise<void> {
 
 /**
  * Returns the module with every memory.grow guarded, its memory exported
- * as GUARD_MEMORY_EXPORT and its initial size in GUARD_INITIAL_PAGES_SECTION.
+ * as GUARD_MEMORY_EXPORT, its initial size in GUARD_INITIAL_PAGES_SECTION,
+ * and, when it can be reused, GUARD_SAVE_GLOBALS and GUARD_RESTORE_GLOBALS.
  * Rejects, with Binaryen's message, a module it cannot read.
  */
 export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
@@ -101,6 +115,7 @@ export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
       wasm: new Uint8Array(wasm),
       memoryExport: GUARD_MEMORY_EXPORT,
       initialPagesSection: GUARD_INITIAL_PAGES_SECTION,
+      snapshot: { save: GUARD_SAVE_GLOBALS, restore: GUARD_RESTORE_GLOBALS },
     });
   });
 }

@@ -1,6 +1,8 @@
 /**
  * The sandbox: a pool of worker threads that run handlers, each invocation on
- * a fresh instance. A thread that runs past its deadline is killed
+ * an instance in its state after start-up (worker.ts, invoke.ts). An
+ * invocation's deadline counts from the moment a thread starts it, so a
+ * caller may queue many at once. A thread that runs past its deadline is killed
  * (worker.terminate() stops even a `loop br 0 end`) and replaced; threads
  * are also replaced after a number of invocations, so nothing a handler
  * leaks can build up. One stuck handler holds one thread: the others keep
@@ -20,18 +22,26 @@ import {
 /** A host function's main-thread half. Throw to fail the call; `transient` on the error says a retry may help. */
 export type HostBinding = (payload: unknown) => Promise<unknown>;
 
+/** Host functions by name; the handler imports them as `extism:host/user` `pgfn_<name>`. */
+export type HostBindings = Readonly<Record<string, HostBinding>>;
+
 export interface SandboxRequest {
   /** Compiled with guardMemory() applied (see ModuleCache). */
   readonly module: WebAssembly.Module;
   readonly input: unknown;
   /** (Default: "handle") */
   readonly entry?: string;
+  /** From the moment a thread starts the invocation; time queued for a thread does not count. */
   readonly timeoutMs: number;
   readonly memoryLimitBytes: number;
   /** The function's env, read by the handler with Extism's config_get. */
   readonly config?: Readonly<Record<string, string>>;
-  /** Host functions by name; the handler imports them as `extism:host/user` `pgfn_<name>`. */
-  readonly host?: Readonly<Record<string, HostBinding>>;
+  /**
+   * Host functions, or a function the pool calls with the invocation's
+   * deadline (Date.now() by which it is killed) when a thread starts it, so
+   * the host functions can hold to the same deadline. (Default: none)
+   */
+  readonly host?: HostBindings | ((deadline: number) => HostBindings);
 }
 
 export interface SandboxPoolOptions {
@@ -49,6 +59,8 @@ interface Slot {
   readonly data: Uint8Array;
   invocations: number;
   job: Job | undefined;
+  /** Loaded and listening: only then is it given a job, whose clock starts then. */
+  ready: boolean;
   retired: boolean;
   /** Modules this thread already holds (recycling the thread forgets them). */
   readonly modules: Set<number>;
@@ -57,8 +69,10 @@ interface Slot {
 interface Job {
   readonly id: number;
   readonly request: SandboxRequest;
-  readonly deadline: number;
-  readonly started: number;
+  /** When it was queued. */
+  readonly queued: number;
+  /** Set when a thread starts it: when, by when it must be done, and its host functions. */
+  running?: { readonly started: number; readonly deadline: number; readonly host: HostBindings };
   resolve(outcome: InvokeOutcome): void;
   timer?: NodeJS.Timeout;
 }
@@ -107,31 +121,26 @@ export class SandboxPool {
             if (msg.type === "ready") resolve();
           });
           slot.worker.once("error", reject);
-        }).finally(() => slot.worker.unref()),
+        }).finally(() => {
+          // Referenced while it runs a job (schedule() may have given it one).
+          if (!slot.job) slot.worker.unref();
+        }),
       );
     }
     await Promise.all(started);
   }
 
   /**
-   * Runs one invocation. Never rejects for the handler's faults: a handler
-   * past its deadline comes back as TIMEOUT, a crashed thread as
-   * FUNCTION_ERROR (or MEMORY_EXCEEDED when the thread ran out of heap).
+   * Runs one invocation, once a thread is free. Never rejects for the
+   * handler's faults: a handler past its deadline comes back as TIMEOUT, a
+   * crashed thread as FUNCTION_ERROR (or MEMORY_EXCEEDED when the thread ran
+   * out of heap). Still queued when the pool closes, it comes back as
+   * FUNCTION_ERROR.
    */
   invoke(request: SandboxRequest): Promise<InvokeOutcome> {
     if (this.closed) return Promise.reject(new Error("the sandbox pool is closed"));
     return new Promise((resolve) => {
-      const now = Date.now();
-      const job: Job = {
-        id: this.nextId++,
-        request,
-        deadline: now + request.timeoutMs,
-        started: now,
-        resolve,
-      };
-      // The clock runs from the request, queueing included: a deadline is a deadline.
-      job.timer = setTimeout(() => this.expire(job), request.timeoutMs);
-      this.queue.push(job);
+      this.queue.push({ id: this.nextId++, request, queued: Date.now(), resolve });
       this.schedule();
     });
   }
@@ -150,6 +159,15 @@ export class SandboxPool {
     this.closed = true;
     for (const job of this.queue.splice(0))
       this.finish(job, this.failure(job, "INTERNAL_SHUTDOWN"));
+    for (const slot of this.slots) {
+      // A retired thread's exit is not a crash: its job is answered here.
+      if (slot.job)
+        this.finish(
+          slot.job,
+          this.failure(slot.job, "FUNCTION_ERROR", "The sandbox shut down during the run."),
+        );
+      slot.job = undefined;
+    }
     await Promise.all([...this.slots].map((slot) => this.retire(slot)));
   }
 
@@ -171,6 +189,7 @@ export class SandboxPool {
       invocations: 0,
       modules: new Set(),
       job: undefined,
+      ready: false,
       retired: false,
     };
     // Read and dropped: unread, they would buffer without bound.
@@ -200,14 +219,44 @@ export class SandboxPool {
 
   private schedule(): void {
     while (this.queue.length > 0) {
-      let slot = [...this.slots].find((s) => !s.job && !s.retired);
-      if (!slot && this.slots.size < this.size) slot = this.spawn();
-      if (!slot) return;
+      const slot = [...this.slots].find((s) => s.ready && !s.job && !s.retired);
+      if (!slot) {
+        // A thread for each waiting job, up to the size; each takes the
+        // queue's head when it is ready.
+        const starting = [...this.slots].filter((s) => !s.ready).length;
+        if (starting >= this.queue.length || this.slots.size >= this.size) return;
+        // Referenced until ready: a job waits for it.
+        this.spawn().worker.ref();
+        continue;
+      }
       const job = this.queue.shift()!;
+      const { request } = job;
+      // The clock starts now, when a thread takes the job: time queued
+      // behind other invocations is not the handler's.
+      const started = Date.now();
+      const deadline = started + request.timeoutMs;
+      let host: HostBindings;
+      try {
+        host = typeof request.host === "function" ? request.host(deadline) : (request.host ?? {});
+      } catch (error) {
+        this.finish(job, {
+          ok: false,
+          output: null,
+          error: {
+            code: "HOST_FUNCTION_ERROR",
+            message: `The host functions could not be prepared: ${hostError(error).message}`,
+            transient: false,
+          },
+          durationMs: 0,
+          logs: [],
+        });
+        continue;
+      }
+      job.running = { started, deadline, host };
+      job.timer = setTimeout(() => this.expire(job), request.timeoutMs);
       slot.job = job;
       slot.invocations++;
       slot.worker.ref();
-      const { request } = job;
       const moduleId = this.moduleId(request.module);
       const known = slot.modules.has(moduleId);
       slot.modules.add(moduleId);
@@ -220,15 +269,20 @@ export class SandboxPool {
         entry: request.entry ?? "handle",
         memoryLimitBytes: request.memoryLimitBytes,
         config: request.config ?? {},
-        hostFunctions: Object.keys(request.host ?? {}),
-        deadline: job.deadline,
+        hostFunctions: Object.keys(host),
+        deadline,
       };
       slot.worker.postMessage(message);
     }
   }
 
   private onMessage(slot: Slot, msg: ResultMessage | HostCallMessage | { type: "ready" }): void {
-    if (msg.type === "ready") return;
+    if (msg.type === "ready") {
+      slot.ready = true;
+      this.schedule();
+      if (!slot.job) slot.worker.unref();
+      return;
+    }
     const job = slot.job;
     if (!job || msg.id !== job.id) return; // a late answer for a job already given up on
     if (msg.type === "host") {
@@ -255,7 +309,9 @@ export class SandboxPool {
   private async serveHostCall(slot: Slot, job: Job, call: HostCallMessage): Promise<void> {
     let reply: HostReply;
     try {
-      const binding = job.request.host?.[call.name];
+      const bindings = job.running?.host;
+      const binding =
+        bindings && Object.hasOwn(bindings, call.name) ? bindings[call.name] : undefined;
       if (!binding)
         throw Object.assign(new Error(`no host function ${call.name}`), { transient: false });
       reply = { ok: true, value: await binding(call.payload) };
@@ -270,10 +326,8 @@ export class SandboxPool {
     Atomics.notify(slot.header, 0);
   }
 
-  /** The deadline passed: kill the thread running the job, or drop it from the queue. */
+  /** The deadline passed: kill the thread running the job. */
   private expire(job: Job): void {
-    const queued = this.queue.indexOf(job);
-    if (queued >= 0) this.queue.splice(queued, 1);
     const slot = [...this.slots].find((s) => s.job === job);
     if (slot) {
       this.counters.killed++;
@@ -291,6 +345,15 @@ export class SandboxPool {
     slot.job = undefined;
     if (slot.retired) return;
     this.counters.crashed++;
+    // A thread that could not even start fails the job it would have taken,
+    // so a broken thread fails jobs one by one rather than respawning for ever.
+    const next = slot.ready ? undefined : this.queue.shift();
+    if (next) {
+      this.finish(
+        next,
+        this.failure(next, "FUNCTION_ERROR", `The sandbox thread crashed: ${error.message}`),
+      );
+    }
     if (job) {
       const oom = (error as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY";
       this.finish(
@@ -323,7 +386,7 @@ export class SandboxPool {
     code: "TIMEOUT" | "MEMORY_EXCEEDED" | "FUNCTION_ERROR" | "INTERNAL_SHUTDOWN",
     message?: string,
   ): InvokeOutcome {
-    const durationMs = Date.now() - job.started;
+    const durationMs = job.running ? Date.now() - job.running.started : 0;
     if (code === "TIMEOUT") {
       return {
         ok: false,

@@ -1,12 +1,14 @@
 /**
- * A sandbox thread: runs one invocation at a time on a fresh Extism instance.
+ * A sandbox thread: runs one invocation at a time, on an Extism instance kept
+ * per module and given back to its state after start-up between invocations
+ * (invoke.ts).
  * Host functions block this thread (Atomics.wait) while the main thread does
  * the real work (a query, a fetch), so handlers stay synchronous and the
  * thread can still be killed at any moment by the pool's timeout.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { threadExternalMemory, type HostContext } from "./hostMemory.js";
-import { invokeHandler, type HostFunction } from "./invoke.js";
+import { InstanceCache, invokeHandler, type HostFunction } from "./invoke.js";
 import {
   HOST_HEADER_BYTES,
   MAX_HOST_ARGUMENT_BYTES,
@@ -91,6 +93,7 @@ const retryFunctions: Record<string, HostFunction> = {
 // The modules this thread was sent, by the pool's id. Bounded by the
 // thread's life: the pool recycles it after PGFN_SANDBOX_RECYCLE_AFTER runs.
 const modules = new Map<number, WebAssembly.Module>();
+const instances = new InstanceCache();
 
 port.on("message", async (msg: InvokeMessage) => {
   current = msg;
@@ -112,6 +115,7 @@ port.on("message", async (msg: InvokeMessage) => {
     userFunctions,
     threadMemory: threadExternalMemory,
     onThreadMemoryExceeded: () => (recycle = true),
+    instances,
   });
   // Set by host calls during the invocation; TypeScript cannot see that.
   const failure = hostFailure as { message: string; transient: boolean } | undefined;

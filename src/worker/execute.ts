@@ -255,7 +255,10 @@ async function runBegun(
       timeoutMs: fn.timeout_ms,
       memoryLimitBytes: fn.memory_limit_mb * 1024 * 1024,
       config: fn.env,
-      ...(deps.hostFunctions && { host: deps.hostFunctions(fn, Date.now() + fn.timeout_ms) }),
+      // Built when a sandbox thread starts the run: the deadline the pool kills it at.
+      ...(deps.hostFunctions && {
+        host: (deadline: number) => deps.hostFunctions!(fn, deadline),
+      }),
     });
     const durationMs = performance.now() - started;
     // Secret env values never reach a run row or a log line, whatever the
