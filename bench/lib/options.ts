@@ -44,7 +44,7 @@ export interface BenchOptions {
   readonly daemonConcurrency: number;
   /** Events committed with the consumer stopped, then drained. (Default: 100000; --quick: 5000) */
   readonly backlogEvents: number;
-  /** Longest wait for a backlog to drain, seconds. (Default: 300; --quick: 60) */
+  /** Longest wait for a backlog to drain, seconds. (Default: 180; --quick: 60) */
   readonly backlogTimeout: number;
   /** Calls per sandbox row. (Default: 2000; --quick: 300) */
   readonly sandboxCalls: number;
@@ -65,7 +65,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --recovery-seconds N         seconds of load before the kill (default: 4; quick: 2)
   --recovery-timeout N         longest wait for recovery, seconds (default: 20; quick: 12)
   --backlog-events N           events committed with the consumer stopped (default: 100000; quick: 5000)
-  --backlog-timeout N          longest wait for the backlog to drain, seconds (default: 300; quick: 60)
+  --backlog-timeout N          longest wait for the backlog to drain, seconds (default: 180; quick: 60)
   --clients N                  open-loop connections (default: 16)
   --daemon-concurrency N       PGFN_WORKER_CONCURRENCY, also the direct runner's (default: 10)
   --sandbox-calls N            calls per sandbox row (default: 2000; quick: 300)
@@ -165,7 +165,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     recoverySeconds: num("recovery-seconds", 4, 2),
     recoveryTimeout: num("recovery-timeout", 20, 12),
     backlogEvents: num("backlog-events", 100_000, 5000),
-    backlogTimeout: num("backlog-timeout", 300, 60),
+    backlogTimeout: num("backlog-timeout", 180, 60),
     clients: num("clients", 16, 16),
     daemonConcurrency: num("daemon-concurrency", 10, 10),
     sandboxCalls: num("sandbox-calls", 2000, 300),
