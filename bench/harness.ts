@@ -22,7 +22,9 @@ import { killAll } from "./lib/children.js";
 import type { Context } from "./lib/context.js";
 import type { BenchOptions } from "./lib/options.js";
 import { evaluateTargets, type TargetRow } from "./lib/targets.js";
+import { OBSERVER_APPLICATION, PER_RUN_LEGEND } from "./lib/usage.js";
 import { runSandboxBench, SANDBOX_HEADERS } from "./sandbox.js";
+import { backlogTable, runBacklog, type BacklogRow } from "./sections/backlog.js";
 import { latencyTable, runLatency, type LatencyRow } from "./sections/latency.js";
 import { recoveryTable, runRecovery, type RecoveryRow } from "./sections/recovery.js";
 import { runThroughput, throughputTable, type ThroughputRow } from "./sections/throughput.js";
@@ -42,6 +44,7 @@ interface Results {
   throughput?: ThroughputRow[];
   writepath?: WritePathRow[];
   recovery?: RecoveryRow[];
+  backlog?: BacklogRow[];
   sandbox?: string[][];
   targets?: TargetRow[];
 }
@@ -118,6 +121,14 @@ export async function runBench(options: BenchOptions): Promise<number> {
     url.pathname = `/${database}`;
     const pool = createPool(url.toString(), options.clients + 4, silentLogger());
     cleanups.push({ name: "close the load pool", run: () => pool.end() });
+    const observer = new pg.Pool({
+      connectionString: url.toString(),
+      // The progress queries, the meter's, and the session holding its WAL slot.
+      max: 3,
+      application_name: OBSERVER_APPLICATION,
+    });
+    observer.on("error", () => undefined);
+    cleanups.push({ name: "close the observer pool", run: () => observer.end() });
     // Consumers go first on the way out: they hold connections to the database.
     cleanups.push({ name: "stop the consumers", run: killAll });
 
@@ -128,12 +139,29 @@ export async function runBench(options: BenchOptions): Promise<number> {
       wasm: await readFile(examplePath("echo")),
     });
     for (const file of SETUP_SQL) await pool.query(await readFile(file, "utf8"));
+    // Lets the meter count this database's WAL apart from the rest of the server's.
+    await pool
+      .query("create extension if not exists pg_walinspect")
+      .catch((error: Error) =>
+        progress(
+          `pg_walinspect unavailable (${error.message}): WAL per event is the whole server's`,
+        ),
+      );
 
     const machine = await describeMachine(pool, serverKind);
     console.log(`\npgfn bench, ${new Date().toISOString()}${options.quick ? ", --quick" : ""}`);
     console.log(`${machine.summary}\n`);
 
-    const ctx: Context = { options, url: url.toString(), adminUrl, pool, logDir, progress };
+    const ctx: Context = {
+      options,
+      url: url.toString(),
+      adminUrl,
+      pool,
+      observer,
+      logDir,
+      progress,
+    };
+    const perEvent = PER_RUN_LEGEND;
     const results: Results = {};
     const show = (title: string, [headers, rows]: [string[], string[][]]) =>
       console.log(`${title}\n\n${formatTable(headers, rows)}\n`);
@@ -142,14 +170,14 @@ export async function runBench(options: BenchOptions): Promise<number> {
     if (only.includes("latency")) {
       results.latency = await runLatency(ctx);
       show(
-        `Latency: enqueue to handler start, single-row transactions, open loop over ${options.clients} connections, ${options.latencySeconds} s per rate (ms; ">" = lower bound, some events had not started)`,
+        `Latency: enqueue to handler start, single-row transactions, open loop over ${options.clients} connections, ${options.latencySeconds} s per rate (ms; ">" = lower bound, some events had not started). CPU and WAL from the load's start to the end of the drain.\n${perEvent}`,
         latencyTable(results.latency),
       );
     }
     if (only.includes("throughput")) {
       results.throughput = await runThroughput(ctx);
       show(
-        `Sustained throughput: ${options.seconds} s at a fixed offered rate; runs/s = events that got a finished run, per second`,
+        `Sustained throughput: ${options.seconds} s at a fixed offered rate; runs/s = events that got a finished run, per second. CPU and WAL over the same window, the writers' inserts included.\n${perEvent}`,
         throughputTable(results.throughput),
       );
     }
@@ -165,6 +193,13 @@ export async function runBench(options: BenchOptions): Promise<number> {
       show(
         `Recovery: SIGKILL after ${options.recoverySeconds} s at ${options.recoveryRate} events/s, a new consumer started at once; time until every event has a successful run`,
         recoveryTable(results.recovery, options.recoveryTimeout),
+      );
+    }
+    if (only.includes("backlog")) {
+      results.backlog = await runBacklog(ctx);
+      show(
+        `Backlog: ${options.backlogEvents} events committed with the consumer stopped, then the consumer started; events/s from its start until the last run finished. CPU and WAL of the drain only (the inserts are not in the window).\n${perEvent}`,
+        backlogTable(results.backlog, options.backlogTimeout),
       );
     }
     if (only.includes("sandbox")) {

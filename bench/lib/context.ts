@@ -4,6 +4,7 @@ import type pg from "pg";
 import type { Child } from "./children.js";
 import type { BenchOptions } from "./options.js";
 import { CLEAR_SQL, insertSql, type System } from "./systems.js";
+import { UsageMeter } from "./usage.js";
 
 export interface Context {
   readonly options: BenchOptions;
@@ -13,6 +14,12 @@ export interface Context {
   readonly adminUrl: string;
   /** The open-loop generator's connections, plus a few for the harness's own queries. */
   readonly pool: pg.Pool;
+  /**
+   * The harness's progress and measuring queries, under their own
+   * application name, so the Postgres CPU they cost is not charged to the
+   * system being measured.
+   */
+  readonly observer: pg.Pool;
   /** Where each consumer's stderr goes. */
   readonly logDir: string;
   /** One line on stderr, stamped with the time since the start. */
@@ -23,6 +30,8 @@ export interface Context {
 const WARM_UP_EVENTS = 50;
 /** A consumer that has not run its warm-up by then is not coming. */
 const START_TIMEOUT_MS = 90_000;
+/** How often waitDone asks; the progress query itself is not free on a big backlog. */
+const WAIT_POLL_MS = 100;
 
 export interface Progress {
   readonly events: number;
@@ -65,7 +74,7 @@ export class Consumer {
 
   /** From now on, only new events count. */
   async mark(): Promise<void> {
-    const { rows } = await this.ctx.pool.query<{ id: string }>(this.system.watermarkSql);
+    const { rows } = await this.ctx.observer.query<{ id: string }>(this.system.watermarkSql);
     this.watermark = rows[0]!.id;
   }
 
@@ -75,8 +84,15 @@ export class Consumer {
   }
 
   async progress(): Promise<Progress> {
-    const { rows } = await this.ctx.pool.query<Progress>(this.system.progressSql, [this.watermark]);
+    const { rows } = await this.ctx.observer.query<Progress>(this.system.progressSql, [
+      this.watermark,
+    ]);
     return rows[0]!;
+  }
+
+  /** Starts measuring CPU and WAL; the consumer may be (re)started after this. */
+  meter(): Promise<UsageMeter> {
+    return UsageMeter.start(this.ctx.observer, () => this.child?.process.pid);
   }
 
   /** Throws, with its log, if the consumer has exited on its own. */
@@ -93,7 +109,7 @@ export class Consumer {
    * Waits until every event after the watermark has a successful run;
    * false if `timeoutMs` passed first. With `what`, a timeout is an error.
    */
-  async waitDone(timeoutMs: number, what?: string): Promise<boolean> {
+  async waitDone(timeoutMs: number, what?: string, pollMs = WAIT_POLL_MS): Promise<boolean> {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       this.assertAlive();
@@ -107,7 +123,7 @@ export class Consumer {
         }
         return false;
       }
-      await sleep(100);
+      await sleep(pollMs);
     }
   }
 }

@@ -4,7 +4,14 @@
  */
 import { parseArgs } from "node:util";
 
-export const SECTIONS = ["latency", "throughput", "writepath", "recovery", "sandbox"] as const;
+export const SECTIONS = [
+  "latency",
+  "throughput",
+  "writepath",
+  "recovery",
+  "backlog",
+  "sandbox",
+] as const;
 export type Section = (typeof SECTIONS)[number];
 export const SYSTEMS = ["pgfn", "direct", "poll"] as const;
 export type SystemName = (typeof SYSTEMS)[number];
@@ -35,6 +42,10 @@ export interface BenchOptions {
   readonly clients: number;
   /** PGFN_WORKER_CONCURRENCY of the daemon, and the direct runner's concurrency. (Default: 10) */
   readonly daemonConcurrency: number;
+  /** Events committed with the consumer stopped, then drained. (Default: 100000; --quick: 5000) */
+  readonly backlogEvents: number;
+  /** Longest wait for a backlog to drain, seconds. (Default: 180; --quick: 60) */
+  readonly backlogTimeout: number;
   /** Calls per sandbox row. (Default: 2000; --quick: 300) */
   readonly sandboxCalls: number;
 }
@@ -53,6 +64,8 @@ export const USAGE = `Usage: npm run bench -- [options]
   --recovery-rate N            events/s when the daemon is killed (default: 500)
   --recovery-seconds N         seconds of load before the kill (default: 4; quick: 2)
   --recovery-timeout N         longest wait for recovery, seconds (default: 20; quick: 12)
+  --backlog-events N           events committed with the consumer stopped (default: 100000; quick: 5000)
+  --backlog-timeout N          longest wait for the backlog to drain, seconds (default: 180; quick: 60)
   --clients N                  open-loop connections (default: 16)
   --daemon-concurrency N       PGFN_WORKER_CONCURRENCY, also the direct runner's (default: 10)
   --sandbox-calls N            calls per sandbox row (default: 2000; quick: 300)
@@ -111,6 +124,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
         "recovery-rate": { type: "string" },
         "recovery-seconds": { type: "string" },
         "recovery-timeout": { type: "string" },
+        "backlog-events": { type: "string" },
+        "backlog-timeout": { type: "string" },
         clients: { type: "string" },
         "daemon-concurrency": { type: "string" },
         "sandbox-calls": { type: "string" },
@@ -149,6 +164,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     recoveryRate: num("recovery-rate", 500, 500),
     recoverySeconds: num("recovery-seconds", 4, 2),
     recoveryTimeout: num("recovery-timeout", 20, 12),
+    backlogEvents: num("backlog-events", 100_000, 5000),
+    backlogTimeout: num("backlog-timeout", 180, 60),
     clients: num("clients", 16, 16),
     daemonConcurrency: num("daemon-concurrency", 10, 10),
     sandboxCalls: num("sandbox-calls", 2000, 300),

@@ -28,6 +28,8 @@ export interface System {
   readonly latencySql: string;
   /** Events after $1 with more than one successful run. */
   readonly duplicatesSql: string;
+  /** When the last successful run of an event after $1 finished (`t`, server clock). */
+  readonly lastFinishSql: string;
 }
 
 export const SYSTEMS: Record<SystemName, System> = {
@@ -48,6 +50,8 @@ export const SYSTEMS: Record<SystemName, System> = {
       where e.id > $1`,
     duplicatesSql: `select count(*)::int as n from (select event_id from pgfn.function_runs
         where event_id > $1 and status = 'succeeded' group by 1 having count(*) > 1) d`,
+    lastFinishSql: `select max(finished_at) as t from pgfn.function_runs
+      where event_id > $1 and status = 'succeeded'`,
   },
   direct: {
     name: "direct",
@@ -68,6 +72,7 @@ export const SYSTEMS: Record<SystemName, System> = {
       where l.id > $1`,
     duplicatesSql: `select count(*)::int as n from (select event_id from bench.direct_runs
         where event_id > $1 and finished_at is not null group by 1 having count(*) > 1) d`,
+    lastFinishSql: "select max(finished_at) as t from bench.direct_runs where event_id > $1",
   },
   poll: {
     name: "poll",
@@ -86,6 +91,7 @@ export const SYSTEMS: Record<SystemName, System> = {
       where o.id > $1`,
     duplicatesSql: `select count(*)::int as n from (select event_id from bench.poll_runs
         where event_id > $1 and finished_at is not null group by 1 having count(*) > 1) d`,
+    lastFinishSql: "select max(finished_at) as t from bench.poll_runs where event_id > $1",
   },
 };
 

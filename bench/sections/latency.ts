@@ -9,6 +9,14 @@ import { openLoop } from "../lib/load.js";
 import { summarise, type LatencySummary } from "../lib/stats.js";
 import { insertSql, SYSTEMS } from "../lib/systems.js";
 import type { SystemName } from "../lib/options.js";
+import {
+  perRun,
+  perRunCells,
+  PER_RUN_HEADERS,
+  type PerRun,
+  type Usage,
+  type UsageMeter,
+} from "../lib/usage.js";
 
 /** The longest wait, after the load, for every event to have started. */
 const DRAIN_MS = 5000;
@@ -23,6 +31,10 @@ export interface LatencyRow {
   /** Whether every event had started by the end of the drain. */
   readonly drained: boolean;
   readonly latency: LatencySummary;
+  /** CPU and WAL from the load's start to the end of the drain. */
+  readonly usage: Usage;
+  /** The same, per run finished by the end of the drain. */
+  readonly perRun: PerRun;
 }
 
 export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
@@ -35,6 +47,7 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
     const system = SYSTEMS[name];
     const consumer = new Consumer(ctx, system);
     let dirty = true;
+    let meter: UsageMeter | undefined;
     try {
       for (const rate of rates) {
         // A backlog left by the last rate would be measured again here.
@@ -45,6 +58,7 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
           await consumer.mark();
         }
         ctx.progress(`latency: ${name} at ${rate}/s for ${latencySeconds} s`);
+        meter = await consumer.meter();
         const load = await openLoop(ctx.pool, {
           tps: rate,
           seconds: latencySeconds,
@@ -55,6 +69,8 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
           ctx.progress(`warning: ${load.errors} inserts failed, the first: ${load.firstError}`);
         }
         const drained = await consumer.waitDone(drainMs);
+        const usage = await meter.stop();
+        const { done } = await consumer.progress();
         dirty = !drained;
         const { rows: samples } = await ctx.pool.query<{ ms: number; started: boolean }>(
           system.latencySql,
@@ -72,9 +88,12 @@ export async function runLatency(ctx: Context): Promise<LatencyRow[]> {
           insertErrors: load.errors,
           drained,
           latency,
+          usage,
+          perRun: perRun(usage, done),
         });
       }
     } finally {
+      meter?.close();
       await consumer.stop();
     }
   }
@@ -97,6 +116,7 @@ export function latencyTable(rows: readonly LatencyRow[]): [string[], string[][]
       "p95 ms",
       "p99 ms",
       "max ms",
+      ...PER_RUN_HEADERS,
     ],
     rows.map((r) => [
       r.system,
@@ -109,6 +129,7 @@ export function latencyTable(rows: readonly LatencyRow[]): [string[], string[][]
       ms(r.latency.p95, r.latency.lowerBound.p95),
       ms(r.latency.p99, r.latency.lowerBound.p99),
       ms(r.latency.max, r.latency.lowerBound.max),
+      ...perRunCells(r.perRun),
     ]),
   ];
 }

@@ -10,6 +10,14 @@ import { Consumer, type Context } from "../lib/context.js";
 import { openLoop } from "../lib/load.js";
 import { slope } from "../lib/stats.js";
 import { insertSql, SYSTEMS } from "../lib/systems.js";
+import {
+  perRun,
+  perRunCells,
+  PER_RUN_HEADERS,
+  type PerRun,
+  type Usage,
+  type UsageMeter,
+} from "../lib/usage.js";
 import type { SystemName } from "../lib/options.js";
 
 export interface BacklogSample {
@@ -34,6 +42,10 @@ export interface ThroughputRow {
   readonly backlogTrend: number;
   /** The trend added more than one second of arrivals over the run. */
   readonly grew: boolean;
+  /** CPU and WAL from the first backlog sample to the last. */
+  readonly usage: Usage;
+  /** The same, per run finished in that window. */
+  readonly perRun: PerRun;
   readonly samples: readonly BacklogSample[];
 }
 
@@ -49,6 +61,7 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
     for (const name of systems) {
       const system = SYSTEMS[name];
       const consumer = new Consumer(ctx, system);
+      let meter: UsageMeter | undefined;
       try {
         ctx.progress(`throughput: starting ${name}`);
         await consumer.fresh();
@@ -56,6 +69,8 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
           `throughput: ${name}, ${offered} events/s in ${rowsPerTx}-row transactions for ${seconds} s`,
         );
         const samples: BacklogSample[] = [];
+        // The window runs from the first backlog sample to the last, as runs/s does.
+        meter = await consumer.meter();
         const started = performance.now();
         const sample = async () => {
           const p = await consumer.progress();
@@ -88,6 +103,7 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
         const samplerError = await sampler;
         if (samplerError) throw samplerError;
         const last = await sample();
+        const usage = await meter.stop();
         if (load.errors > 0) {
           ctx.progress(`warning: ${load.errors} inserts failed, the first: ${load.firstError}`);
         }
@@ -104,13 +120,16 @@ export async function runThroughput(ctx: Context): Promise<ThroughputRow[]> {
           backlogMax: Math.max(...backlog.map(([, b]) => b)),
           backlogTrend: trend,
           grew: trend * (last.t - first.t) > offered,
+          usage,
+          perRun: perRun(usage, last.done - first.done),
           samples,
         };
         ctx.progress(
-          `throughput: ${name}: ${row.runsPerS.toFixed(0)} runs/s, backlog ${row.grew ? "grew" : "flat"} (${trend >= 0 ? "+" : ""}${trend.toFixed(0)}/s)`,
+          `throughput: ${name}: ${row.runsPerS.toFixed(0)} runs/s, backlog ${row.grew ? "grew" : "flat"} (${trend >= 0 ? "+" : ""}${trend.toFixed(0)}/s); per run: ${perRunCells(row.perRun).join(" / ")} (daemon us / postgres us / WAL B)`,
         );
         rows.push(row);
       } finally {
+        meter?.close();
         await consumer.stop();
       }
     }
@@ -130,6 +149,7 @@ export function throughputTable(rows: readonly ThroughputRow[]): [string[], stri
       "backlog max",
       "trend/s",
       "backlog grew",
+      ...PER_RUN_HEADERS,
     ],
     rows.map((r) => [
       r.system,
@@ -141,6 +161,7 @@ export function throughputTable(rows: readonly ThroughputRow[]): [string[], stri
       String(r.backlogMax),
       `${r.backlogTrend >= 0 ? "+" : ""}${r.backlogTrend.toFixed(0)}`,
       r.grew ? "yes" : "no",
+      ...perRunCells(r.perRun),
     ]),
   ];
 }
