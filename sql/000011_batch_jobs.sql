@@ -43,7 +43,7 @@ begin
     left join pgfn.functions f on f.name = c.function_name
   ), jobs as (
     select array_agg(id order by id) as ids, min(function_name) as function_name,
-           min(ordering) as ordering, min(max_attempts) as max_attempts
+           min(max_attempts) as max_attempts
     from numbered
     -- An ordered function's events go one per job: each waits for its turn.
     group by function_name,
@@ -55,8 +55,10 @@ begin
       'pgfn_run',
       case when cardinality(j.ids) = 1 then json_build_object('event_id', j.ids[1])
            else json_build_object('event_ids', j.ids) end,
-      -- A hint only: the order itself is kept by pgfn.begin_run.
-      case when j.ordering in ('function', 'row') then 'pgfn:' || j.function_name end,
+      -- No named queue: the order of an ordered function's events is kept
+      -- by pgfn.start_run (sql/000012_ordering.sql), whatever runs the jobs;
+      -- a named queue only delayed the next event while its lock was held.
+      null,
       null,
       -- The events' first attempt; a missing function gets 1 + 1.
       pgfn.job_max_attempts(j.max_attempts, 1),

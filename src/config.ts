@@ -89,8 +89,13 @@ const schema = z.object({
   ),
   /** Threads that run handlers. (Default: the worker concurrency, so no run waits for one) */
   PGFN_SANDBOX_THREADS: int(1, 1000).optional(),
-  /** A sandbox thread is replaced after this many invocations. (Default: 1000) */
-  PGFN_SANDBOX_RECYCLE_AFTER: int(1, 1_000_000).default(1000),
+  /**
+   * A sandbox thread is replaced after this many invocations: a backstop for
+   * what a thread's own heap gathers, since instances are restored after
+   * each invocation. Starting a thread costs as much CPU as thousands of
+   * invocations. (Default: 100000)
+   */
+  PGFN_SANDBOX_RECYCLE_AFTER: int(1, 1_000_000).default(100_000),
   /** Events claimed per dispatch transaction. (Default: 500) */
   PGFN_DISPATCH_BATCH: int(1, 10000).default(500),
   /**

@@ -9,7 +9,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const MAIN = path.join(ROOT, "src/main.ts");
+// The compiled daemon, as `npx pgfn start` runs it (`npm run bench` builds it first).
+const MAIN = path.join(ROOT, "dist/main.js");
 
 /** How long a consumer gets to stop on SIGTERM before it is killed. */
 const STOP_TIMEOUT_MS = 10_000;
@@ -35,7 +36,10 @@ process.on("exit", () => {
 
 function start(name: string, args: string[], env: NodeJS.ProcessEnv, logDir: string): Child {
   const logFile = path.join(logDir, `${name}.log`);
-  const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+  // TypeScript (the baselines) through tsx; the compiled daemon without it,
+  // which its sandbox threads would otherwise inherit and load each.
+  const loader = args[0]?.endsWith(".ts") ? ["--import", "tsx"] : [];
+  const child = spawn(process.execPath, [...loader, ...args], {
     cwd: ROOT,
     env,
     // stdin stays open: the baselines exit when it closes (the harness died).

@@ -61,7 +61,6 @@ export async function recordOutcome(
       await sql`select graphile_worker.add_job(
           ${RUN_TASK},
           json_build_object('event_id', ${event.id}::bigint),
-          queue_name => ${queueOf(fn)}::text,
           run_at => ${run.next_attempt_at},
           max_attempts => pgfn.job_max_attempts(${policy.maxAttempts}::integer, ${attempt + 1}::integer),
           job_key => ${`pgfn:retry:${event.id}:${attempt + 1}`}::text
@@ -98,11 +97,6 @@ export async function recordOutcome(
   });
 }
 
-/** The job_key of an event's next attempt, of a deferral, and its queue. */
-function queueOf(fn: FunctionInfo | undefined): string | null {
-  return fn && fn.ordering !== "none" ? `pgfn:${fn.name}` : null;
-}
-
 /**
  * Runs the event again in `delayMs`, as a new job; the current one then
  * completes. Nothing is recorded: the event did not run. Like every pgfn_run
@@ -118,7 +112,6 @@ export async function deferEvent(
   await sql`select graphile_worker.add_job(
       ${RUN_TASK},
       json_build_object('event_id', ${event.id}::bigint),
-      queue_name => ${queueOf(fn)}::text,
       run_at => clock_timestamp() + make_interval(secs => ${delayMs / 1000}),
       max_attempts => pgfn.job_max_attempts(
         ${fn?.max_attempts ?? null}::integer,
