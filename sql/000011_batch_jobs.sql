@@ -14,6 +14,7 @@
 -- The old one-argument dispatch and three-argument dispatch_awake would make
 -- calls with the defaults below ambiguous.
 drop function if exists pgfn.dispatch_awake(integer, integer, integer);
+drop function if exists pgfn.dispatch_awake(integer, integer, integer, integer);
 drop function if exists pgfn.dispatch(integer);
 
 create or replace function pgfn.dispatch(p_limit integer default 500, p_batch integer default 50)
@@ -82,19 +83,41 @@ $$;
 comment on function pgfn.dispatch(integer, integer) is
   'Turns up to p_limit undispatched events into graphile-worker jobs of up to p_batch events of one function, and returns how many events. The daemon calls it; calling it by hand is harmless.';
 
--- As in 000003_dispatch.sql, passing the batch size on.
+-- As in 000003_dispatch.sql, passing the batch size on, and holding back
+-- while the workers are behind. Jobs are cut when events are dispatched: a
+-- listener that dispatched every few milliseconds whatever happened cut a
+-- steady stream into jobs of one or two events, and a worker that fell
+-- behind then worked through a queue of tiny jobs, paying a job's costs
+-- per event. So while p_max_ready jobs are waiting to be taken, dispatch
+-- waits too: events gather in the outbox, and the next dispatch makes
+-- fuller jobs of them. Holding back counts as finding work: the listener
+-- stays awake and keeps polling.
 create or replace function pgfn.dispatch_awake(
-  p_limit integer, p_awake_ms integer, p_margin_ms integer, p_batch integer default 50
+  p_limit integer, p_awake_ms integer, p_margin_ms integer, p_batch integer default 50,
+  p_max_ready integer default null
 )
 returns table (dispatched integer, may_sleep boolean)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_n integer := pgfn.dispatch(p_limit, p_batch);
+  v_n integer := 0;
+  v_busy boolean := false;
   v_until timestamptz;
 begin
-  if v_n > 0 then
+  if p_max_ready is not null then
+    select count(*) >= p_max_ready into v_busy
+    from (
+      select 1 from graphile_worker._private_jobs j
+      where j.is_available and j.run_at <= now()
+        and j.task_id = (select t.id from graphile_worker._private_tasks t where t.identifier = 'pgfn_run')
+      limit p_max_ready
+    ) ready;
+  end if;
+  if not v_busy then
+    v_n := pgfn.dispatch(p_limit, p_batch);
+  end if;
+  if v_n > 0 or v_busy then
     perform 1 from pgfn.listener_state for update skip locked;
     if found then
       update pgfn.listener_state set awake_until = clock_timestamp() + make_interval(secs => p_awake_ms / 1000.0);
@@ -104,7 +127,8 @@ begin
   end if;
   select awake_until into v_until from pgfn.listener_state;
   return query select v_n,
-    v_n = 0 and (v_until is null or clock_timestamp() > v_until + make_interval(secs => p_margin_ms / 1000.0));
+    v_n = 0 and not v_busy
+      and (v_until is null or clock_timestamp() > v_until + make_interval(secs => p_margin_ms / 1000.0));
 end
 $$;
 

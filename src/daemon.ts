@@ -152,6 +152,9 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         db,
         batchSize: config.dispatchBatch,
         eventsPerJob: config.eventsPerJob,
+        // Twice what this daemon's worker takes at once: work in hand and
+        // the next fetch, while more events gather into fuller jobs.
+        maxReadyJobs: 2 * config.workerConcurrency,
         logger,
       });
       listener = await startListener({

@@ -7,7 +7,8 @@ export type EventRow = Selectable<EventsTable>;
 
 /**
  * Turns up to `limit` undispatched events into jobs of up to `perJob` events
- * of one function (sql/000011_batch_jobs.sql).
+ * of one function (sql/000011_batch_jobs.sql), unless `maxReady` jobs are
+ * waiting to be taken already: then the events wait to make fuller jobs.
  * Finding some keeps triggers from sending NOTIFY for `awakeMs`; `maySleep`
  * says the caller has polled long enough after that to go back to waiting
  * for notifications.
@@ -18,9 +19,12 @@ export async function dispatchBatch(
   perJob: number,
   awakeMs: number,
   marginMs: number,
+  /** Dispatch nothing while this many jobs wait to be taken. (Default: no bound) */
+  maxReady: number | null = null,
 ): Promise<{ dispatched: number; maySleep: boolean }> {
   const { rows } = await sql<{ dispatched: number; may_sleep: boolean }>`
-    select dispatched, may_sleep from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs}, ${perJob})`.execute(
+    select dispatched, may_sleep
+    from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs}, ${perJob}, ${maxReady}::integer)`.execute(
     db,
   );
   return { dispatched: rows[0]?.dispatched ?? 0, maySleep: rows[0]?.may_sleep ?? true };

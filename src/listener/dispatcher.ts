@@ -17,6 +17,11 @@ export interface DispatcherOptions {
   readonly batchSize: number;
   /** Events of one function per job at most. (Default: 50) */
   readonly eventsPerJob?: number;
+  /**
+   * Dispatch waits while this many jobs wait to be taken, so that events
+   * gather into fuller jobs while the workers are behind. (Default: no bound)
+   */
+  readonly maxReadyJobs?: number;
   readonly logger: Logger;
 }
 
@@ -84,6 +89,7 @@ export class Dispatcher {
             this.options.eventsPerJob ?? 50,
             AWAKE_MS,
             AWAKE_MARGIN_MS,
+            this.options.maxReadyJobs ?? null,
           );
           this.dispatched += pass.dispatched;
           if (pass.dispatched > 0) {
