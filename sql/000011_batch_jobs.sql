@@ -61,8 +61,14 @@ begin
       -- a named queue only delayed the next event while its lock was held.
       null,
       null,
-      -- The events' first attempt; a missing function gets 1 + 1.
-      pgfn.job_max_attempts(j.max_attempts, 1),
+      -- One event's job: the event's first attempt, and one more that only
+      -- records its dead letter (000009). A batch's tries are not any one
+      -- event's: a try that fails (the database went away mid-batch) fails
+      -- them all, started or not, and a batch running out of tries would
+      -- strand its events. Each event's attempts are counted by pgfn (the
+      -- daemon dead-letters one past its max_attempts), so a batch gets
+      -- graphile-worker's usual 25.
+      case when cardinality(j.ids) = 1 then pgfn.job_max_attempts(j.max_attempts, 1) else 25 end,
       case when cardinality(j.ids) = 1 then 'pgfn:event:' || j.ids[1]
            else 'pgfn:batch:' || j.ids[1] end,
       null, null
@@ -96,7 +102,7 @@ create or replace function pgfn.dispatch_awake(
   p_limit integer, p_awake_ms integer, p_margin_ms integer, p_batch integer default 50,
   p_max_ready integer default null
 )
-returns table (dispatched integer, may_sleep boolean)
+returns table (dispatched integer, may_sleep boolean, held_back boolean)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
@@ -128,7 +134,8 @@ begin
   select awake_until into v_until from pgfn.listener_state;
   return query select v_n,
     v_n = 0 and not v_busy
-      and (v_until is null or clock_timestamp() > v_until + make_interval(secs => p_margin_ms / 1000.0));
+      and (v_until is null or clock_timestamp() > v_until + make_interval(secs => p_margin_ms / 1000.0)),
+    v_busy;
 end
 $$;
 
@@ -211,6 +218,10 @@ begin
     ) s;
 
     if v_workers is not null then
+      -- Its jobs get back the try their fetch counted (pgfn.release_jobs): a
+      -- daemon's death is not the jobs' fault, and pgfn counts the events'
+      -- attempts itself.
+      perform pgfn.release_jobs(v_workers);
       perform graphile_worker.force_unlock_workers(v_workers);
     end if;
 
@@ -302,3 +313,55 @@ $$;
 
 comment on function pgfn.reap_dead_daemons(interval, interval) is
   'Abandons the running runs of daemons silent for longer than p_stale, or whose liveness lock is free and who were silent for longer than p_unlocked_after; releases their jobs for retry (or dead-letters them past max_attempts). Returns how many daemons were reaped. Daemons call it.';
+
+-- As in 000006_admission.sql, plus: an event another job of its own waits
+-- to run ('pgfn:wait:<id>', made when it was deferred) is not started by
+-- any other job. A batch job that runs again (its daemon died, a try
+-- failed) would otherwise start an event it had deferred, while the wait
+-- job starts it too. refused = 'DEFERRED' says so; nothing is recorded.
+create or replace function pgfn.begin_run(p_event_id bigint, p_worker_id text, p_job_id bigint)
+returns table (
+  event jsonb, fn jsonb, done_run_id bigint,
+  run_id bigint, attempt integer, probe boolean, refused text, retry_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_event pgfn.events;
+  v_fn pgfn.function_info;
+  v_done bigint;
+begin
+  select * into v_event from pgfn.events e where e.id = p_event_id;
+  if not found then
+    return;
+  end if;
+  select * into v_fn from pgfn.function_info f where f.name = v_event.function_name;
+  select r.id into v_done from pgfn.function_runs r
+  where r.event_id = p_event_id
+    and (r.status = 'succeeded' or (r.status = 'failed' and r.job_id = p_job_id))
+  limit 1;
+  if v_done is null then
+    select d.last_run_id into v_done from pgfn.dead_letters d
+    where d.event_id = p_event_id and d.resolved_at is null;
+  end if;
+  if v_done is not null then
+    return query select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, v_done,
+      null::bigint, null::integer, false, null::text, null::timestamptz;
+    return;
+  end if;
+  if p_job_id is not null and exists (
+    select 1 from graphile_worker._private_jobs j
+    where j.key = 'pgfn:wait:' || p_event_id and j.id <> p_job_id
+  ) then
+    return query select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, null::bigint,
+      null::bigint, null::integer, false, 'DEFERRED'::text, null::timestamptz;
+    return;
+  end if;
+  return query
+    select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, null::bigint,
+           s.id, s.attempt, s.probe, s.refused, s.retry_at
+    from pgfn.start_run(p_event_id, v_event.function_name, v_fn.wasm_sha256, p_worker_id, p_job_id,
+                        case when v_fn.enabled then v_fn.max_concurrency end) s;
+end
+$$;

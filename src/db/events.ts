@@ -21,13 +21,17 @@ export async function dispatchBatch(
   marginMs: number,
   /** Dispatch nothing while this many jobs wait to be taken. (Default: no bound) */
   maxReady: number | null = null,
-): Promise<{ dispatched: number; maySleep: boolean }> {
-  const { rows } = await sql<{ dispatched: number; may_sleep: boolean }>`
-    select dispatched, may_sleep
+): Promise<{ dispatched: number; maySleep: boolean; heldBack: boolean }> {
+  const { rows } = await sql<{ dispatched: number; may_sleep: boolean; held_back: boolean }>`
+    select dispatched, may_sleep, held_back
     from pgfn.dispatch_awake(${limit}, ${awakeMs}, ${marginMs}, ${perJob}, ${maxReady}::integer)`.execute(
     db,
   );
-  return { dispatched: rows[0]?.dispatched ?? 0, maySleep: rows[0]?.may_sleep ?? true };
+  return {
+    dispatched: rows[0]?.dispatched ?? 0,
+    maySleep: rows[0]?.may_sleep ?? true,
+    heldBack: rows[0]?.held_back ?? false,
+  };
 }
 
 /**

@@ -24,7 +24,8 @@ export type StartRunResult =
     };
 
 /** Why an attempt may not start now (sql/000006 and sql/000012, pgfn.start_run). */
-export type RefusedReason = "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | "ORDERING";
+/** DEFERRED: another job of the event's own waits to run it (sql/000011_batch_jobs.sql). */
+export type RefusedReason = "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | "ORDERING" | "DEFERRED";
 
 export interface BeginRunResult {
   readonly event: EventRow;

@@ -25,8 +25,16 @@ export interface DispatcherOptions {
   readonly logger: Logger;
 }
 
-/** How often an awake dispatcher polls: the latency an event can wait for it. */
+/**
+ * How often an awake dispatcher polls after a pass that found work: the
+ * latency an event can wait for it. After passes that found none it polls
+ * less often, doubling up to IDLE_POLL_MS; while dispatch holds back for the
+ * workers, every HELD_POLL_MS. Each pass is a transaction, and at 2 ms they
+ * were most of what an awake daemon did when events came slower than that.
+ */
 const AWAKE_POLL_MS = 2;
+const IDLE_POLL_MS = 8;
+const HELD_POLL_MS = 10;
 /**
  * Each pass that finds work keeps triggers quiet this long... A NOTIFY holds
  * a server-wide lock from before its transaction's commit record until the
@@ -49,6 +57,8 @@ export class Dispatcher {
   private poll: NodeJS.Timeout | undefined;
   private again = false;
   private stopped = false;
+  /** Passes in a row that found nothing to do. */
+  private emptyPasses = 0;
   /** Events dispatched by this process since it started. */
   dispatched = 0;
 
@@ -77,11 +87,12 @@ export class Dispatcher {
   private async loop(): Promise<void> {
     const { db, batchSize, logger } = this.options;
     let maySleep: boolean;
+    let heldBack = false;
     do {
       this.again = false;
       try {
         // A full batch means there may be more: keep going until one is short.
-        let pass: { dispatched: number; maySleep: boolean };
+        let pass: Awaited<ReturnType<typeof dispatchBatch>>;
         do {
           pass = await dispatchBatch(
             db,
@@ -97,6 +108,8 @@ export class Dispatcher {
           }
         } while (pass.dispatched === batchSize && !this.stopped);
         maySleep = pass.maySleep;
+        heldBack = pass.heldBack;
+        this.emptyPasses = pass.dispatched > 0 ? 0 : this.emptyPasses + 1;
       } catch (error) {
         // The events stay undispatched; the next kick (sweep, reconnect) retries.
         logger.warn(
@@ -108,7 +121,10 @@ export class Dispatcher {
     } while (this.again && !this.stopped);
     if (!maySleep && !this.stopped) {
       clearTimeout(this.poll);
-      this.poll = setTimeout(() => void this.kick(), AWAKE_POLL_MS);
+      const delayMs = heldBack
+        ? HELD_POLL_MS
+        : Math.min(AWAKE_POLL_MS * 2 ** this.emptyPasses, IDLE_POLL_MS);
+      this.poll = setTimeout(() => void this.kick(), delayMs);
     }
   }
 }

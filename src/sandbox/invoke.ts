@@ -761,7 +761,10 @@ function userImports(module: WebAssembly.Module): readonly string[] {
 /**
  * WASI functions that keep no state between calls in Node's WASI: a module
  * importing any other (fd_close, path_open, fd_seek, ...) could change what
- * the next invocation finds, and gets a new instance each time.
+ * the next invocation finds, and gets a new instance each time. Not
+ * random_get nor clock_time_get: what start-up code reads from them would be
+ * saved with the instance and replayed to every invocation (one PRNG seed
+ * for all; TinyGo seeds its runtime that way).
  */
 const STATELESS_WASI: ReadonlySet<string> = new Set([
   "args_get",
@@ -769,8 +772,6 @@ const STATELESS_WASI: ReadonlySet<string> = new Set([
   "environ_get",
   "environ_sizes_get",
   "clock_res_get",
-  "clock_time_get",
-  "random_get",
   "sched_yield",
   "proc_exit",
   "fd_write",

@@ -175,6 +175,13 @@ async function runBegun(
     );
     return succeededRun(db, eventId);
   }
+  if (!slot.started && slot.refused === "DEFERRED") {
+    logger.debug(
+      { operation: "run", event_id: eventId, job_id: jobId },
+      "event waits for a job of its own; not run by this one",
+    );
+    return undefined;
+  }
   if (!slot.started) {
     if (options.sync) {
       throw slot.refused === "CIRCUIT_OPEN"

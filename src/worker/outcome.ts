@@ -32,7 +32,10 @@ export async function recordOutcome(
   recorder?: SuccessRecorder,
 ): Promise<Run> {
   const { event, fn, attempt } = context;
-  if (finish.status === "succeeded" && recorder && !context.sync) {
+  // Not an ordered function's: its next event may start as soon as this
+  // success is visible, so the success must be on disk first (recorder.ts
+  // commits without waiting for the flush).
+  if (finish.status === "succeeded" && recorder && !context.sync && fn?.ordering === "none") {
     return recorder.record({
       runId: finish.runId,
       functionName: finish.functionName,
