@@ -87,7 +87,7 @@ export class Dispatcher {
   private async loop(): Promise<void> {
     const { db, batchSize, logger } = this.options;
     let maySleep: boolean;
-    let heldBack = false;
+    let heldBack: boolean;
     do {
       this.again = false;
       try {
