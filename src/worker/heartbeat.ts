@@ -75,6 +75,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     const client = new pg.Client({
       connectionString: options.connectionString,
       application_name: "pgfn-liveness",
+      connectionTimeoutMillis: options.intervalMs,
     });
     const lost = () => {
       if (lockClient === client) lockClient = undefined;
@@ -113,11 +114,16 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
   let connectedSince: number | undefined = 0;
   const beat = async () => {
     try {
-      const locked = await holdLock();
+      // The beat first: taking the lock again (a new connection) must never
+      // delay it, or a live daemon could look dead.
+      const locked = lockClient !== undefined;
       const updated = await pool.query(
         `update pgfn.daemons set heartbeat_at = now(), graphile_worker_ids = $2, holds_lock = $3 where id = $1`,
         [daemonId, options.graphileWorkerIds(), locked],
       );
+      if (!locked && (await holdLock())) {
+        await pool.query(`update pgfn.daemons set holds_lock = true where id = $1`, [daemonId]);
+      }
       if (updated.rowCount === 0) {
         // Reaped while alive (a stall longer than PGFN_DEAD_AFTER_MS): our
         // running attempts were abandoned and retried elsewhere. Carry on,
