@@ -314,11 +314,12 @@ $$;
 comment on function pgfn.reap_dead_daemons(interval, interval) is
   'Abandons the running runs of daemons silent for longer than p_stale, or whose liveness lock is free and who were silent for longer than p_unlocked_after; releases their jobs for retry (or dead-letters them past max_attempts). Returns how many daemons were reaped. Daemons call it.';
 
--- As in 000006_admission.sql, plus: an event another job of its own waits
--- to run ('pgfn:wait:<id>', made when it was deferred) is not started by
--- any other job. A batch job that runs again (its daemon died, a try
--- failed) would otherwise start an event it had deferred, while the wait
--- job starts it too. refused = 'DEFERRED' says so; nothing is recorded.
+-- As in 000006_admission.sql, plus: an event that another job will run (its
+-- 'pgfn:wait:<id>' job, made when it was deferred, or a job running an
+-- attempt of it now) is not started by this one. A batch job that runs
+-- again (its daemon died, a try failed) would otherwise start an event it
+-- had deferred, while the wait job starts it too. refused = 'DEFERRED' says
+-- so; nothing is recorded.
 create or replace function pgfn.begin_run(p_event_id bigint, p_worker_id text, p_job_id bigint)
 returns table (
   event jsonb, fn jsonb, done_run_id bigint,
@@ -350,9 +351,16 @@ begin
       null::bigint, null::integer, false, null::text, null::timestamptz;
     return;
   end if;
-  if p_job_id is not null and exists (
-    select 1 from graphile_worker._private_jobs j
-    where j.key = 'pgfn:wait:' || p_event_id and j.id <> p_job_id
+  if p_job_id is not null and (
+    -- Its wait job, still to be fetched. One already fetched either runs
+    -- it (below) or has finished with it: a retry it scheduled may then
+    -- start while it is completed.
+    exists (select 1 from graphile_worker._private_jobs j
+            where j.key = 'pgfn:wait:' || p_event_id and j.id <> p_job_id and j.locked_at is null)
+    -- An attempt another job runs now.
+    or exists (select 1 from pgfn.function_runs r
+               where r.event_id = p_event_id and r.status = 'running'
+                 and r.job_id is not null and r.job_id <> p_job_id)
   ) then
     return query select to_jsonb(v_event), case when v_fn.name is not null then to_jsonb(v_fn) end, null::bigint,
       null::bigint, null::integer, false, 'DEFERRED'::text, null::timestamptz;

@@ -248,7 +248,7 @@ describe("two daemons", () => {
           ? runs
           : undefined;
       },
-      { timeoutMs: 60_000, message: "all 30 events of in_order to succeed" },
+      { timeoutMs: 150_000, message: "all 30 events of in_order to succeed" },
     );
     expect({ order: runs.map((r) => r.event_id), overlaps: overlaps(runs) }).toEqual({
       order: ids,
@@ -256,7 +256,7 @@ describe("two daemons", () => {
     });
     // Waiting for its turn is not an attempt.
     expect(runs.every((r) => r.attempt === 1)).toBe(true);
-  });
+  }, 180_000);
 
   it("refuse a synchronous invoke while an earlier event is pending, and run it otherwise", async () => {
     // gate_a still has an attempt running (left by the first test).
@@ -278,7 +278,7 @@ describe("two daemons", () => {
         const last = runs.some((r) => r.event_id === ids[4] && r.status === "succeeded");
         return last && runs.every((r) => r.status !== "running") ? runs : undefined;
       },
-      { timeoutMs: 60_000, message: "the last event of held to succeed" },
+      { timeoutMs: 150_000, message: "the last event of held to succeed" },
     );
     // Each event's attempts, then the next event's: none starts before the
     // one ahead of it succeeded at its third attempt, or failed for good.
@@ -302,5 +302,5 @@ describe("two daemons", () => {
       `select event_id from pgfn.dead_letters where function_name = 'held'`,
     );
     expect(dead).toEqual([{ event_id: ids[2] }]);
-  });
+  }, 180_000);
 });
