@@ -23,8 +23,10 @@ export type StartRunResult =
       readonly retryAt: Date | undefined;
     };
 
-/** Why an attempt may not start now (sql/000006 and sql/000012, pgfn.start_run). */
-/** DEFERRED: another job of the event's own waits to run it (sql/000011_batch_jobs.sql). */
+/**
+ * Why an attempt may not start now (sql/000006 and sql/000012, pgfn.start_run);
+ * DEFERRED: another job of the event's own will run it (sql/000011, pgfn.begin_run).
+ */
 export type RefusedReason = "CIRCUIT_OPEN" | "CONCURRENCY_LIMIT" | "ORDERING" | "DEFERRED";
 
 export interface BeginRunResult {
@@ -148,22 +150,29 @@ export interface FinishRunInput {
   readonly nextAttemptAt?: RawBuilder<Date>;
 }
 
-/** Records the outcome of an attempt and the function's `last_run_*` (see below), in one statement. */
+/**
+ * The statement that sets the functions' `last_run_at` and `last_status`,
+ * for a `with` clause next to the runs' own update.
+ */
+function touchLastRun(names: readonly string[], status: Run["status"]): RawBuilder<unknown> {
+  return sql`
+    update pgfn.functions
+    set last_run_at = clock_timestamp(), last_status = ${status}
+    where name = any (${names}::text[])
+      -- Every run of a function would otherwise lock its one row until
+      -- commit, serialising all its runs behind fsync (~400 runs/s on our
+      -- machines). A row that fails this test is skipped without a lock:
+      -- last_status is always current, last_run_at within a second.
+      and (last_status is distinct from ${status} or last_run_at is null
+           or last_run_at < clock_timestamp() - interval '1 second')`;
+}
+
+/** Records the outcome of an attempt and the function's `last_run_*` (see touchLastRun), in one statement. */
 export async function finishRun(db: Db, input: FinishRunInput): Promise<Run> {
   // A template, not the query builder: every run ends here, and building the
   // query cost more CPU than sending it.
   const { rows } = await sql<Run>`
-    with fn as (
-      update pgfn.functions
-      set last_run_at = clock_timestamp(), last_status = ${input.status}
-      where name = ${input.functionName}
-        -- Every run of a function would otherwise lock its one row until
-        -- commit, serialising all its runs behind fsync (~400 runs/s on our
-        -- machines). A row that fails this test is skipped without a lock:
-        -- last_status is always current, last_run_at within a second.
-        and (last_status is distinct from ${input.status} or last_run_at is null
-             or last_run_at < clock_timestamp() - interval '1 second')
-    )
+    with fn as (${touchLastRun([input.functionName], input.status)})
     update pgfn.function_runs
     set status = ${input.status},
         result = ${input.result === undefined ? null : JSON.stringify(input.result)}::jsonb,
@@ -183,14 +192,10 @@ export async function finishRun(db: Db, input: FinishRunInput): Promise<Run> {
 }
 
 /** A succeeded attempt's outcome, for finishSucceededRuns. */
-export interface SucceededRunInput {
-  readonly runId: string;
-  readonly functionName: string;
-  readonly result: unknown;
-  readonly logs: readonly unknown[];
-  readonly durationMs: number;
-  readonly memoryPeakBytes?: number;
-}
+export type SucceededRunInput = Pick<
+  FinishRunInput,
+  "runId" | "functionName" | "result" | "logs" | "durationMs" | "memoryPeakBytes"
+>;
 
 /**
  * finishRun for many succeeded attempts in one statement (and one commit):
@@ -212,14 +217,7 @@ export async function finishSucceededRuns(
   }));
   const names = [...new Set(inputs.map((i) => i.functionName))];
   const { rows: runs } = await sql<Run>`
-    with fn as (
-      update pgfn.functions
-      set last_run_at = clock_timestamp(), last_status = 'succeeded'
-      where name = any (${names}::text[])
-        -- As in finishRun: no lock on the function's row for every run.
-        and (last_status is distinct from 'succeeded' or last_run_at is null
-             or last_run_at < clock_timestamp() - interval '1 second')
-    )
+    with fn as (${touchLastRun(names, "succeeded")})
     update pgfn.function_runs r
     set status = 'succeeded',
         result = i.result -> 'v',

@@ -36,14 +36,7 @@ export async function recordOutcome(
   // success is visible, so the success must be on disk first (recorder.ts
   // commits without waiting for the flush).
   if (finish.status === "succeeded" && recorder && !context.sync && fn?.ordering === "none") {
-    return recorder.record({
-      runId: finish.runId,
-      functionName: finish.functionName,
-      result: finish.result,
-      logs: finish.logs,
-      durationMs: finish.durationMs,
-      ...(finish.memoryPeakBytes !== undefined && { memoryPeakBytes: finish.memoryPeakBytes }),
-    });
+    return recorder.record(finish);
   }
   // One statement needs no transaction of its own: a success (the common
   // case) costs one round trip, not three.
