@@ -17,6 +17,7 @@ import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { invokeNow } from "./invoke.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
+import { waitForSignal } from "./signals.js";
 
 function intOption(name: string) {
   return (value: string): number => {
@@ -338,19 +339,6 @@ export function installLastResortHandlers(logger: Logger): void {
       "uncaught exception; exiting so that the process supervisor restarts pgfn",
     );
     process.exit(1);
-  });
-}
-
-/** Resolves on the first SIGINT or SIGTERM. */
-export function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (signal: NodeJS.Signals) => {
-      process.off("SIGINT", on);
-      process.off("SIGTERM", on);
-      resolve(signal);
-    };
-    process.on("SIGINT", on);
-    process.on("SIGTERM", on);
   });
 }
 
