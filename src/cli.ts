@@ -14,7 +14,7 @@ import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { PgfnError, sqlState } from "./errors.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
-import { invokeNow } from "./invoke.js";
+import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
 import { waitForSignal } from "./signals.js";

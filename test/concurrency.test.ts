@@ -6,7 +6,7 @@ import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
-import { invokeNow } from "../src/invoke.js";
+import { invokeNow } from "../src/invokeNow.js";
 import {
   createTestDatabase,
   enqueueManual,

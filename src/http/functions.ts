@@ -12,7 +12,7 @@ import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "
 import { listRuns, type Run } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
-import { invokeNow } from "../invoke.js";
+import { invokeNow } from "../invokeNow.js";
 import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";
