@@ -16,9 +16,9 @@ import { executeEvent, type ExecutorDeps } from "./worker/execute.js";
 
 /**
  * Runs `name` once with `payload` and returns the recorded run, failed or
- * not. Throws (and records nothing) when the function is missing or disabled,
- * the payload cannot be stored, or the run is refused before it starts
- * (circuit open, at max_concurrency).
+ * not. Throws when the function is missing or disabled, the payload cannot
+ * be stored, or the run is refused before it starts (circuit open, at
+ * max_concurrency; no event is left behind then).
  */
 export async function invokeNow(
   deps: ExecutorDeps,
