@@ -133,7 +133,7 @@ export function buildProgram(): Command {
         connectionString: url,
         config,
         logger,
-        // PGFN_HTTP_PORT=0 turns the HTTP API off (DESIGN.md section 6).
+        // PGFN_HTTP_PORT=0 turns the HTTP API off (docs/design.md section 6).
         ...(config.httpPort !== 0 && { http: { port: config.httpPort, host: config.httpHost } }),
         onFatal: (error) => fatal(error),
       });

@@ -1,6 +1,6 @@
 /**
  * One error type for everything a user can be told: a code from the failure
- * model (DESIGN.md section 3), the HTTP status it maps to, a full-sentence
+ * model (docs/design.md section 3), the HTTP status it maps to, a full-sentence
  * message and the cause.
  */
 

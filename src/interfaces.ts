@@ -28,7 +28,7 @@ export type Ordering = "none" | "function" | "row";
  */
 export type CatchUp = "all" | "latest" | "none";
 
-/** What a handler receives for a row change (DESIGN.md section 1). */
+/** What a handler receives for a row change (docs/design.md section 1). */
 export interface DatabaseEventInput {
   readonly id: number;
   readonly attempt: number;

@@ -1,6 +1,6 @@
 /**
  * Structured logs: one JSON line per event (pino), with the field names of
- * DESIGN.md section 5. Values under secret-looking keys never reach a line.
+ * docs/design.md section 5. Values under secret-looking keys never reach a line.
  */
 import { pino, type Logger } from "pino";
 import pretty from "pino-pretty";

@@ -1,8 +1,9 @@
 /**
  * The shape of the tree, checked like any other guarantee: src/ has no import
- * cycles (a cycle makes one module's load order depend on the other's).
+ * cycles (a cycle makes one module's load order depend on the other's), and
+ * every document or repository path that a comment or a doc names exists.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -65,5 +66,53 @@ describe("src/", () => {
 
   it("has no import cycles", () => {
     expect(cycles(importGraph())).toEqual([]);
+  });
+});
+
+/** Where comments and docs name files. sql/ is left out: landed migrations never change. */
+const PROSE = [
+  ...["src", "test", "bench", "examples", "docs"].flatMap((dir) =>
+    filesUnder(dir, /\.(ts|js|md)$/).filter((f) => !f.includes("node_modules")),
+  ),
+  "README.md",
+  "SECURITY.md",
+  // Not this file: its examples name files on purpose.
+].filter((f) => f !== "test/structure.test.ts");
+
+/**
+ * The files `text` names: any `*.md`, and any path under one of the
+ * repository's folders (`sql/000009_job_attempts.sql`, `src/worker/execute.ts`).
+ * Placeholders (`sql/NNNNNN_name.sql`, `examples/NAME/index.ts`) are skipped.
+ */
+function namedFiles(text: string): string[] {
+  const md = text.match(/(?<![\w/.-])[\w./-]+\.md\b/g) ?? [];
+  const paths =
+    text.match(
+      /(?<![\w/.-])(?:src|sql|test|bench|docs|examples|deploy)\/[\w./-]+\.(?:ts|js|sql|md|yml|json)\b/g,
+    ) ?? [];
+  return [...md, ...paths].filter((name) => !/NAME|N{3,}/.test(name));
+}
+
+describe("comments and docs", () => {
+  it("find the names they should (the check below would pass on none)", () => {
+    expect(namedFiles("see DESIGN.md section 3 and sql/000009_job_attempts.sql")).toEqual([
+      "DESIGN.md",
+      "sql/000009_job_attempts.sql",
+    ]);
+    expect(namedFiles("`sql/NNNNNN_name.sql`, examples/NAME/index.ts")).toEqual([]);
+  });
+
+  it("name only files that are in the repository", () => {
+    const missing: string[] = [];
+    for (const file of PROSE) {
+      const text = readFileSync(path.join(ROOT, file), "utf8");
+      for (const name of new Set(namedFiles(text))) {
+        const here = path.join(ROOT, path.dirname(file), name);
+        if (!existsSync(path.join(ROOT, name)) && !existsSync(here)) {
+          missing.push(`${file}: ${name}`);
+        }
+      }
+    }
+    expect(missing).toEqual([]);
   });
 });

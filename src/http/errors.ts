@@ -1,6 +1,6 @@
 /**
  * The HTTP face of errors: every error response is `{ error, message, code }`
- * (DESIGN.md section 5) with the status of the failure model. `error` is the
+ * (docs/design.md section 5) with the status of the failure model. `error` is the
  * short user-facing phrase of the failure spec, `code` the machine-readable
  * code, `message` a full sentence saying what to do.
  */

@@ -1,5 +1,5 @@
 /**
- * The functions API (DESIGN.md section 5), under /functions/v1: deploy,
+ * The functions API (docs/design.md section 5), under /functions/v1: deploy,
  * read, change, delete, invoke synchronously, list runs. Each route says
  * which token it needs (`config.scope`, checked in server.ts before the body
  * is read).

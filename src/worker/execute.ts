@@ -49,7 +49,7 @@ export interface ExecutorDeps {
   readonly slots?: Slots;
 }
 
-/** The JSON a handler receives (DESIGN.md section 1). */
+/** The JSON a handler receives (docs/design.md section 1). */
 export function toEventInput(event: EventRow, attempt: number): EventInput {
   const common = {
     id: Number(event.id),
