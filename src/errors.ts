@@ -1,11 +1,12 @@
 /**
  * One error type for everything a user can be told: a code from the failure
- * model (docs/design.md section 3), the HTTP status it maps to, a full-sentence
- * message and the cause.
+ * model (docs/design.md section 3), a full-sentence message and the cause.
+ * Which HTTP status a code answers with is the HTTP layer's business
+ * (`HTTP_STATUS` in http/errors.ts).
  */
 
-/** Error codes of the failure model; also the values of `function_runs.error_code`. */
-export type ErrorCode =
+/** Codes a run can end with; also the values of `function_runs.error_code` (its check constraint). */
+export type RunErrorCode =
   | "FUNCTION_NOT_FOUND"
   | "INVALID_REQUEST"
   | "CONFLICT"
@@ -19,30 +20,22 @@ export type ErrorCode =
   /** A fault of pgfn or its database, not of the handler or the caller. */
   | "INTERNAL";
 
-/** The one table from code to HTTP status. */
-export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
-  FUNCTION_NOT_FOUND: 404,
-  INVALID_REQUEST: 400,
-  CONFLICT: 409,
-  PAYLOAD_TOO_LARGE: 413,
-  CONCURRENCY_LIMIT: 429,
-  FUNCTION_ERROR: 500,
-  HOST_FUNCTION_ERROR: 500,
-  CIRCUIT_OPEN: 503,
-  TIMEOUT: 504,
-  MEMORY_EXCEEDED: 507,
-  INTERNAL: 500,
-});
+/**
+ * Codes only an HTTP request is refused with: no or a wrong token, an invoke
+ * token on a manage route, an unknown route. No run ever ends with one.
+ */
+export type RequestErrorCode = "UNAUTHORIZED" | "FORBIDDEN" | "NOT_FOUND";
+
+/** Every code of the failure model. */
+export type ErrorCode = RunErrorCode | RequestErrorCode;
 
 export class PgfnError extends Error {
   override readonly name = "PgfnError";
   readonly code: ErrorCode;
-  readonly status: number;
 
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
-    this.status = HTTP_STATUS[code];
   }
 }
 

@@ -19,7 +19,8 @@ import {
   type FinishRunInput,
   type Run,
 } from "../db/runs.js";
-import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
+import { coerceError, PgfnError } from "../errors.js";
+import { HTTP_STATUS } from "../http/errors.js";
 import { storableText, unstorableJson } from "../db/jsonb.js";
 import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
 import { MAX_MESSAGE_CHARS } from "../sandbox/invoke.js";
@@ -347,7 +348,7 @@ async function runBegun(
           functionName: event.function_name,
           status: "failed",
           errorCode: error.code,
-          httpStatus: error.status,
+          httpStatus: HTTP_STATUS[error.code],
           errorMessage,
           logs: [],
           durationMs: performance.now() - started,
