@@ -12,7 +12,7 @@ import { createDb } from "./db/database.js";
 import { listRuns } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
-import { PgfnError, sqlState } from "./errors.js";
+import { errorCodeOf, PgfnError, sqlState } from "./errors.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
@@ -58,19 +58,19 @@ async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): P
 /** One line saying what went wrong, for any error. */
 export function describeError(error: unknown, config?: Config): string {
   if (error instanceof PgfnError) return error.message;
-  const e = error as { code?: string; message?: string };
+  const e = error as { message?: string };
+  const code = errorCodeOf(error);
   if (
-    e.code === "ECONNREFUSED" ||
-    e.code === "ENOTFOUND" ||
-    e.code === "EAI_AGAIN" ||
-    e.code === "ETIMEDOUT"
+    code === "ECONNREFUSED" ||
+    code === "ENOTFOUND" ||
+    code === "EAI_AGAIN" ||
+    code === "ETIMEDOUT"
   ) {
     const where = config?.databaseUrl ? redactUrl(config.databaseUrl) : "DATABASE_URL";
-    return `Cannot connect to Postgres at ${where} (${e.code}). Is the server running and DATABASE_URL right?`;
+    return `Cannot connect to Postgres at ${where} (${code}). Is the server running and DATABASE_URL right?`;
   }
   const state = sqlState(error);
-  if (state && /^[0-9A-Z]{5}$/.test(state))
-    return `Postgres error ${state}: ${e.message ?? String(error)}`;
+  if (state) return `Postgres error ${state}: ${e.message ?? String(error)}`;
   return e.message ?? String(error);
 }
 

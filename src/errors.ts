@@ -46,17 +46,51 @@ export function coerceError(error: unknown): PgfnError {
   return new PgfnError("INTERNAL", String(error));
 }
 
-/** SQLSTATE codes we act on, by name (never match on message text). */
+/**
+ * SQLSTATE codes we act on, by their names in Appendix A of the Postgres
+ * manual (never match on message text). The one table: a new one goes here.
+ */
 export const SQLSTATE = Object.freeze({
   UNIQUE_VIOLATION: "23505",
   CHECK_VIOLATION: "23514",
+  /** No such role, NOLOGIN, no pg_hba entry. */
+  INVALID_AUTHORIZATION_SPECIFICATION: "28000",
+  INVALID_PASSWORD: "28P01",
+  SERIALIZATION_FAILURE: "40001",
+  DEADLOCK_DETECTED: "40P01",
   UNDEFINED_TABLE: "42P01",
   INVALID_SCHEMA_NAME: "3F000",
+  /** Also what statement_timeout ends a statement with. */
+  QUERY_CANCELED: "57014",
   ADMIN_SHUTDOWN: "57P01",
+  CRASH_SHUTDOWN: "57P02",
+  /** Starting up, or in recovery. */
+  CANNOT_CONNECT_NOW: "57P03",
 });
 
-/** The SQLSTATE of a pg error, if it is one. */
-export function sqlState(error: unknown): string | undefined {
+/** SQLSTATE classes (the first two characters) we act on as a whole. */
+export const SQLSTATE_CLASS = Object.freeze({
+  CONNECTION_EXCEPTION: "08",
+  /** Too many connections, disk full, out of memory. */
+  INSUFFICIENT_RESOURCES: "53",
+});
+
+/**
+ * The `code` of an error, whatever set it: a SQLSTATE from pg, an errno
+ * code such as ECONNREFUSED from Node.
+ */
+export function errorCodeOf(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" ? code : undefined;
+}
+
+/**
+ * The SQLSTATE of a Postgres error, if it is one: five digits or capitals,
+ * and not a Node system error (those name their `syscall`; EPIPE has five
+ * capitals too).
+ */
+export function sqlState(error: unknown): string | undefined {
+  const code = errorCodeOf(error);
+  const system = typeof (error as { syscall?: unknown } | null)?.syscall === "string";
+  return code !== undefined && !system && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }

@@ -93,6 +93,29 @@ function namedFiles(text: string): string[] {
   return [...md, ...paths].filter((name) => !/NAME|N{3,}/.test(name));
 }
 
+/** A string literal shaped like a SQLSTATE ("23505", "3F000", "P0001"), not like an errno code. */
+const SQLSTATE_LITERAL = /["'`](?:\d{2}|\d[A-Z]|[A-Z]\d)[\dA-Z]{3}["'`]/g;
+
+describe("error codes", () => {
+  it("finds SQLSTATE literals (the check below would pass on none)", () => {
+    expect('x === "57014" || y === "3F000" || z === "EPIPE"'.match(SQLSTATE_LITERAL)).toEqual([
+      '"57014"',
+      '"3F000"',
+    ]);
+  });
+
+  it("SQLSTATEs are named in one table, src/errors.ts", () => {
+    const elsewhere = filesUnder("src", /\.ts$/)
+      .filter((file) => file !== "src/errors.ts")
+      .flatMap((file) =>
+        (readFileSync(path.join(ROOT, file), "utf8").match(SQLSTATE_LITERAL) ?? []).map(
+          (literal) => `${file}: ${literal}`,
+        ),
+      );
+    expect(elsewhere).toEqual([]);
+  });
+});
+
 describe("comments and docs", () => {
   it("find the names they should (the check below would pass on none)", () => {
     expect(namedFiles("see DESIGN.md section 3 and sql/000009_job_attempts.sql")).toEqual([
