@@ -1,7 +1,8 @@
 /**
  * The shape of the tree, checked like any other guarantee: src/ has no import
- * cycles (a cycle makes one module's load order depend on the other's), and
- * every document or repository path that a comment or a doc names exists.
+ * cycles (a cycle makes one module's load order depend on the other's),
+ * every document or repository path that a comment or a doc names exists, and
+ * so does every `pgfn.*` object the code, its comments and the README name.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -136,6 +137,61 @@ describe("comments and docs", () => {
         }
       }
     }
+    expect(missing).toEqual([]);
+  });
+});
+
+/**
+ * What sql/ (and migrate.ts, for its own table) creates in schema pgfn and
+ * does not drop again later, and the settings it reads
+ * (`current_setting('pgfn.woken', true)`).
+ */
+function pgfnObjects(): Set<string> {
+  const objects = new Set<string>();
+  const kinds = "(?:unlogged\\s+)?(?:function|table|view|procedure|type|sequence)";
+  const statement = new RegExp(
+    `(create\\s+(?:or\\s+replace\\s+)?|drop\\s+)${kinds}\\s+(?:if\\s+(?:not\\s+)?exists\\s+)?(pgfn\\.\\w+)|'(pgfn\\.\\w+)'`,
+    "gi",
+  );
+  // In migration order, so that a later drop wins over an earlier create.
+  for (const file of [...filesUnder("sql", /\.sql$/).sort(), "src/migrate.ts"]) {
+    for (const m of readFileSync(path.join(ROOT, file), "utf8").matchAll(statement)) {
+      const name = (m[2] ?? m[3]!).toLowerCase();
+      if (m[1]?.toLowerCase().startsWith("drop")) objects.delete(name);
+      else objects.add(name);
+    }
+  }
+  return objects;
+}
+
+/**
+ * `pgfn.name` mentions in `text`: not file names (examples/lib/pgfn.ts), nor
+ * double-quoted strings such as the WebAssembly section "pgfn.initial_pages".
+ */
+const pgfnNames = (text: string) =>
+  [...text.matchAll(/(?<![\w/."-])pgfn\.([a-z_]+)\b(?!\.)(?![\w-])/g)]
+    .map((m) => `pgfn.${m[1]!}`)
+    .filter((name) => !/^pgfn\.(ts|js)$/.test(name));
+
+describe("the SQL objects named in src/ and the README", () => {
+  it("are found (the check below would pass on none)", () => {
+    const objects = pgfnObjects();
+    for (const name of ["pgfn.events", "pgfn.wake", "pgfn.function_runs", "pgfn.migrations"]) {
+      expect(objects, name).toContain(name);
+    }
+    expect(pgfnNames("pgfn.wake() and pgfn.retry(run_id); examples/lib/pgfn.ts")).toEqual([
+      "pgfn.wake",
+      "pgfn.retry",
+    ]);
+  });
+
+  it("exist: no comment names a function or table that sql/ does not create", () => {
+    const objects = pgfnObjects();
+    const missing = [...filesUnder("src", /\.ts$/), "README.md", "SECURITY.md"].flatMap((file) =>
+      [...new Set(pgfnNames(readFileSync(path.join(ROOT, file), "utf8")))]
+        .filter((name) => !objects.has(name))
+        .map((name) => `${file}: ${name}`),
+    );
     expect(missing).toEqual([]);
   });
 });
