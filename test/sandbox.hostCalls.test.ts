@@ -3,7 +3,7 @@
 // too big for the shared buffer. Each is the call's error (issue 10, finding 3).
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { sha256Hex } from "../src/sandbox/invoke.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import { exampleWasm } from "./helpers.js";

@@ -1,15 +1,15 @@
 /**
- * The sandbox: a pool of worker threads that run handlers, each invocation on
- * an instance in its state after start-up (worker.ts, invoke.ts). An
+ * The sandbox: a pool of sandbox threads that run handlers, each invocation on
+ * an instance in its state after start-up (thread.ts, invocation.ts). An
  * invocation's deadline counts from the moment a thread starts it, so a
  * caller may queue many at once. A thread that runs past its deadline is killed
- * (worker.terminate() stops even a `loop br 0 end`) and replaced; threads
+ * (Worker.terminate() stops even a `loop br 0 end`) and replaced; threads
  * are also replaced after a number of invocations, so nothing a handler
  * leaks can build up. One stuck handler holds one thread: the others keep
  * serving (the bulkhead).
  */
 import { Worker } from "node:worker_threads";
-import type { InvokeOutcome } from "./invoke.js";
+import type { InvokeOutcome } from "./invocation.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -54,7 +54,7 @@ export interface SandboxPoolOptions {
 }
 
 interface Slot {
-  readonly worker: Worker;
+  readonly thread: Worker;
   readonly header: Int32Array;
   readonly data: Uint8Array;
   invocations: number;
@@ -78,14 +78,14 @@ interface Job {
 }
 
 /**
- * The compiled worker next to this file. Under a TypeScript loader (tests,
- * scripts) there is no worker.js: a small bootstrap registers tsx in the new
- * thread, then loads worker.ts.
+ * The compiled sandbox thread (thread.js) next to this file. Under a
+ * TypeScript loader (tests, scripts) there is no thread.js: a small bootstrap
+ * registers tsx in the new thread, then loads thread.ts.
  */
-function workerSource(): { source: string | URL; eval: boolean } {
+function threadSource(): { source: string | URL; eval: boolean } {
   if (!import.meta.url.endsWith(".ts"))
-    return { source: new URL("./worker.js", import.meta.url), eval: false };
-  const ts = new URL("./worker.ts", import.meta.url).href;
+    return { source: new URL("./thread.js", import.meta.url), eval: false };
+  const ts = new URL("./thread.ts", import.meta.url).href;
   return {
     source: `import("tsx/esm/api").then(({ register }) => { register(); return import(${JSON.stringify(ts)}); })`,
     eval: true,
@@ -114,16 +114,16 @@ export class SandboxPool {
     const started: Promise<void>[] = [];
     while (this.slots.size < Math.min(n, this.size)) {
       const slot = this.spawn();
-      slot.worker.ref();
+      slot.thread.ref();
       started.push(
         new Promise<void>((resolve, reject) => {
-          slot.worker.on("message", (msg: { type: string }) => {
+          slot.thread.on("message", (msg: { type: string }) => {
             if (msg.type === "ready") resolve();
           });
-          slot.worker.once("error", reject);
+          slot.thread.once("error", reject);
         }).finally(() => {
           // Referenced while it runs a job (schedule() may have given it one).
-          if (!slot.job) slot.worker.unref();
+          if (!slot.job) slot.thread.unref();
         }),
       );
     }
@@ -172,9 +172,9 @@ export class SandboxPool {
   }
 
   private spawn(): Slot {
-    const { source, eval: isEval } = workerSource();
+    const { source, eval: isEval } = threadSource();
     const hostBuffer = new SharedArrayBuffer(HOST_HEADER_BYTES + HOST_BUFFER_BYTES);
-    const worker = new Worker(source, {
+    const thread = new Worker(source, {
       eval: isEval,
       workerData: { hostBuffer },
       resourceLimits: { maxOldGenerationSizeMb: this.heapMb },
@@ -183,7 +183,7 @@ export class SandboxPool {
       stderr: true,
     });
     const slot: Slot = {
-      worker,
+      thread,
       header: new Int32Array(hostBuffer, 0, 2),
       data: new Uint8Array(hostBuffer, HOST_HEADER_BYTES),
       invocations: 0,
@@ -193,17 +193,17 @@ export class SandboxPool {
       retired: false,
     };
     // Read and dropped: unread, they would buffer without bound.
-    worker.stdout.resume();
-    worker.stderr.resume();
+    thread.stdout.resume();
+    thread.stderr.resume();
     this.counters.started++;
-    worker.on("message", (msg: ResultMessage | HostCallMessage | { type: "ready" }) =>
+    thread.on("message", (msg: ResultMessage | HostCallMessage | { type: "ready" }) =>
       this.onMessage(slot, msg),
     );
-    worker.on("error", (error) => this.onCrash(slot, error));
-    worker.on("exit", (code) =>
+    thread.on("error", (error) => this.onCrash(slot, error));
+    thread.on("exit", (code) =>
       this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`)),
     );
-    worker.unref();
+    thread.unref();
     this.slots.add(slot);
     return slot;
   }
@@ -226,7 +226,7 @@ export class SandboxPool {
         const starting = [...this.slots].filter((s) => !s.ready).length;
         if (starting >= this.queue.length || this.slots.size >= this.size) return;
         // Referenced until ready: a job waits for it.
-        this.spawn().worker.ref();
+        this.spawn().thread.ref();
         continue;
       }
       const job = this.queue.shift()!;
@@ -256,7 +256,7 @@ export class SandboxPool {
       job.timer = setTimeout(() => this.expire(job), request.timeoutMs);
       slot.job = job;
       slot.invocations++;
-      slot.worker.ref();
+      slot.thread.ref();
       const moduleId = this.moduleId(request.module);
       const known = slot.modules.has(moduleId);
       slot.modules.add(moduleId);
@@ -272,7 +272,7 @@ export class SandboxPool {
         hostFunctions: Object.keys(host),
         deadline,
       };
-      slot.worker.postMessage(message);
+      slot.thread.postMessage(message);
     }
   }
 
@@ -280,7 +280,7 @@ export class SandboxPool {
     if (msg.type === "ready") {
       slot.ready = true;
       this.schedule();
-      if (!slot.job) slot.worker.unref();
+      if (!slot.job) slot.thread.unref();
       return;
     }
     const job = slot.job;
@@ -291,7 +291,7 @@ export class SandboxPool {
       return;
     }
     slot.job = undefined;
-    slot.worker.unref();
+    slot.thread.unref();
     this.finish(job, msg.outcome);
     if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
@@ -373,7 +373,7 @@ export class SandboxPool {
   private async retire(slot: Slot): Promise<void> {
     slot.retired = true;
     this.slots.delete(slot);
-    await slot.worker.terminate();
+    await slot.thread.terminate();
   }
 
   private finish(job: Job, outcome: InvokeOutcome): void {

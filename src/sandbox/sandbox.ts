@@ -2,7 +2,7 @@
  * The sandbox as the rest of pgfn sees it: memory-guarded compiled modules,
  * cached by hash, and the thread pool that runs them.
  */
-import { ModuleCache } from "./invoke.js";
+import { ModuleCache } from "./module.js";
 import { guardMemory } from "./memoryGuard.js";
 import { SandboxPool, type SandboxPoolOptions } from "./pool.js";
 
