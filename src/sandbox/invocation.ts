@@ -32,7 +32,12 @@ import {
 } from "./memoryGuard.js";
 import { DEFAULT_ENTRY, perModule } from "./module.js";
 
-/** The codes an invocation itself can produce (limits add TIMEOUT, MEMORY_EXCEEDED). */
+/**
+ * The codes an invocation can come back with, from invokeHandler itself
+ * (FUNCTION_ERROR, INVALID_REQUEST, MEMORY_EXCEEDED), from the sandbox
+ * thread (HOST_FUNCTION_ERROR) or from the pool (TIMEOUT, and
+ * MEMORY_EXCEEDED or FUNCTION_ERROR for a thread that died).
+ */
 export type InvokeErrorCode = Extract<
   ErrorCode,
   "FUNCTION_ERROR" | "INVALID_REQUEST" | "MEMORY_EXCEEDED" | "HOST_FUNCTION_ERROR" | "TIMEOUT"
@@ -46,7 +51,8 @@ export interface InvokeOutcome {
   /**
    * Set when `ok` is false: FUNCTION_ERROR for the handler's faults (trap,
    * error_set, output that is not JSON), INVALID_REQUEST for an input that
-   * cannot be sent as JSON.
+   * cannot be sent as JSON, MEMORY_EXCEEDED past the memory limit; the
+   * sandbox thread and the pool add the other {@link InvokeErrorCode}s.
    */
   readonly error?: {
     readonly code: InvokeErrorCode;

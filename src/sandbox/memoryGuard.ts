@@ -14,7 +14,7 @@
  * MEMORY_EXCEEDED rather than a plain trap, because the sandbox saw it.
  *
  * The same rewrite prepares a module for reuse (instances.ts keeps an instance
- * per thread and module and restores it before each invocation): two
+ * per thread and module and restores it right after each invocation): two
  * exported functions save and restore every mutable global through shadow
  * globals only they touch. A module whose state cannot be restored that way
  * (it changes tables or drops segments) does not get them, and gets a new

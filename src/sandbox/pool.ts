@@ -25,6 +25,7 @@ export type HostBinding = (payload: unknown) => Promise<unknown>;
 /** Host functions by name; the handler imports them as `extism:host/user` `pgfn_<name>`. */
 export type HostBindings = Readonly<Record<string, HostBinding>>;
 
+/** One invocation for {@link SandboxPool.invoke}. */
 export interface SandboxRequest {
   /** Compiled with guardMemory() applied (see ModuleCache). */
   readonly module: WebAssembly.Module;
@@ -44,6 +45,7 @@ export interface SandboxRequest {
   readonly host?: HostBindings | ((deadline: number) => HostBindings);
 }
 
+/** Options of {@link SandboxPool}. */
 export interface SandboxPoolOptions {
   /** Threads at most; each runs one invocation at a time. (Default: 4) */
   readonly size?: number;
@@ -92,6 +94,15 @@ function threadSource(): { source: string | URL; eval: boolean } {
   };
 }
 
+/**
+ * The sandbox threads and the invocations queued for them (see the top of
+ * this file).
+ *
+ * @example
+ * const pool = new SandboxPool({ size: 2 });
+ * const outcome = await pool.invoke({ module, input, timeoutMs: 5000, memoryLimitBytes: 16 << 20 });
+ * await pool.close();
+ */
 export class SandboxPool {
   private readonly size: number;
   private readonly maxInvocations: number;
@@ -100,7 +111,7 @@ export class SandboxPool {
   private readonly queue: Job[] = [];
   private nextId = 1;
   private closed = false;
-  /** Threads started, killed at a deadline, and crashed, since the pool was made. */
+  /** Threads started, killed at a deadline, crashed, and recycled (replaced after maxInvocationsPerThread or past the memory backstop), since the pool was made. */
   readonly counters = { started: 0, killed: 0, crashed: 0, recycled: 0 };
 
   constructor(options: SandboxPoolOptions = {}) {
