@@ -83,3 +83,26 @@ it("fails a reply too big for the shared buffer with its size", async () => {
   expect(outcome.error?.code).toBe("HOST_FUNCTION_ERROR");
   expect(outcome.error?.message).toMatch(/db_query's result is \d+ bytes; at most \d+ fit/);
 });
+
+it("fails a run whose host functions cannot be prepared, for good, without running it", async () => {
+  const outcome = await sandbox.pool.invoke({
+    module: query,
+    input: { sql: "select 1", params: [] },
+    timeoutMs: 30_000,
+    memoryLimitBytes: 32 * 1024 * 1024,
+    host: () => {
+      throw new Error("no connection string");
+    },
+  });
+  expect(outcome).toEqual({
+    ok: false,
+    output: null,
+    error: {
+      code: "HOST_FUNCTION_ERROR",
+      message: "The host functions could not be prepared: no connection string",
+      transient: false,
+    },
+    durationMs: 0,
+    logs: [],
+  });
+});

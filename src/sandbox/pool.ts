@@ -9,7 +9,7 @@
  * serving (the bulkhead).
  */
 import { Worker } from "node:worker_threads";
-import type { InvokeOutcome } from "./invocation.js";
+import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -250,17 +250,15 @@ export class SandboxPool {
       try {
         host = typeof request.host === "function" ? request.host(deadline) : (request.host ?? {});
       } catch (error) {
-        this.finish(job, {
-          ok: false,
-          output: null,
-          error: {
-            code: "HOST_FUNCTION_ERROR",
-            message: `The host functions could not be prepared: ${hostError(error).message}`,
-            transient: false,
-          },
-          durationMs: 0,
-          logs: [],
-        });
+        this.finish(
+          job,
+          failedOutcome(
+            "HOST_FUNCTION_ERROR",
+            `The host functions could not be prepared: ${hostError(error).message}`,
+            0,
+            false,
+          ),
+        );
         continue;
       }
       job.running = { started, deadline, host };
@@ -399,34 +397,37 @@ export class SandboxPool {
   ): InvokeOutcome {
     const durationMs = job.running ? Date.now() - job.running.started : 0;
     if (code === "TIMEOUT") {
-      return {
-        ok: false,
-        output: null,
-        error: {
-          code: "TIMEOUT",
-          message: `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
-        },
+      return failedOutcome(
+        "TIMEOUT",
+        `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
         durationMs,
-        logs: [],
-      };
+      );
     }
     if (code === "INTERNAL_SHUTDOWN") {
-      return {
-        ok: false,
-        output: null,
-        error: { code: "FUNCTION_ERROR", message: "The sandbox shut down before the handler ran." },
+      return failedOutcome(
+        "FUNCTION_ERROR",
+        "The sandbox shut down before the handler ran.",
         durationMs,
-        logs: [],
-      };
+      );
     }
-    return {
-      ok: false,
-      output: null,
-      error: { code, message: message ?? code },
-      durationMs,
-      logs: [],
-    };
+    return failedOutcome(code, message ?? code, durationMs);
   }
+}
+
+/** An outcome for a handler the pool stopped or never ran: no output, no logs. */
+function failedOutcome(
+  code: InvokeErrorCode,
+  message: string,
+  durationMs: number,
+  transient?: boolean,
+): InvokeOutcome {
+  return {
+    ok: false,
+    output: null,
+    error: { code, message, ...(transient !== undefined && { transient }) },
+    durationMs,
+    logs: [],
+  };
 }
 
 /** A thrown value as a host call's error, without trusting it (its getters or toString may throw). */
