@@ -15,6 +15,10 @@
  *   trapping (examples/lib/pgfn.ts) and we report that line.
  * - the export's return code is ignored by Extism: returning 1 without
  *   error_set counts as success.
+ *
+ * Its own file because this is what changes with Extism's behaviour and
+ * with what a run row records of a call; which instance the call runs on
+ * (instances.ts) and which module it is (module.ts) change for other reasons.
  */
 import type { CallContext } from "@extism/extism";
 import type { ErrorCode } from "../errors.js";
