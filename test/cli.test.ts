@@ -1,10 +1,10 @@
 // The CLI as a user runs it: a child process, real exit codes, real output.
 import { execFile } from "node:child_process";
-import { rm, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
@@ -134,7 +134,6 @@ describe("pgfn CLI", { timeout: 240_000 }, () => {
 
     const junk = path.join(tmpdir(), `pgfn-junk-${process.pid}.wasm`);
     await writeFile(junk, "this is not wasm");
-    onTestFinished(() => rm(junk, { force: true }));
     expectOneLineError(await pgfn(["deploy", "junk", junk]), /Invalid WebAssembly for "junk"/);
     expectOneLineError(
       await pgfn(["deploy", "echo", exampleWasm("echo")]),

@@ -2,7 +2,7 @@
 // in-flight attempts are abandoned and retried within seconds, and no event
 // succeeds twice. Real daemons, as child processes.
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -60,8 +60,6 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const child of children.splice(0)) child.kill("SIGKILL");
   await t?.drop();
-  // A failure's message already quotes the logs (diagnose).
-  rmSync(logDir, { recursive: true, force: true });
 });
 
 async function insertAll() {
