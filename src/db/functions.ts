@@ -9,6 +9,7 @@ import {
   TIMESTAMP_COLUMNS,
   type DeploySettings,
   type InfoColumn,
+  type PatchColumn,
   type PatchSettings,
 } from "../functionColumns.js";
 
@@ -113,7 +114,7 @@ export type FunctionPatch = PatchSettings;
 function settingColumns(s: FunctionPatch): Updateable<FunctionsTable> {
   const values: Record<string, unknown> = {};
   for (const [column, value] of Object.entries(settingsByColumn(s))) {
-    const { sqlType } = columnSpec(column as InfoColumn);
+    const { sqlType } = columnSpec(column as PatchColumn);
     // jsonb as JSON text: pg would send an array as a Postgres array.
     values[column] =
       sqlType === "jsonb"

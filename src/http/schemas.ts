@@ -4,7 +4,8 @@
  * from them, so the document cannot drift from what the server does.
  * Field names are the SQL columns' (snake_case): what `select * from
  * pgfn.functions` shows is what the API takes and returns (a deploy answers
- * with the module's `hash`, its wasm_sha256).
+ * with the module's `hash`, its wasm_sha256). The settings' fields, ranges,
+ * defaults and descriptions come from their definition, src/functionColumns.ts.
  */
 import { z } from "zod";
 import {
