@@ -5,20 +5,27 @@
  * (`HTTP_STATUS` in http/errors.ts).
  */
 
-/** Codes a run can end with; also the values of `function_runs.error_code` (its check constraint). */
-export type RunErrorCode =
-  | "FUNCTION_NOT_FOUND"
-  | "INVALID_REQUEST"
-  | "CONFLICT"
-  | "PAYLOAD_TOO_LARGE"
-  | "CONCURRENCY_LIMIT"
-  | "FUNCTION_ERROR"
-  | "HOST_FUNCTION_ERROR"
-  | "CIRCUIT_OPEN"
-  | "TIMEOUT"
-  | "MEMORY_EXCEEDED"
-  /** A fault of pgfn or its database, not of the handler or the caller. */
-  | "INTERNAL";
+/**
+ * Codes a run can end with; also the values of `function_runs.error_code`
+ * (its check constraint; test/catalog.test.ts compares the two). INTERNAL is
+ * a fault of pgfn or its database, not of the handler or the caller.
+ */
+export const RUN_ERROR_CODES = Object.freeze([
+  "FUNCTION_NOT_FOUND",
+  "INVALID_REQUEST",
+  "CONFLICT",
+  "PAYLOAD_TOO_LARGE",
+  "CONCURRENCY_LIMIT",
+  "FUNCTION_ERROR",
+  "HOST_FUNCTION_ERROR",
+  "CIRCUIT_OPEN",
+  "TIMEOUT",
+  "MEMORY_EXCEEDED",
+  "INTERNAL",
+] as const);
+
+/** One of RUN_ERROR_CODES. */
+export type RunErrorCode = (typeof RUN_ERROR_CODES)[number];
 
 /**
  * Codes only an HTTP request is refused with: no or a wrong token, an invoke

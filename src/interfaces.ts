@@ -20,10 +20,14 @@
 export type EventSource = "database" | "http" | "schedule" | "manual" | "error_handler";
 /** The row operation of a database event. */
 export type Operation = "INSERT" | "UPDATE" | "DELETE";
+/** The values of `pgfn.function_runs.status` (and `pgfn.functions.last_status`). */
+export const RUN_STATUSES = ["running", "succeeded", "failed", "abandoned"] as const;
 /** `pgfn.function_runs.status`. */
-export type RunStatus = "running" | "succeeded" | "failed" | "abandoned";
+export type RunStatus = (typeof RUN_STATUSES)[number];
+/** The values of `pgfn.functions.ordering`. */
+export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
-export type Ordering = "none" | "function" | "row";
+export type Ordering = (typeof ORDERINGS)[number];
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.

@@ -141,7 +141,7 @@ describe("pgfn CLI", { timeout: 240_000 }, () => {
     );
     expectOneLineError(
       await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "999999"]),
-      /timeoutMs/,
+      /--timeout-ms must be 1000\.\.300000 \(got 999999\)/,
     );
     expectOneLineError(
       await pgfn(["deploy", "envbad", exampleWasm("echo"), "--env", "NOEQUALS"]),

@@ -2,7 +2,7 @@
 import { sql, type RawBuilder, type Selectable } from "kysely";
 import type { Db, FunctionRunsTable } from "./database.js";
 import type { EventRow } from "./events.js";
-import type { FunctionInfo } from "./functions.js";
+import { functionInfoFromJson, type FunctionInfo } from "./functions.js";
 import type { ErrorCode } from "../errors.js";
 
 export type Run = Selectable<FunctionRunsTable>;
@@ -63,14 +63,7 @@ function toBeginRunResult(eventId: string, row: BeginRow): BeginRunResult {
     created_at: date(row.event.created_at)!,
     dispatched_at: date(row.event.dispatched_at),
   } as EventRow;
-  const fn = row.fn
-    ? ({
-        ...row.fn,
-        last_run_at: date(row.fn.last_run_at),
-        created_at: date(row.fn.created_at)!,
-        updated_at: date(row.fn.updated_at)!,
-      } as FunctionInfo)
-    : undefined;
+  const fn = row.fn ? functionInfoFromJson(row.fn) : undefined;
   const slot: StartRunResult | undefined = row.done_run_id
     ? undefined
     : row.refused
