@@ -272,6 +272,12 @@ export async function abandonRun(
   return rows[0]?.abandoned ?? false;
 }
 
+/** Runs a run's event again as a new event (pgfn.retry); returns the new event's id. */
+export async function retryRun(db: Db, runId: number | string): Promise<string> {
+  const { rows } = await sql<{ id: string }>`select pgfn.retry(${runId}::bigint) as id`.execute(db);
+  return rows[0]!.id;
+}
+
 /** The event's succeeded run, if it has one. */
 export async function succeededRun(db: Db, eventId: string): Promise<Run | undefined> {
   return db
