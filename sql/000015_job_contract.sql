@@ -14,14 +14,14 @@
 --   pgfn:batch:<first id>    first attempts of a function's events (pgfn.dispatch)
 --   pgfn:retry:<id>:<n>      attempt n, after a failure (pgfn.add_retry_job)
 --   pgfn:wait:<id>           an attempt that may not start yet (pgfn.add_wait_job)
+-- (the last two through pgfn.add_event_job).
 -- pgfn.begin_run, pgfn.ordered_wake and pgfn.prune read these keys.
 
--- Attempt p_attempt of an event, at p_run_at, after its attempt
--- p_attempt - 1 failed and may be retried. The key makes a second add for
--- the same attempt (an outcome recorded twice) update the job instead of
--- adding another. graphile-worker may try it as often as the event has
--- attempts left, plus one (pgfn.job_max_attempts, 000009).
-create or replace function pgfn.add_retry_job(p_event_id bigint, p_attempt integer, p_run_at timestamptz)
+-- The one-event job that starts attempt p_attempt of an event at p_run_at,
+-- under p_key. graphile-worker may try it as often as the event has
+-- attempts left, plus one (pgfn.job_max_attempts, 000009). A second add
+-- under the same key updates the job instead of adding another.
+create or replace function pgfn.add_event_job(p_event_id bigint, p_key text, p_run_at timestamptz, p_attempt integer)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -35,8 +35,21 @@ begin
       (select f.max_attempts from pgfn.events e join pgfn.functions f on f.name = e.function_name
        where e.id = p_event_id),
       p_attempt),
-    job_key => 'pgfn:retry:' || p_event_id || ':' || p_attempt);
+    job_key => p_key);
 end
+$$;
+
+comment on function pgfn.add_event_job(bigint, text, timestamptz, integer) is
+  'Adds (or moves) the pgfn_run job that starts attempt p_attempt of an event at p_run_at, under the key p_key. pgfn.add_retry_job and pgfn.add_wait_job call it.';
+
+-- Attempt p_attempt of an event, at p_run_at, after attempt p_attempt - 1
+-- failed and may be retried. An outcome recorded twice moves the one job.
+create or replace function pgfn.add_retry_job(p_event_id bigint, p_attempt integer, p_run_at timestamptz)
+returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+  select pgfn.add_event_job(p_event_id, 'pgfn:retry:' || p_event_id || ':' || p_attempt, p_run_at, p_attempt)
 $$;
 
 comment on function pgfn.add_retry_job(bigint, integer, timestamptz) is
@@ -50,20 +63,13 @@ comment on function pgfn.add_retry_job(bigint, integer, timestamptz) is
 -- an event to its wait job).
 create or replace function pgfn.add_wait_job(p_event_id bigint, p_delay_ms double precision)
 returns void
-language plpgsql
+language sql
 set search_path = pg_catalog, pg_temp
 as $$
-begin
-  perform graphile_worker.add_job(
-    'pgfn_run',
-    json_build_object('event_id', p_event_id),
-    run_at => clock_timestamp() + make_interval(secs => p_delay_ms / 1000.0),
-    max_attempts => pgfn.job_max_attempts(
-      (select f.max_attempts from pgfn.events e join pgfn.functions f on f.name = e.function_name
-       where e.id = p_event_id),
-      (select count(*)::integer + 1 from pgfn.function_runs r where r.event_id = p_event_id)),
-    job_key => 'pgfn:wait:' || p_event_id);
-end
+  select pgfn.add_event_job(
+    p_event_id, 'pgfn:wait:' || p_event_id,
+    clock_timestamp() + make_interval(secs => p_delay_ms / 1000.0),
+    (select count(*)::integer + 1 from pgfn.function_runs r where r.event_id = p_event_id))
 $$;
 
 comment on function pgfn.add_wait_job(bigint, double precision) is
