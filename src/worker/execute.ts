@@ -373,28 +373,41 @@ async function recordFailure(
       { code: error.code },
     );
   } catch (again) {
-    // Not even the failure can be recorded: the database is down. The
-    // attempt must not stay `running` while this daemon lives (no reaper
-    // would end it, and it would hold a max_concurrency slot); if this
-    // fails too, the next attempt ends it (pgfn.abandon_earlier_runs), or
-    // this daemon's heartbeat once graphile-worker has released the job
-    // (pgfn.abandon_orphaned_runs), or the reaper if the daemon dies.
-    // graphile-worker then tries the job again, at most once more than the
-    // event has attempts left (sql/000009): the attempt past max_attempts
-    // is refused (runnableFunction) and ends the event in the dead letters.
-    await abandonRun(db, { runId: a.runId, errorMessage, willRetry: a.jobId !== null }).catch(
-      (e: unknown) =>
-        logger.error(
-          { operation: "run", run_id: a.runId, error: (e as Error).message },
-          "could not mark the attempt abandoned",
-        ),
-    );
+    await abandonUnrecorded(deps, a, errorMessage);
     logger.error(
       { ...fields, error: (again as Error).message },
       "could not record the attempt's failure; its job will be retried",
     );
     throw again;
   }
+}
+
+/**
+ * Not even the attempt's failure could be recorded: the database is down.
+ * The attempt must not stay `running` while this daemon lives (no reaper
+ * would end it, and it would hold a max_concurrency slot); if this fails
+ * too, the next attempt ends it (pgfn.abandon_earlier_runs), or this
+ * daemon's heartbeat once graphile-worker has released the job
+ * (pgfn.abandon_orphaned_runs), or the reaper if the daemon dies.
+ * graphile-worker then tries the job again, at most once more than the
+ * event has attempts left (sql/000009): the attempt past max_attempts is
+ * refused (runnableFunction) and ends the event in the dead letters.
+ */
+async function abandonUnrecorded(
+  deps: ExecutorDeps,
+  a: Attempt,
+  errorMessage: string,
+): Promise<void> {
+  await abandonRun(deps.db, {
+    runId: a.runId,
+    errorMessage,
+    willRetry: a.jobId !== null,
+  }).catch((e: unknown) =>
+    deps.logger.error(
+      { operation: "run", run_id: a.runId, error: (e as Error).message },
+      "could not mark the attempt abandoned",
+    ),
+  );
 }
 
 /** The run's one log line. */
