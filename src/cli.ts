@@ -9,7 +9,7 @@ import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createPool } from "./db/pool.js";
 import { createDb } from "./db/database.js";
-import { listRuns } from "./db/runs.js";
+import { listRuns, retryRun } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, sqlState } from "./errors.js";
@@ -312,10 +312,7 @@ export function buildProgram(): Command {
     .action(async (runId: number) => {
       const config = loadConfig();
       if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
-      const eventId = await withPool(config, async (pool) => {
-        const { rows } = await pool.query<{ id: string }>(`select pgfn.retry($1) as id`, [runId]);
-        return rows[0]!.id;
-      });
+      const eventId = await withPool(config, (pool) => retryRun(createDb(pool), runId));
       console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 

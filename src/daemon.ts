@@ -8,7 +8,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { createDb, type Db } from "./db/database.js";
-import { createPool } from "./db/pool.js";
+import { createPool, currentRole } from "./db/pool.js";
 import type { EventRow } from "./db/events.js";
 import type { Run } from "./db/runs.js";
 import { checkReadiness } from "./http/health.js";
@@ -89,8 +89,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     // All threads now: starting one costs tens of milliseconds a run should not pay.
     await Promise.all([sandbox.pool.warm(), warmMemoryGuard()]);
     // A db_role may not be, or reach, the role the daemon itself runs as.
-    const daemonRole = (await pool.query<{ role: string }>("select current_user as role")).rows[0]
-      ?.role;
+    const daemonRole = await currentRole(pool);
     dbQuery = new DbQueryExecutor({
       connectionString: config.dbQueryUrl ?? options.connectionString,
       poolSize: config.dbQueryPoolSize,

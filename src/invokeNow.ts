@@ -5,7 +5,7 @@
  * as a job. The run is recorded like any other, so `pgfn runs` and psql show
  * it. (Running one handler in the sandbox is `sandbox/`'s business.)
  */
-import { insertEvent } from "./db/events.js";
+import { deleteEvent, insertEvent } from "./db/events.js";
 import { unstorableJson } from "./db/jsonb.js";
 import { getFunction } from "./db/functions.js";
 import type { Run } from "./db/runs.js";
@@ -56,7 +56,7 @@ export async function invokeNow(
     // Refused before it ran (circuit open, at max_concurrency): the caller is
     // told; an event left behind would look like lost work.
     if (error instanceof PgfnError && ["CIRCUIT_OPEN", "CONCURRENCY_LIMIT"].includes(error.code)) {
-      await deps.db.deleteFrom("pgfn.events").where("id", "=", event.id).execute();
+      await deleteEvent(deps.db, event.id);
     }
     throw error;
   });

@@ -265,6 +265,11 @@ describe("error codes: SQL and src/errors.ts agree", () => {
         )
           problems.push(`${name} writes ${code} with http_status ${status}`);
       }
+      // The codes an attempt is abandoned with (pgfn.abandon_run's callers).
+      for (const m of src.matchAll(/abandon_run\([^,]+,\s*'([A-Z_]+)'/g)) {
+        written.push(m[1]!);
+        if (!(m[1]! in HTTP_STATUS)) problems.push(`${name} abandons with unknown code ${m[1]}`);
+      }
       // The codes a function compares error_code with (pgfn.circuit_counts).
       for (const m of src.matchAll(/error_code\s+in\s*\(([^)]*)\)/g)) {
         for (const [, code] of m[1]!.matchAll(/'([^']+)'/g))
