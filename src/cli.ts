@@ -12,7 +12,7 @@ import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
-import { PgfnError, sqlState } from "./errors.js";
+import { errorCodeOf, PgfnError, sqlState } from "./errors.js";
 import {
   cliFlag,
   columnSpec,
@@ -26,9 +26,10 @@ import {
   type DeploySettings,
 } from "./functionColumns.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
-import { invokeNow } from "./invoke.js";
+import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
+import { waitForSignal } from "./signals.js";
 
 function intOption(name: string) {
   return (value: string): number => {
@@ -120,19 +121,19 @@ async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): P
 /** One line saying what went wrong, for any error. */
 export function describeError(error: unknown, config?: Config): string {
   if (error instanceof PgfnError) return error.message;
-  const e = error as { code?: string; message?: string };
+  const e = error as { message?: string };
+  const code = errorCodeOf(error);
   if (
-    e.code === "ECONNREFUSED" ||
-    e.code === "ENOTFOUND" ||
-    e.code === "EAI_AGAIN" ||
-    e.code === "ETIMEDOUT"
+    code === "ECONNREFUSED" ||
+    code === "ENOTFOUND" ||
+    code === "EAI_AGAIN" ||
+    code === "ETIMEDOUT"
   ) {
     const where = config?.databaseUrl ? redactUrl(config.databaseUrl) : "DATABASE_URL";
-    return `Cannot connect to Postgres at ${where} (${e.code}). Is the server running and DATABASE_URL right?`;
+    return `Cannot connect to Postgres at ${where} (${code}). Is the server running and DATABASE_URL right?`;
   }
   const state = sqlState(error);
-  if (state && /^[0-9A-Z]{5}$/.test(state))
-    return `Postgres error ${state}: ${e.message ?? String(error)}`;
+  if (state) return `Postgres error ${state}: ${e.message ?? String(error)}`;
   return e.message ?? String(error);
 }
 
@@ -195,7 +196,7 @@ export function buildProgram(): Command {
         connectionString: url,
         config,
         logger,
-        // PGFN_HTTP_PORT=0 turns the HTTP API off (DESIGN.md section 6).
+        // PGFN_HTTP_PORT=0 turns the HTTP API off (docs/design.md section 6).
         ...(config.httpPort !== 0 && { http: { port: config.httpPort, host: config.httpHost } }),
         onFatal: (error) => fatal(error),
       });
@@ -358,19 +359,6 @@ export function installLastResortHandlers(logger: Logger): void {
       "uncaught exception; exiting so that the process supervisor restarts pgfn",
     );
     process.exit(1);
-  });
-}
-
-/** Resolves on the first SIGINT or SIGTERM. */
-export function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (signal: NodeJS.Signals) => {
-      process.off("SIGINT", on);
-      process.off("SIGTERM", on);
-      resolve(signal);
-    };
-    process.on("SIGINT", on);
-    process.on("SIGTERM", on);
   });
 }
 

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
-import { invokeNow } from "../src/invoke.js";
+import { invokeNow } from "../src/invokeNow.js";
 import { createTestDatabase, exampleWasm, startTestDaemon, type TestDatabase } from "./helpers.js";
 
 let t: TestDatabase;

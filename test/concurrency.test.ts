@@ -6,7 +6,8 @@ import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
-import { invokeNow } from "../src/invoke.js";
+import { HTTP_STATUS } from "../src/http/errors.js";
+import { invokeNow } from "../src/invokeNow.js";
 import {
   createTestDatabase,
   enqueueManual,
@@ -78,6 +79,7 @@ it("refuses a synchronous invoke over the limit with CONCURRENCY_LIMIT / 429", a
     (e: unknown) => e,
   );
   expect(error).toBeInstanceOf(PgfnError);
-  expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT", status: 429 });
+  expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT" });
+  expect(HTTP_STATUS[(error as PgfnError).code]).toBe(429);
   expect((error as Error).message).toMatch(/already running 2 times \(its max_concurrency\)/);
 });

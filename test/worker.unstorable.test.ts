@@ -7,7 +7,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
-import { invokeNow } from "../src/invoke.js";
+import { invokeNow } from "../src/invokeNow.js";
 import type { SandboxPool } from "../src/sandbox/pool.js";
 import {
   createTestDatabase,

@@ -1,5 +1,5 @@
 /**
- * The functions API (DESIGN.md section 5), under /functions/v1: deploy,
+ * The functions API (docs/design.md section 5), under /functions/v1: deploy,
  * read, change, delete, invoke synchronously, list runs. Each route says
  * which token it needs (`config.scope`, checked in server.ts before the body
  * is read).
@@ -13,7 +13,7 @@ import { listRuns, type Run } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
 import { settingsByName, SHOWN_COLUMNS } from "../functionColumns.js";
-import { invokeNow } from "../invoke.js";
+import { invokeNow } from "../invokeNow.js";
 import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";

@@ -163,7 +163,7 @@ export const ErrorResponse = z
     message: z.string().describe("What went wrong and what to do, as a sentence."),
     code: z
       .string()
-      .describe("FUNCTION_NOT_FOUND, INVALID_REQUEST, TIMEOUT, ... (DESIGN.md section 3)."),
+      .describe("FUNCTION_NOT_FOUND, INVALID_REQUEST, TIMEOUT, ... (the README's Failure model)."),
     run_id: z.int().optional().describe("Invoke only: the recorded run that failed."),
   })
   .meta({ id: "Error" });

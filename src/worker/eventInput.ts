@@ -1,11 +1,11 @@
 /**
  * The event as a handler receives it: one JSON object per attempt, built
- * from the outbox row (DESIGN.md section 1).
+ * from the outbox row (docs/design.md section 1).
  */
 import type { EventRow } from "../db/events.js";
 import type { EventInput, Operation } from "../interfaces.js";
 
-/** The JSON a handler receives (DESIGN.md section 1). */
+/** The JSON a handler receives (docs/design.md section 1). */
 export function toEventInput(event: EventRow, attempt: number): EventInput {
   const common = {
     id: Number(event.id),

@@ -24,6 +24,7 @@ import {
   type StartRunResult,
 } from "../db/runs.js";
 import { coerceError, PgfnError } from "../errors.js";
+import { HTTP_STATUS } from "../http/errors.js";
 import type { ModuleCache } from "../sandbox/module.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
 import { toEventInput } from "./eventInput.js";
@@ -365,7 +366,7 @@ async function recordFailure(
         functionName: a.event.function_name,
         status: "failed",
         errorCode: error.code,
-        httpStatus: error.status,
+        httpStatus: HTTP_STATUS[error.code],
         errorMessage,
         logs: [],
         durationMs,

@@ -14,7 +14,7 @@ import type { FunctionInfo } from "../db/functions.js";
 import { addRetryJob, deadLetter } from "../db/jobs.js";
 import { storableText, unstorableJson } from "../db/jsonb.js";
 import { finishRun, type FinishRunInput, type Run } from "../db/runs.js";
-import { HTTP_STATUS } from "../errors.js";
+import { HTTP_STATUS } from "../http/errors.js";
 import type { EventInput } from "../interfaces.js";
 import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
 import type { InvokeOutcome } from "../sandbox/invocation.js";
