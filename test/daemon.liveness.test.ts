@@ -1,9 +1,8 @@
 // A daemon killed outright is reaped as soon as its liveness lock is free
 // and a couple of its beats are missing, long before its heartbeat is
 // PGFN_DEAD_AFTER_MS old (sql/000011_batch_jobs.sql, src/worker/heartbeat.ts).
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
@@ -16,8 +15,8 @@ import {
   waitFor,
   type TestDatabase,
 } from "./helpers.js";
+import { killChild, PGFN_MAIN, startTs } from "./processes.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 let t: TestDatabase;
 
 beforeAll(async () => {
@@ -100,7 +99,6 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
   let child: ChildProcess | undefined;
   // Survives the test's connections: the other daemon must judge it by its lock.
   const env = {
-    ...process.env,
     DATABASE_URL: t.url,
     PGFN_WORKER_ID: "doomed",
     PGFN_HEARTBEAT_INTERVAL_MS: "500",
@@ -110,7 +108,7 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
     PGFN_LOG_LEVEL: "error",
     PGFN_HTTP_PORT: "0",
   };
-  child = spawn(process.execPath, ["--import", "tsx", MAIN, "start"], { env, stdio: "ignore" });
+  child = startTs(PGFN_MAIN, ["start"], { env });
   try {
     // A run that works long enough to be killed mid-way.
     const event = await enqueueManual(t.pool, "busy", { millions: 100000 });
@@ -146,6 +144,6 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
       await other.stop();
     }
   } finally {
-    child?.kill("SIGKILL");
+    if (child) await killChild(child);
   }
 }, 300_000);
