@@ -2,11 +2,12 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { describe, expect, it } from "vitest";
+import { createTestDatabase, exampleWasm } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 import { PGFN_MAIN, runTs, SPAWNING_TEST_TIMEOUT_MS, type ChildResult } from "./processes.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("cli");
 
 function pgfn(args: string[], env: Record<string, string | undefined> = {}): Promise<ChildResult> {
   return runTs(PGFN_MAIN, args, { env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env } });
@@ -21,11 +22,6 @@ function expectOneLineError(result: ChildResult, pattern: RegExp) {
   expect(lines[0]).toMatch(pattern);
   expect(result.stderr).not.toMatch(/\n\s+at /);
 }
-
-beforeAll(async () => {
-  t = await createTestDatabase("cli");
-});
-afterAll(() => t?.drop());
 
 // Several child processes per test, each starting through tsx, each with a deadline of its own.
 describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
