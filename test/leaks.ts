@@ -203,6 +203,15 @@ function databaseOf(connectionString: string | undefined): string | undefined {
   }
 }
 
+/**
+ * Whether a client's connection has ended. Its 'end' event is not enough:
+ * pg-listen removes every listener from a client whose connection broke
+ * before that event comes.
+ */
+function clientEnded(client: pg.Client): boolean {
+  return (client as unknown as { _ended?: boolean })._ended === true;
+}
+
 /** Everything still open now, in the order to close it: daemons first (they own pools and clients), databases last. */
 export function openResources(): OpenResource[] {
   const pools = [...tracked.pools.entries()].filter(([pool]) => !tracked.ownedPools.has(pool));
@@ -234,7 +243,7 @@ export function openResources(): OpenResource[] {
       .map(([client, description]) => ({
         kind: "client" as const,
         description,
-        closed: () => !tracked.clients.has(client),
+        closed: () => !tracked.clients.has(client) || clientEnded(client),
         close: () => client.end().catch(() => undefined),
       })),
     ...tracked.databases,
