@@ -6,7 +6,7 @@ import { z } from "zod";
 import type { Db } from "./db/database.js";
 import { upsertFunction, type DeployInput, type DeployResult } from "./db/functions.js";
 import { PgfnError } from "./errors.js";
-import { sha256Hex, validateWasm } from "./sandbox/invoke.js";
+import { sha256Hex, validateWasm } from "./sandbox/module.js";
 import { guardMemory } from "./sandbox/memoryGuard.js";
 
 /** The failure spec's limit for a module: 10 MiB. */

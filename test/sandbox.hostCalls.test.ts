@@ -3,7 +3,7 @@
 // too big for the shared buffer. Each is the call's error (issue 10, finding 3).
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { sha256Hex } from "../src/sandbox/invoke.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import { exampleWasm } from "./helpers.js";
@@ -82,4 +82,27 @@ it("fails a reply too big for the shared buffer with its size", async () => {
   const outcome = await run(async () => ({ rows: ["x".repeat(5 * 1024 * 1024)] }));
   expect(outcome.error?.code).toBe("HOST_FUNCTION_ERROR");
   expect(outcome.error?.message).toMatch(/db_query's result is \d+ bytes; at most \d+ fit/);
+});
+
+it("fails a run whose host functions cannot be prepared, for good, without running it", async () => {
+  const outcome = await sandbox.pool.invoke({
+    module: query,
+    input: { sql: "select 1", params: [] },
+    timeoutMs: 30_000,
+    memoryLimitBytes: 32 * 1024 * 1024,
+    host: () => {
+      throw new Error("no connection string");
+    },
+  });
+  expect(outcome).toEqual({
+    ok: false,
+    output: null,
+    error: {
+      code: "HOST_FUNCTION_ERROR",
+      message: "The host functions could not be prepared: no connection string",
+      transient: false,
+    },
+    durationMs: 0,
+    logs: [],
+  });
 });

@@ -4,13 +4,8 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
 import { buildExamples, exampleNames, examplePath } from "../examples/build.js";
-import {
-  compileModule,
-  invokeHandler,
-  ModuleCache,
-  sha256Hex,
-  validateWasm,
-} from "../src/sandbox/invoke.js";
+import { invokeHandler } from "../src/sandbox/invocation.js";
+import { compileModule, ModuleCache, sha256Hex, validateWasm } from "../src/sandbox/module.js";
 
 const event = {
   id: 42,

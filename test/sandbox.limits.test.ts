@@ -2,7 +2,7 @@
 // is capped, threads are recycled, and a stuck handler delays no one else.
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sha256Hex } from "../src/sandbox/invoke.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import { exampleWasm } from "./helpers.js";
 

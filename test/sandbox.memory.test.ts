@@ -5,7 +5,8 @@
 // are a few lines of WebAssembly text, compiled with Binaryen.
 import binaryen from "binaryen";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { invokeHandler, sha256Hex } from "../src/sandbox/invoke.js";
+import { invokeHandler } from "../src/sandbox/invocation.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
 

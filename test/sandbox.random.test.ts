@@ -1,11 +1,11 @@
 // Start-up code that draws randomness (WASI random_get, as TinyGo's and many
 // runtimes' init does to seed a PRNG or hash seeds) must not be saved with a
 // kept instance and replayed to every invocation: a module importing
-// random_get or clock_time_get gets a new instance each time (invoke.ts
+// random_get or clock_time_get gets a new instance each time (instances.ts
 // STATELESS_WASI).
 import binaryen from "binaryen";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { sha256Hex } from "../src/sandbox/invoke.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 
 let sandbox: Sandbox;

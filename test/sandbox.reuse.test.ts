@@ -1,12 +1,12 @@
 // No state survives an invocation, although a sandbox thread keeps one
 // instance per module and gives it back its state after start-up instead of
-// making a new one (invoke.ts). And the pool's clock for an invocation starts
+// making a new one (instances.ts). And the pool's clock for an invocation starts
 // when a thread starts it, not when it was queued. Modules are WebAssembly
 // text compiled with Binaryen; no database needed.
 import { readFile } from "node:fs/promises";
 import binaryen from "binaryen";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sha256Hex } from "../src/sandbox/invoke.js";
+import { sha256Hex } from "../src/sandbox/module.js";
 import { SandboxPool, type HostBinding } from "../src/sandbox/pool.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
 import { exampleWasm } from "./helpers.js";

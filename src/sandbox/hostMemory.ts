@@ -89,7 +89,7 @@ export class HostMemory {
   private readonly vars = new Map<string, number>();
   /**
    * The vars themselves, here rather than in Extism's plugin, which keeps
-   * them for its life: an instance outlives an invocation (invoke.ts), its
+   * them for its life: an instance outlives an invocation (instances.ts), its
    * vars must not.
    */
   private readonly varValues = new Map<string, Uint8Array>();

@@ -2,7 +2,7 @@
  * The memory limit. A WebAssembly module grows its own linear memory with
  * the `memory.grow` instruction, which no JavaScript API can observe or cap
  * from outside (a module's declared maximum is its own, and V8 counts wasm
- * memory outside a worker's heap limits). So every `memory.grow` is
+ * memory outside a thread's heap limits). So every `memory.grow` is
  * rewritten, with Binaryen's `instrument-memory` pass limited to it, into
  * calls of two imports around the instruction:
  *
@@ -13,8 +13,8 @@
  * would on a full machine, the handler's allocator gives up, and the run is
  * MEMORY_EXCEEDED rather than a plain trap, because the sandbox saw it.
  *
- * The same rewrite prepares a module for reuse (invoke.ts keeps an instance
- * per thread and module and restores it before each invocation): two
+ * The same rewrite prepares a module for reuse (instances.ts keeps an instance
+ * per thread and module and restores it right after each invocation): two
  * exported functions save and restore every mutable global through shadow
  * globals only they touch. A module whose state cannot be restored that way
  * (it changes tables or drops segments) does not get them, and gets a new
@@ -57,17 +57,18 @@ export const PASS_THROUGH_HOOKS = [
   "store_val_f64",
 ] as const;
 
-let worker: Worker | undefined;
+let thread: Worker | undefined;
 let nextId = 0;
 const pending = new Map<
   number,
   { resolve: (wasm: Uint8Array) => void; reject: (error: Error) => void }
 >();
 
-function guardWorker(): Worker {
-  if (worker) return worker;
-  // execArgv: [] so no TypeScript loader is inherited (see guard.worker.js).
-  const w = new Worker(new URL("./guard.worker.js", import.meta.url), { execArgv: [] });
+/** The guard thread (guard.thread.js), started on first use. */
+function guardThread(): Worker {
+  if (thread) return thread;
+  // execArgv: [] so no TypeScript loader is inherited (see guard.thread.js).
+  const w = new Worker(new URL("./guard.thread.js", import.meta.url), { execArgv: [] });
   w.unref();
   w.on("message", (msg: { id: number; wasm?: Uint8Array; error?: string }) => {
     const p = pending.get(msg.id);
@@ -79,11 +80,11 @@ function guardWorker(): Worker {
   const fail = (error: Error) => {
     for (const p of pending.values()) p.reject(error);
     pending.clear();
-    worker = undefined;
+    thread = undefined;
   };
   w.on("error", fail);
   w.on("exit", (code) => fail(new Error(`the memory guard thread exited (${code})`)));
-  worker = w;
+  thread = w;
   return w;
 }
 
@@ -108,9 +109,9 @@ export function guardMemory(wasm: Uint8Array): Promise<Uint8Array> {
     pending.set(id, { resolve, reject });
     // Referenced only while it has work: an idle guard thread must not keep
     // the process alive, a busy one must.
-    guardWorker().ref();
+    guardThread().ref();
     // A copy: the caller keeps its bytes (they are hashed and stored).
-    guardWorker().postMessage({
+    guardThread().postMessage({
       id,
       wasm: new Uint8Array(wasm),
       memoryExport: GUARD_MEMORY_EXPORT,

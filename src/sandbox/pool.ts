@@ -1,15 +1,15 @@
 /**
- * The sandbox: a pool of worker threads that run handlers, each invocation on
- * an instance in its state after start-up (worker.ts, invoke.ts). An
+ * The sandbox: a pool of sandbox threads that run handlers, each invocation on
+ * an instance in its state after start-up (thread.ts, invocation.ts). An
  * invocation's deadline counts from the moment a thread starts it, so a
  * caller may queue many at once. A thread that runs past its deadline is killed
- * (worker.terminate() stops even a `loop br 0 end`) and replaced; threads
+ * (Worker.terminate() stops even a `loop br 0 end`) and replaced; threads
  * are also replaced after a number of invocations, so nothing a handler
  * leaks can build up. One stuck handler holds one thread: the others keep
  * serving (the bulkhead).
  */
 import { Worker } from "node:worker_threads";
-import type { InvokeOutcome } from "./invoke.js";
+import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -25,6 +25,7 @@ export type HostBinding = (payload: unknown) => Promise<unknown>;
 /** Host functions by name; the handler imports them as `extism:host/user` `pgfn_<name>`. */
 export type HostBindings = Readonly<Record<string, HostBinding>>;
 
+/** One invocation for {@link SandboxPool.invoke}. */
 export interface SandboxRequest {
   /** Compiled with guardMemory() applied (see ModuleCache). */
   readonly module: WebAssembly.Module;
@@ -44,6 +45,7 @@ export interface SandboxRequest {
   readonly host?: HostBindings | ((deadline: number) => HostBindings);
 }
 
+/** Options of {@link SandboxPool}. */
 export interface SandboxPoolOptions {
   /** Threads at most; each runs one invocation at a time. (Default: 4) */
   readonly size?: number;
@@ -54,7 +56,7 @@ export interface SandboxPoolOptions {
 }
 
 interface Slot {
-  readonly worker: Worker;
+  readonly thread: Worker;
   readonly header: Int32Array;
   readonly data: Uint8Array;
   invocations: number;
@@ -78,20 +80,29 @@ interface Job {
 }
 
 /**
- * The compiled worker next to this file. Under a TypeScript loader (tests,
- * scripts) there is no worker.js: a small bootstrap registers tsx in the new
- * thread, then loads worker.ts.
+ * The compiled sandbox thread (thread.js) next to this file. Under a
+ * TypeScript loader (tests, scripts) there is no thread.js: a small bootstrap
+ * registers tsx in the new thread, then loads thread.ts.
  */
-function workerSource(): { source: string | URL; eval: boolean } {
+function threadSource(): { source: string | URL; eval: boolean } {
   if (!import.meta.url.endsWith(".ts"))
-    return { source: new URL("./worker.js", import.meta.url), eval: false };
-  const ts = new URL("./worker.ts", import.meta.url).href;
+    return { source: new URL("./thread.js", import.meta.url), eval: false };
+  const ts = new URL("./thread.ts", import.meta.url).href;
   return {
     source: `import("tsx/esm/api").then(({ register }) => { register(); return import(${JSON.stringify(ts)}); })`,
     eval: true,
   };
 }
 
+/**
+ * The sandbox threads and the invocations queued for them (see the top of
+ * this file).
+ *
+ * @example
+ * const pool = new SandboxPool({ size: 2 });
+ * const outcome = await pool.invoke({ module, input, timeoutMs: 5000, memoryLimitBytes: 16 << 20 });
+ * await pool.close();
+ */
 export class SandboxPool {
   private readonly size: number;
   private readonly maxInvocations: number;
@@ -100,7 +111,7 @@ export class SandboxPool {
   private readonly queue: Job[] = [];
   private nextId = 1;
   private closed = false;
-  /** Threads started, killed at a deadline, and crashed, since the pool was made. */
+  /** Threads started, killed at a deadline, crashed, and recycled (replaced after maxInvocationsPerThread or past the memory backstop), since the pool was made. */
   readonly counters = { started: 0, killed: 0, crashed: 0, recycled: 0 };
 
   constructor(options: SandboxPoolOptions = {}) {
@@ -114,16 +125,16 @@ export class SandboxPool {
     const started: Promise<void>[] = [];
     while (this.slots.size < Math.min(n, this.size)) {
       const slot = this.spawn();
-      slot.worker.ref();
+      slot.thread.ref();
       started.push(
         new Promise<void>((resolve, reject) => {
-          slot.worker.on("message", (msg: { type: string }) => {
+          slot.thread.on("message", (msg: { type: string }) => {
             if (msg.type === "ready") resolve();
           });
-          slot.worker.once("error", reject);
+          slot.thread.once("error", reject);
         }).finally(() => {
           // Referenced while it runs a job (schedule() may have given it one).
-          if (!slot.job) slot.worker.unref();
+          if (!slot.job) slot.thread.unref();
         }),
       );
     }
@@ -172,9 +183,9 @@ export class SandboxPool {
   }
 
   private spawn(): Slot {
-    const { source, eval: isEval } = workerSource();
+    const { source, eval: isEval } = threadSource();
     const hostBuffer = new SharedArrayBuffer(HOST_HEADER_BYTES + HOST_BUFFER_BYTES);
-    const worker = new Worker(source, {
+    const thread = new Worker(source, {
       eval: isEval,
       workerData: { hostBuffer },
       resourceLimits: { maxOldGenerationSizeMb: this.heapMb },
@@ -183,7 +194,7 @@ export class SandboxPool {
       stderr: true,
     });
     const slot: Slot = {
-      worker,
+      thread,
       header: new Int32Array(hostBuffer, 0, 2),
       data: new Uint8Array(hostBuffer, HOST_HEADER_BYTES),
       invocations: 0,
@@ -193,17 +204,17 @@ export class SandboxPool {
       retired: false,
     };
     // Read and dropped: unread, they would buffer without bound.
-    worker.stdout.resume();
-    worker.stderr.resume();
+    thread.stdout.resume();
+    thread.stderr.resume();
     this.counters.started++;
-    worker.on("message", (msg: ResultMessage | HostCallMessage | { type: "ready" }) =>
+    thread.on("message", (msg: ResultMessage | HostCallMessage | { type: "ready" }) =>
       this.onMessage(slot, msg),
     );
-    worker.on("error", (error) => this.onCrash(slot, error));
-    worker.on("exit", (code) =>
+    thread.on("error", (error) => this.onCrash(slot, error));
+    thread.on("exit", (code) =>
       this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`)),
     );
-    worker.unref();
+    thread.unref();
     this.slots.add(slot);
     return slot;
   }
@@ -226,7 +237,7 @@ export class SandboxPool {
         const starting = [...this.slots].filter((s) => !s.ready).length;
         if (starting >= this.queue.length || this.slots.size >= this.size) return;
         // Referenced until ready: a job waits for it.
-        this.spawn().worker.ref();
+        this.spawn().thread.ref();
         continue;
       }
       const job = this.queue.shift()!;
@@ -239,24 +250,22 @@ export class SandboxPool {
       try {
         host = typeof request.host === "function" ? request.host(deadline) : (request.host ?? {});
       } catch (error) {
-        this.finish(job, {
-          ok: false,
-          output: null,
-          error: {
-            code: "HOST_FUNCTION_ERROR",
-            message: `The host functions could not be prepared: ${hostError(error).message}`,
-            transient: false,
-          },
-          durationMs: 0,
-          logs: [],
-        });
+        this.finish(
+          job,
+          failedOutcome(
+            "HOST_FUNCTION_ERROR",
+            `The host functions could not be prepared: ${hostError(error).message}`,
+            0,
+            false,
+          ),
+        );
         continue;
       }
       job.running = { started, deadline, host };
       job.timer = setTimeout(() => this.expire(job), request.timeoutMs);
       slot.job = job;
       slot.invocations++;
-      slot.worker.ref();
+      slot.thread.ref();
       const moduleId = this.moduleId(request.module);
       const known = slot.modules.has(moduleId);
       slot.modules.add(moduleId);
@@ -272,7 +281,7 @@ export class SandboxPool {
         hostFunctions: Object.keys(host),
         deadline,
       };
-      slot.worker.postMessage(message);
+      slot.thread.postMessage(message);
     }
   }
 
@@ -280,7 +289,7 @@ export class SandboxPool {
     if (msg.type === "ready") {
       slot.ready = true;
       this.schedule();
-      if (!slot.job) slot.worker.unref();
+      if (!slot.job) slot.thread.unref();
       return;
     }
     const job = slot.job;
@@ -291,7 +300,7 @@ export class SandboxPool {
       return;
     }
     slot.job = undefined;
-    slot.worker.unref();
+    slot.thread.unref();
     this.finish(job, msg.outcome);
     if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
@@ -373,7 +382,7 @@ export class SandboxPool {
   private async retire(slot: Slot): Promise<void> {
     slot.retired = true;
     this.slots.delete(slot);
-    await slot.worker.terminate();
+    await slot.thread.terminate();
   }
 
   private finish(job: Job, outcome: InvokeOutcome): void {
@@ -388,34 +397,37 @@ export class SandboxPool {
   ): InvokeOutcome {
     const durationMs = job.running ? Date.now() - job.running.started : 0;
     if (code === "TIMEOUT") {
-      return {
-        ok: false,
-        output: null,
-        error: {
-          code: "TIMEOUT",
-          message: `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
-        },
+      return failedOutcome(
+        "TIMEOUT",
+        `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
         durationMs,
-        logs: [],
-      };
+      );
     }
     if (code === "INTERNAL_SHUTDOWN") {
-      return {
-        ok: false,
-        output: null,
-        error: { code: "FUNCTION_ERROR", message: "The sandbox shut down before the handler ran." },
+      return failedOutcome(
+        "FUNCTION_ERROR",
+        "The sandbox shut down before the handler ran.",
         durationMs,
-        logs: [],
-      };
+      );
     }
-    return {
-      ok: false,
-      output: null,
-      error: { code, message: message ?? code },
-      durationMs,
-      logs: [],
-    };
+    return failedOutcome(code, message ?? code, durationMs);
   }
+}
+
+/** An outcome for a handler the pool stopped or never ran: no output, no logs. */
+function failedOutcome(
+  code: InvokeErrorCode,
+  message: string,
+  durationMs: number,
+  transient?: boolean,
+): InvokeOutcome {
+  return {
+    ok: false,
+    output: null,
+    error: { code, message, ...(transient !== undefined && { transient }) },
+    durationMs,
+    logs: [],
+  };
 }
 
 /** A thrown value as a host call's error, without trusting it (its getters or toString may throw). */

@@ -1,7 +1,7 @@
-/** Messages between the sandbox pool (main thread) and its worker threads. */
-import type { InvokeOutcome } from "./invoke.js";
+/** Messages between the sandbox pool (main thread) and its sandbox threads (thread.ts). */
+import type { InvokeOutcome } from "./invocation.js";
 
-/** Main -> worker: run one invocation. */
+/** Main -> thread: run one invocation. */
 export interface InvokeMessage {
   readonly type: "invoke";
   readonly id: number;
@@ -22,7 +22,7 @@ export interface InvokeMessage {
   readonly deadline: number;
 }
 
-/** Worker -> main: a host function call; the worker blocks until answered. */
+/** Thread -> main: a host function call; the thread blocks until answered. */
 export interface HostCallMessage {
   readonly type: "host";
   readonly id: number;
@@ -30,7 +30,7 @@ export interface HostCallMessage {
   readonly payload: unknown;
 }
 
-/** Worker -> main: the outcome. */
+/** Thread -> main: the outcome. */
 export interface ResultMessage {
   readonly type: "result";
   readonly id: number;
@@ -48,7 +48,7 @@ export type HostReply =
     };
 
 /**
- * The shared buffer a worker blocks on during a host call: an Int32 state
+ * The shared buffer a thread blocks on during a host call: an Int32 state
  * (0 waiting, 1 answered), an Int32 byte length, then the reply's JSON.
  */
 export const HOST_BUFFER_BYTES = 4 * 1024 * 1024;

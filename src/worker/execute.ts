@@ -22,9 +22,10 @@ import {
 import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
 import { storableText, unstorableJson } from "../db/jsonb.js";
 import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
-import { MAX_MESSAGE_CHARS } from "../sandbox/invoke.js";
+import { MAX_MESSAGE_CHARS } from "../sandbox/logs.js";
 import type { EventInput, Operation } from "../interfaces.js";
-import type { InvokeOutcome, ModuleCache } from "../sandbox/invoke.js";
+import type { InvokeOutcome } from "../sandbox/invocation.js";
+import type { ModuleCache } from "../sandbox/module.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
 import { deferEvent, recordOutcome } from "./outcome.js";
 import type { SuccessRecorder } from "./recorder.js";

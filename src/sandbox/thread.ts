@@ -1,14 +1,15 @@
 /**
  * A sandbox thread: runs one invocation at a time, on an Extism instance kept
  * per module and given back to its state after start-up between invocations
- * (invoke.ts).
+ * (invocation.ts, instances.ts).
  * Host functions block this thread (Atomics.wait) while the main thread does
  * the real work (a query, a fetch), so handlers stay synchronous and the
  * thread can still be killed at any moment by the pool's timeout.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { threadExternalMemory, type HostContext } from "./hostMemory.js";
-import { InstanceCache, invokeHandler, type HostFunction } from "./invoke.js";
+import { InstanceCache } from "./instances.js";
+import { invokeHandler, type HostFunction } from "./invocation.js";
 import {
   HOST_HEADER_BYTES,
   MAX_HOST_ARGUMENT_BYTES,
