@@ -238,14 +238,13 @@ export async function startTestDaemon(
     closed: () => stopped,
     close: () => stop(),
   });
-  return {
-    ...daemon,
-    stop() {
-      stopped = true;
-      untrack();
-      return stop();
-    },
+  // Replaced in place, not copied: the daemon keeps its identity and getters.
+  daemon.stop = () => {
+    stopped = true;
+    untrack();
+    return stop();
   };
+  return daemon;
 }
 
 /** Login roles for db_query tests: unique on the cluster, their passwords in a pgpass file. */
