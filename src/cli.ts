@@ -3,20 +3,33 @@
  * failure is one line on stderr and exit code 1, never a stack trace.
  */
 import { readFile } from "node:fs/promises";
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import type pg from "pg";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createPool } from "./db/pool.js";
 import { createDb } from "./db/database.js";
-import { listRuns } from "./db/runs.js";
+import { listRuns, retryRun } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
-import { PgfnError, sqlState } from "./errors.js";
+import { errorCodeOf, PgfnError, sqlState } from "./errors.js";
+import {
+  cliFlag,
+  columnSpec,
+  DEPLOY_COLUMNS,
+  defaultText,
+  isRepeatable,
+  rangeTextOf,
+  settingProblems,
+  settingsByName,
+  type DeployColumn,
+  type DeploySettings,
+} from "./functionColumns.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
-import { invokeNow } from "./invoke.js";
+import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
+import { waitForSignal } from "./signals.js";
 
 function intOption(name: string) {
   return (value: string): number => {
@@ -26,22 +39,73 @@ function intOption(name: string) {
   };
 }
 
+function numberOption(name: string) {
+  return (value: string): number => {
+    if (value.trim() === "" || !Number.isFinite(Number(value)))
+      throw new InvalidArgumentError(`${name} must be a number, got "${value}".`);
+    return Number(value);
+  };
+}
+
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 
-function parseEnvPairs(pairs: readonly string[]): Record<string, string> {
+/** Repeated KEY=VALUE flags as an object. */
+function parsePairs(flag: string, pairs: readonly string[]): Record<string, string> {
   const env: Record<string, string> = {};
   for (const pair of pairs) {
     const eq = pair.indexOf("=");
     if (eq <= 0)
       throw new PgfnError(
         "INVALID_REQUEST",
-        `--env takes KEY=VALUE; got "${pair.split("=")[0]}..."`,
+        `${flag} takes KEY=VALUE; got "${pair.split("=")[0]}..."`,
       );
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   return env;
+}
+
+/**
+ * `pgfn deploy`'s flag for each setting a deploy may set, from its
+ * definition (src/functionColumns.ts): "--timeout-ms <ms>  wall-clock limit
+ * per run, in ms (1000..300000, default 10000)".
+ */
+function settingOption(column: DeployColumn): Option {
+  const spec = columnSpec(column);
+  const { flag, value } = cliFlag(column);
+  const range = rangeTextOf(column);
+  const byDefault = defaultText(column);
+  const notes = [
+    range,
+    byDefault !== undefined && `default ${byDefault}`,
+    isRepeatable(column) && "repeatable",
+  ]
+    .filter(Boolean)
+    .join(", ");
+  const help = notes ? `${spec.description} (${notes})` : spec.description;
+  const option = new Option(`${flag} <${value}>`, help);
+  if (isRepeatable(column)) return option.argParser(collect);
+  if (spec.sqlType === "integer") return option.argParser(intOption(flag));
+  if (spec.sqlType === "real") return option.argParser(numberOption(flag));
+  if (spec.sqlType === "boolean")
+    return option.choices(["true", "false"]).argParser((v) => v === "true");
+  return option;
+}
+
+/** The deploy settings among `pgfn deploy`'s parsed flags, checked, by column. */
+function deploySettingsOf(opts: Record<string, unknown>, options: readonly Option[]) {
+  const byColumn: Partial<Record<DeployColumn, unknown>> = {};
+  DEPLOY_COLUMNS.forEach((column, i) => {
+    const value = opts[options[i]!.attributeName()];
+    if (value === undefined) return;
+    const { flag } = cliFlag(column);
+    byColumn[column] =
+      columnSpec(column).sqlType === "jsonb" ? parsePairs(flag, value as string[]) : value;
+  });
+  const problems = settingProblems(byColumn, (c) => cliFlag(c as DeployColumn).flag);
+  if (problems.length > 0) throw new PgfnError("INVALID_REQUEST", `${problems.join("; ")}.`);
+  return settingsByName(byColumn) as DeploySettings;
 }
 
 /** Opens a pool on DATABASE_URL for one command and closes it afterwards. */
@@ -57,19 +121,19 @@ async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): P
 /** One line saying what went wrong, for any error. */
 export function describeError(error: unknown, config?: Config): string {
   if (error instanceof PgfnError) return error.message;
-  const e = error as { code?: string; message?: string };
+  const e = error as { message?: string };
+  const code = errorCodeOf(error);
   if (
-    e.code === "ECONNREFUSED" ||
-    e.code === "ENOTFOUND" ||
-    e.code === "EAI_AGAIN" ||
-    e.code === "ETIMEDOUT"
+    code === "ECONNREFUSED" ||
+    code === "ENOTFOUND" ||
+    code === "EAI_AGAIN" ||
+    code === "ETIMEDOUT"
   ) {
     const where = config?.databaseUrl ? redactUrl(config.databaseUrl) : "DATABASE_URL";
-    return `Cannot connect to Postgres at ${where} (${e.code}). Is the server running and DATABASE_URL right?`;
+    return `Cannot connect to Postgres at ${where} (${code}). Is the server running and DATABASE_URL right?`;
   }
   const state = sqlState(error);
-  if (state && /^[0-9A-Z]{5}$/.test(state))
-    return `Postgres error ${state}: ${e.message ?? String(error)}`;
+  if (state) return `Postgres error ${state}: ${e.message ?? String(error)}`;
   return e.message ?? String(error);
 }
 
@@ -132,7 +196,7 @@ export function buildProgram(): Command {
         connectionString: url,
         config,
         logger,
-        // PGFN_HTTP_PORT=0 turns the HTTP API off (DESIGN.md section 6).
+        // PGFN_HTTP_PORT=0 turns the HTTP API off (docs/design.md section 6).
         ...(config.httpPort !== 0 && { http: { port: config.httpPort, host: config.httpHost } }),
         onFatal: (error) => fatal(error),
       });
@@ -150,43 +214,20 @@ export function buildProgram(): Command {
       await daemon.stop();
     });
 
-  program
+  const settingOptions = DEPLOY_COLUMNS.map(settingOption);
+  const deploy = program
     .command("deploy")
     .description(
       "Store a WebAssembly module as a function (validated first; nothing is stored on error).",
     )
     .argument("<name>", "function name, ^[a-z][a-z0-9_-]{0,63}$")
-    .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)")
-    .option("--description <text>", "what the function does")
-    .option(
-      "--timeout-ms <ms>",
-      "wall-clock limit per run, 1000..300000 (default 10000)",
-      intOption("--timeout-ms"),
-    )
-    .option("--memory-mb <mb>", "memory limit, 16..512 (default 128)", intOption("--memory-mb"))
-    .option(
-      "--max-attempts <n>",
-      "attempts before dead-lettering, 1..100 (default 3)",
-      intOption("--max-attempts"),
-    )
-    .option(
-      "--retry-base-ms <ms>",
-      "backoff base: retry n waits up to base * 2^(n-1) (default 1000)",
-      intOption("--retry-base-ms"),
-    )
-    .option("--retry-max-ms <ms>", "backoff cap (default 300000)", intOption("--retry-max-ms"))
-    .option(
-      "--max-concurrency <n>",
-      "runs at once across all daemons (default 100)",
-      intOption("--max-concurrency"),
-    )
-    .option("--env <KEY=VALUE>", "an environment value the handler may read (repeatable)", collect)
-    .option("--allow-host <host>", "a host http_fetch may reach (repeatable)", collect)
-    .option("--db-role <role>", "the login role db_query connects as (see README, db_query roles)")
-    .option("--on-error <name>", "the function that receives terminal failures")
+    .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)");
+  for (const option of settingOptions) deploy.addOption(option);
+  deploy
     .option("--update", "replace the function if it exists")
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {
       const config = loadConfig();
+      const settings = deploySettingsOf(opts, settingOptions);
       let wasm: Buffer;
       try {
         wasm = await readFile(file);
@@ -197,24 +238,7 @@ export function buildProgram(): Command {
         );
       }
       const result = await withPool(config, (pool) =>
-        deployFunction(createDb(pool), {
-          name,
-          wasm,
-          ...(opts.description !== undefined && { description: opts.description as string }),
-          ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs as number }),
-          ...(opts.memoryMb !== undefined && { memoryLimitMb: opts.memoryMb as number }),
-          ...(opts.maxAttempts !== undefined && { maxAttempts: opts.maxAttempts as number }),
-          ...(opts.retryBaseMs !== undefined && { retryBaseMs: opts.retryBaseMs as number }),
-          ...(opts.retryMaxMs !== undefined && { retryMaxMs: opts.retryMaxMs as number }),
-          ...(opts.maxConcurrency !== undefined && {
-            maxConcurrency: opts.maxConcurrency as number,
-          }),
-          ...(opts.env !== undefined && { env: parseEnvPairs(opts.env as string[]) }),
-          ...(opts.allowHost !== undefined && { allowedHosts: opts.allowHost as string[] }),
-          ...(opts.dbRole !== undefined && { dbRole: opts.dbRole as string }),
-          ...(opts.onError !== undefined && { onError: opts.onError as string }),
-          update: Boolean(opts.update),
-        }),
+        deployFunction(createDb(pool), { ...settings, name, wasm, update: Boolean(opts.update) }),
       );
       console.log(
         `${result.created ? "deployed" : "updated"} ${result.name} (sha256 ${result.wasmSha256}, ${wasm.byteLength} bytes)`,
@@ -288,10 +312,7 @@ export function buildProgram(): Command {
     .action(async (runId: number) => {
       const config = loadConfig();
       if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
-      const eventId = await withPool(config, async (pool) => {
-        const { rows } = await pool.query<{ id: string }>(`select pgfn.retry($1) as id`, [runId]);
-        return rows[0]!.id;
-      });
+      const eventId = await withPool(config, (pool) => retryRun(createDb(pool), runId));
       console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 
@@ -338,19 +359,6 @@ export function installLastResortHandlers(logger: Logger): void {
       "uncaught exception; exiting so that the process supervisor restarts pgfn",
     );
     process.exit(1);
-  });
-}
-
-/** Resolves on the first SIGINT or SIGTERM. */
-export function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (signal: NodeJS.Signals) => {
-      process.off("SIGINT", on);
-      process.off("SIGTERM", on);
-      resolve(signal);
-    };
-    process.on("SIGINT", on);
-    process.on("SIGTERM", on);
   });
 }
 

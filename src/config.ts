@@ -100,7 +100,8 @@ const schema = z.object({
   PGFN_DISPATCH_BATCH: int(1, 10000).default(500),
   /**
    * How often the listener looks for undispatched events without being told
-   * to: the safety net for notifications lost while disconnected. (Default: 1000)
+   * to: the safety net for notifications lost while disconnected, and for
+   * the few that pgfn.wake skips wrongly (sql/000013_write_path.sql). (Default: 1000)
    */
   PGFN_SWEEP_INTERVAL_MS: int(50, 600000).default(1000),
   /** graphile-worker's poll for jobs due later (retries). (Default: 1000) */

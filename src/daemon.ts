@@ -8,16 +8,15 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { createDb, type Db } from "./db/database.js";
-import { createPool } from "./db/pool.js";
+import { createPool, currentRole } from "./db/pool.js";
 import type { EventRow } from "./db/events.js";
 import type { Run } from "./db/runs.js";
-import { PgfnError } from "./errors.js";
 import { checkReadiness } from "./http/health.js";
 import { startHttpServer, type HttpServer } from "./http/server.js";
 import { Dispatcher } from "./listener/dispatcher.js";
 import { startListener, type Listener } from "./listener/listener.js";
 import { createMetrics, type Metrics } from "./metrics.js";
-import { pendingMigrations } from "./migrate.js";
+import { assertSchemaCurrent } from "./migrate.js";
 import { DbQueryExecutor } from "./sandbox/host/dbQuery.js";
 import { hostBindings } from "./sandbox/host/bindings.js";
 import { warmMemoryGuard } from "./sandbox/memoryGuard.js";
@@ -81,13 +80,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   let scheduler: Scheduler | undefined;
   let http: HttpServer | undefined;
   try {
-    const pending = await pendingMigrations(pool);
-    if (pending.length > 0) {
-      throw new PgfnError(
-        "INVALID_REQUEST",
-        `The database schema is not current (${pending.length} migration(s) pending: ${pending.join(", ")}). Run \`pgfn migrate\` first.`,
-      );
-    }
+    await assertSchemaCurrent(pool);
     const db = createDb(pool);
     sandbox = createSandbox({
       size: config.sandboxThreads,
@@ -96,8 +89,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     // All threads now: starting one costs tens of milliseconds a run should not pay.
     await Promise.all([sandbox.pool.warm(), warmMemoryGuard()]);
     // A db_role may not be, or reach, the role the daemon itself runs as.
-    const daemonRole = (await pool.query<{ role: string }>("select current_user as role")).rows[0]
-      ?.role;
+    const daemonRole = await currentRole(pool);
     dbQuery = new DbQueryExecutor({
       connectionString: config.dbQueryUrl ?? options.connectionString,
       poolSize: config.dbQueryPoolSize,

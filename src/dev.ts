@@ -9,7 +9,6 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { waitForSignal } from "./cli.js";
 import { loadConfig, type Config } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createPool } from "./db/pool.js";
@@ -21,6 +20,7 @@ import { PgfnError } from "./errors.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { createLogger } from "./logger.js";
 import { migrate } from "./migrate.js";
+import { waitForSignal } from "./signals.js";
 
 /** The demo handler, built from examples/demo by `npm run build:examples`. */
 export const DEMO_WASM = fileURLToPath(new URL("../examples/demo/demo.wasm", import.meta.url));

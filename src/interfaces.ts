@@ -6,8 +6,10 @@
  * - event: one thing that happened and must be handled, a row of the durable
  *   outbox `pgfn.events` (a committed row change, an HTTP or manual invocation,
  *   a schedule slot). Events are never deleted by a failure.
- * - dispatch: turning undispatched events into graphile-worker jobs, exactly
- *   once per event (job_key `pgfn:event:<id>`).
+ * - dispatch: turning undispatched events into graphile-worker jobs, each
+ *   event into exactly one job; a job carries up to 50 events of one
+ *   function (job_key `pgfn:event:<id>` for one, `pgfn:batch:<first id>`
+ *   for more; sql/000011_batch_jobs.sql).
  * - run: one attempt at handling an event, a row of `pgfn.function_runs`.
  *   An event has one run per attempt; `attempt` counts from 1.
  * - daemon: a `pgfn start` process (listener, worker, ...). Stateless: any
@@ -18,17 +20,21 @@
 export type EventSource = "database" | "http" | "schedule" | "manual" | "error_handler";
 /** The row operation of a database event. */
 export type Operation = "INSERT" | "UPDATE" | "DELETE";
+/** The values of `pgfn.function_runs.status` (and `pgfn.functions.last_status`). */
+export const RUN_STATUSES = ["running", "succeeded", "failed", "abandoned"] as const;
 /** `pgfn.function_runs.status`. */
-export type RunStatus = "running" | "succeeded" | "failed" | "abandoned";
+export type RunStatus = (typeof RUN_STATUSES)[number];
+/** The values of `pgfn.functions.ordering`. */
+export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
-export type Ordering = "none" | "function" | "row";
+export type Ordering = (typeof ORDERINGS)[number];
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.
  */
 export type CatchUp = "all" | "latest" | "none";
 
-/** What a handler receives for a row change (DESIGN.md section 1). */
+/** What a handler receives for a row change (docs/design.md section 1). */
 export interface DatabaseEventInput {
   readonly id: number;
   readonly attempt: number;

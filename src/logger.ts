@@ -1,14 +1,20 @@
 /**
  * Structured logs: one JSON line per event (pino), with the field names of
- * DESIGN.md section 5. Values under secret-looking keys never reach a line.
+ * docs/design.md section 5. The values of the fields in `REDACTED_FIELDS`
+ * never reach a line; what a handler writes (its logs, its error messages)
+ * has its env secrets redacted before it gets here (SECRET_KEY in
+ * sandbox/host/redact.ts, the one pattern for secret-looking keys).
  */
 import { pino, type Logger } from "pino";
 import pretty from "pino-pretty";
+import { REDACTED } from "./sandbox/host/redact.js";
 
 export type { Logger };
 
-/** Keys whose values are redacted wherever they appear in a log object. */
-export const SECRET_KEY_PATTERN = /(key|secret|password|passwd|token|authorization|credential)/i;
+/** Fields whose values are replaced by "[redacted]", at the top of a log object or one level down. */
+const REDACTED_FIELDS: readonly string[] = Object.freeze(
+  ["password", "token", "authorization", "env"].flatMap((key) => [key, `*.${key}`]),
+);
 
 export interface LoggerOptions {
   /** (Default: "info") */
@@ -31,19 +37,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       // "level":"info", not pino's numeric 30: the field people grep for.
       formatters: { level: (label) => ({ level: label }) },
       timestamp: pino.stdTimeFunctions.isoTime,
-      redact: {
-        paths: [
-          "password",
-          "token",
-          "authorization",
-          "*.password",
-          "*.token",
-          "*.authorization",
-          "env",
-          "*.env",
-        ],
-        censor: "[redacted]",
-      },
+      redact: { paths: [...REDACTED_FIELDS], censor: REDACTED },
     },
     options.pretty
       ? pretty({

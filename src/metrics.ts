@@ -1,5 +1,5 @@
 /**
- * The daemon's Prometheus metrics (DESIGN.md section 5). One registry per
+ * The daemon's Prometheus metrics (docs/design.md section 5). One registry per
  * daemon, never prom-client's global one: two daemons in one process (tests,
  * `pgfn dev`) must not count each other's runs. Counters are fed from the runs
  * this daemon records; gauges are read from the database on each scrape, so

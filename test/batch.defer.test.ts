@@ -21,17 +21,13 @@ it("a deferred event of a batch is not started again by the batch's next try", a
   const [a, b] = events.map((e) => e.id);
 
   // Try 1 of the batch: a starts, b is refused (max_concurrency 1) and
-  // deferred as executeJob does (deferEvent).
+  // deferred as executeJob does (pgfn.add_wait_job).
   const first = await t.pool.query(
     `select event_id, run_id, refused from pgfn.begin_runs(array[$1, $2]::bigint[], 'd1', $3)`,
     [a, b, batch],
   );
   expect(first.rows.map((r) => r.refused)).toEqual([null, "CONCURRENCY_LIMIT"]);
-  await t.pool.query(
-    `select graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
-       run_at => now(), job_key => 'pgfn:wait:' || $1)`,
-    [b],
-  );
+  await t.pool.query(`select pgfn.add_wait_job($1, 0)`, [b]);
   // a finishes; then the batch runs again (daemon reaped, or the job threw).
   await t.pool.query(`update pgfn.function_runs set status = 'succeeded' where event_id = $1`, [a]);
   await t.pool.query(`select * from pgfn.begin_runs(array[$1, $2]::bigint[], 'd2', $3)`, [

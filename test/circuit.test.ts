@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { PgfnError } from "../src/errors.js";
-import { invokeNow } from "../src/invoke.js";
+import { HTTP_STATUS } from "../src/http/errors.js";
+import { invokeNow } from "../src/invokeNow.js";
 import { enqueueManual, waitFor } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
@@ -44,7 +45,7 @@ async function expectSyncRefused(daemon: Daemon) {
   const error = await invokeNow(daemon.executor, "mailer", {}).catch((e: unknown) => e);
   expect(error).toBeInstanceOf(PgfnError);
   expect((error as PgfnError).code).toBe("CIRCUIT_OPEN");
-  expect((error as PgfnError).status).toBe(503);
+  expect(HTTP_STATUS[(error as PgfnError).code]).toBe(503);
   expect((error as PgfnError).message).toMatch(
     /"mailer" is failing too often; its circuit is open/,
   );

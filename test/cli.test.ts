@@ -120,7 +120,7 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     );
     expectOneLineError(
       await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "999999"]),
-      /timeoutMs/,
+      /--timeout-ms must be 1000\.\.300000 \(got 999999\)/,
     );
     expectOneLineError(
       await pgfn(["deploy", "envbad", exampleWasm("echo"), "--env", "NOEQUALS"]),

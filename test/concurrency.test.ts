@@ -3,7 +3,8 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { PgfnError } from "../src/errors.js";
-import { invokeNow } from "../src/invoke.js";
+import { HTTP_STATUS } from "../src/http/errors.js";
+import { invokeNow } from "../src/invokeNow.js";
 import { enqueueManual, waitFor } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
@@ -63,6 +64,7 @@ it("refuses a synchronous invoke over the limit with CONCURRENCY_LIMIT / 429", a
     (e: unknown) => e,
   );
   expect(error).toBeInstanceOf(PgfnError);
-  expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT", status: 429 });
+  expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT" });
+  expect(HTTP_STATUS[(error as PgfnError).code]).toBe(429);
   expect((error as Error).message).toMatch(/already running 2 times \(its max_concurrency\)/);
 });

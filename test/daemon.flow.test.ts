@@ -47,7 +47,7 @@ afterEach(async () => {
 });
 
 describe("a committed row becomes a recorded run", () => {
-  it("runs events committed while no daemon ran, once each, with the DESIGN.md event shape", async () => {
+  it("runs events committed while no daemon ran, once each, with the event shape of docs/design.md", async () => {
     await t.pool.query(`insert into public.users values (1, 'a@x.test'), (2, 'b@x.test')`);
     await t.pool.query(`update public.users set email = 'a2@x.test' where id = 1`);
     await t.pool.query(`delete from public.users where id = 2`);

@@ -4,6 +4,7 @@ import { expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
 import { deployFunction, MAX_WASM_BYTES } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
+import { HTTP_STATUS } from "../src/http/errors.js";
 import { exampleWasm } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
@@ -30,19 +31,22 @@ it("refuses each kind of bad deploy with its code, storing nothing", async () =>
   const tooBig = await refusal(
     deployFunction(db, { name: "big", wasm: new Uint8Array(MAX_WASM_BYTES + 1) }),
   );
-  expect(tooBig).toMatchObject({ code: "PAYLOAD_TOO_LARGE", status: 413 });
+  expect(tooBig).toMatchObject({ code: "PAYLOAD_TOO_LARGE" });
+  expect(HTTP_STATUS[tooBig.code]).toBe(413);
   expect(tooBig.message).toBe(
     `The module for "big" is ${MAX_WASM_BYTES + 1} bytes; the limit is ${MAX_WASM_BYTES} bytes (10 MiB).`,
   );
 
   const badName = await refusal(deployFunction(db, { name: "Send Email", wasm: echo }));
-  expect(badName).toMatchObject({ code: "INVALID_REQUEST", status: 400 });
+  expect(badName).toMatchObject({ code: "INVALID_REQUEST" });
+  expect(HTTP_STATUS[badName.code]).toBe(400);
   expect(badName.message).toMatch(/^Invalid function name "Send Email"/);
 
   const junk = await refusal(
     deployFunction(db, { name: "junk", wasm: new TextEncoder().encode("nope") }),
   );
-  expect(junk).toMatchObject({ code: "INVALID_REQUEST", status: 400 });
+  expect(junk).toMatchObject({ code: "INVALID_REQUEST" });
+  expect(HTTP_STATUS[junk.code]).toBe(400);
   expect(junk.message).toMatch(
     /^Invalid WebAssembly for "junk": The bytes are not a valid WebAssembly module/,
   );
@@ -69,7 +73,8 @@ it("refuses a second deploy of a name with CONFLICT unless updating, which repla
   const conflict = await refusal(
     deployFunction(db, { name: "greeter", wasm: await readFile(exampleWasm("demo")) }),
   );
-  expect(conflict).toMatchObject({ code: "CONFLICT", status: 409 });
+  expect(conflict).toMatchObject({ code: "CONFLICT" });
+  expect(HTTP_STATUS[conflict.code]).toBe(409);
 
   const second = await deployFunction(db, {
     name: "greeter",

@@ -4,7 +4,7 @@
 // deadline, bounds replies in rows and bytes, refuses COPY with the client,
 // leaves no session state behind, and shares its connections fairly.
 import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import {
@@ -913,10 +913,11 @@ describe("connections", () => {
 
 describe("pgpass", () => {
   it("reads passwords like libpq: wildcards, escapes, first match, mode 0600 only", async () => {
-    const { mkdtemp, writeFile, chmod } = await import("node:fs/promises");
+    const { mkdtemp, writeFile, chmod, rm } = await import("node:fs/promises");
     const { tmpdir } = await import("node:os");
     const path = await import("node:path");
     const dir = await mkdtemp(path.join(tmpdir(), "pgfn-pgpass-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
     const file = path.join(dir, "pgpass");
     await writeFile(
       file,

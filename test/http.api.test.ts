@@ -1,5 +1,5 @@
 // The functions API as a client sees it: real HTTP against a real daemon and
-// Postgres, one assertion per status code of DESIGN.md sections 3 and 5.
+// Postgres, one assertion per status code of docs/design.md sections 3 and 5.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { waitFor } from "./helpers.js";

@@ -7,7 +7,8 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { PgfnError } from "../src/errors.js";
-import { invokeNow } from "../src/invoke.js";
+import { HTTP_STATUS } from "../src/http/errors.js";
+import { invokeNow } from "../src/invokeNow.js";
 import { enqueueManual, waitFor } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
@@ -239,7 +240,8 @@ describe("two daemons", () => {
     // gate_a still has an attempt running (left by the first test).
     const error = await invokeNow(daemons[0]!.executor, "gate_a", {}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(PgfnError);
-    expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT", status: 429 });
+    expect(error).toMatchObject({ code: "CONCURRENCY_LIMIT" });
+    expect(HTTP_STATUS[(error as PgfnError).code]).toBe(429);
     expect((error as Error).message).toMatch(/one at a time in order/);
     const run = await invokeNow(daemons[1]!.executor, "in_order", { millions: 1 });
     expect(run.status).toBe("succeeded");

@@ -4,7 +4,7 @@
 // on_error, no retry); logs and messages are stored with U+FFFD instead.
 import { beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { invokeNow } from "../src/invoke.js";
+import { invokeNow } from "../src/invokeNow.js";
 import type { SandboxPool } from "../src/sandbox/pool.js";
 import { enqueueManual, finishedRun, waitFor } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";

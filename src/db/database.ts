@@ -5,39 +5,24 @@
 import { Kysely, PostgresDialect, type ColumnType, type Generated } from "kysely";
 import type pg from "pg";
 import type { ErrorCode } from "../errors.js";
-import type { CatchUp, EventSource, Operation, Ordering, RunStatus } from "../interfaces.js";
+import type { ColumnName, FUNCTION_COLUMNS, RowValue } from "../functionColumns.js";
+import type { CatchUp, EventSource, Operation, RunStatus } from "../interfaces.js";
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type Json = ColumnType<unknown, string, string>;
 
-export interface FunctionsTable {
-  name: string;
-  description: Generated<string>;
-  wasm: Buffer;
-  wasm_sha256: string;
-  entrypoint: Generated<string>;
-  enabled: Generated<boolean>;
-  timeout_ms: Generated<number>;
-  memory_limit_mb: Generated<number>;
-  max_concurrency: Generated<number>;
-  max_attempts: Generated<number>;
-  retry_base_ms: Generated<number>;
-  retry_max_ms: Generated<number>;
-  env: ColumnType<Record<string, string>, string | undefined, string>;
-  allowed_hosts: Generated<string[]>;
-  db_role: string | null;
-  on_error: string | null;
-  ordering: Generated<Ordering>;
-  /** The circuit breaker's thresholds (sql/000006_admission.sql). */
-  circuit_error_rate: Generated<number>;
-  circuit_min_volume: Generated<number>;
-  circuit_window_ms: Generated<number>;
-  circuit_cooldown_ms: Generated<number>;
-  last_run_at: Date | null;
-  last_status: RunStatus | null;
-  created_at: Generated<Date>;
-  updated_at: Generated<Date>;
-}
+/**
+ * `pgfn.functions`, derived from its one definition (src/functionColumns.ts):
+ * a column with a default may be left out of an insert; jsonb is written as
+ * JSON text.
+ */
+export type FunctionsTable = {
+  [K in ColumnName]: (typeof FUNCTION_COLUMNS)[K] extends { sqlType: "jsonb" }
+    ? ColumnType<RowValue<K>, string | undefined, string>
+    : (typeof FUNCTION_COLUMNS)[K] extends { default: unknown } | { defaultSql: string }
+      ? Generated<RowValue<K>>
+      : RowValue<K>;
+};
 
 export interface EventsTable {
   id: ColumnType<string, never, never>;

@@ -69,3 +69,8 @@ export async function countUndispatched(db: Db): Promise<number> {
     .executeTakeFirstOrThrow();
   return Number(row.n);
 }
+
+/** Deletes an event (and its runs): one taken for a synchronous invoke that was refused before it ran. */
+export async function deleteEvent(db: Db, eventId: string): Promise<void> {
+  await db.deleteFrom("pgfn.events").where("id", "=", eventId).execute();
+}

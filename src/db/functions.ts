@@ -1,37 +1,20 @@
 /** Queries on `pgfn.functions`. */
-import { sql, type Selectable } from "kysely";
+import { sql, type Selectable, type Updateable } from "kysely";
 import type { Db, FunctionsTable } from "./database.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
+import {
+  columnSpec,
+  INFO_COLUMNS,
+  settingsByColumn,
+  TIMESTAMP_COLUMNS,
+  type DeploySettings,
+  type InfoColumn,
+  type PatchColumn,
+  type PatchSettings,
+} from "../functionColumns.js";
 
 /** A function as the worker needs it: everything but the module bytes. */
-export type FunctionInfo = Omit<Selectable<FunctionsTable>, "wasm">;
-
-const INFO_COLUMNS = [
-  "name",
-  "description",
-  "wasm_sha256",
-  "entrypoint",
-  "enabled",
-  "timeout_ms",
-  "memory_limit_mb",
-  "max_concurrency",
-  "max_attempts",
-  "retry_base_ms",
-  "retry_max_ms",
-  "env",
-  "allowed_hosts",
-  "db_role",
-  "on_error",
-  "ordering",
-  "circuit_error_rate",
-  "circuit_min_volume",
-  "circuit_window_ms",
-  "circuit_cooldown_ms",
-  "last_run_at",
-  "last_status",
-  "created_at",
-  "updated_at",
-] as const satisfies readonly (keyof FunctionInfo)[];
+export type FunctionInfo = Pick<Selectable<FunctionsTable>, InfoColumn>;
 
 export async function getFunction(db: Db, name: string): Promise<FunctionInfo | undefined> {
   return db
@@ -56,12 +39,10 @@ export async function getWasm(
   return row?.wasm;
 }
 
-export interface DeployInput extends Omit<FunctionPatch, "enabled" | "dbRole" | "onError"> {
+export interface DeployInput extends DeploySettings {
   readonly name: string;
   readonly wasm: Uint8Array;
   readonly wasmSha256: string;
-  readonly dbRole?: string;
-  readonly onError?: string;
   /** Replace an existing function of this name instead of failing with CONFLICT. */
   readonly update?: boolean;
 }
@@ -127,39 +108,35 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
 }
 
 /** Settings that can change without a new module (`PATCH /functions/v1/:name`). */
-export interface FunctionPatch {
-  readonly description?: string;
-  readonly enabled?: boolean;
-  readonly timeoutMs?: number;
-  readonly memoryLimitMb?: number;
-  readonly maxConcurrency?: number;
-  readonly maxAttempts?: number;
-  readonly retryBaseMs?: number;
-  readonly retryMaxMs?: number;
-  readonly env?: Readonly<Record<string, string>>;
-  readonly allowedHosts?: readonly string[];
-  /** null clears it. */
-  readonly dbRole?: string | null;
-  /** null clears it. */
-  readonly onError?: string | null;
-}
+export type FunctionPatch = PatchSettings;
 
 /** The columns a deploy or a patch sets: only the settings it names. */
-function settingColumns(s: FunctionPatch) {
-  return {
-    ...(s.description !== undefined && { description: s.description }),
-    ...(s.enabled !== undefined && { enabled: s.enabled }),
-    ...(s.timeoutMs !== undefined && { timeout_ms: s.timeoutMs }),
-    ...(s.memoryLimitMb !== undefined && { memory_limit_mb: s.memoryLimitMb }),
-    ...(s.maxConcurrency !== undefined && { max_concurrency: s.maxConcurrency }),
-    ...(s.maxAttempts !== undefined && { max_attempts: s.maxAttempts }),
-    ...(s.retryBaseMs !== undefined && { retry_base_ms: s.retryBaseMs }),
-    ...(s.retryMaxMs !== undefined && { retry_max_ms: s.retryMaxMs }),
-    ...(s.env !== undefined && { env: JSON.stringify(s.env) }),
-    ...(s.allowedHosts !== undefined && { allowed_hosts: [...s.allowedHosts] }),
-    ...(s.dbRole !== undefined && { db_role: s.dbRole }),
-    ...(s.onError !== undefined && { on_error: s.onError }),
-  };
+function settingColumns(s: FunctionPatch): Updateable<FunctionsTable> {
+  const values: Record<string, unknown> = {};
+  for (const [column, value] of Object.entries(settingsByColumn(s))) {
+    const { sqlType } = columnSpec(column as PatchColumn);
+    // jsonb as JSON text: pg would send an array as a Postgres array.
+    values[column] =
+      sqlType === "jsonb"
+        ? JSON.stringify(value)
+        : Array.isArray(value)
+          ? [...(value as unknown[])]
+          : value;
+  }
+  return values as Updateable<FunctionsTable>;
+}
+
+/**
+ * A function as `to_jsonb(pgfn.function_info)` carries it (pgfn.begin_run):
+ * jsonb has no timestamps, so those come back as strings.
+ */
+export function functionInfoFromJson(json: Record<string, unknown>): FunctionInfo {
+  const fn: Record<string, unknown> = { ...json };
+  for (const column of TIMESTAMP_COLUMNS) {
+    const value = json[column];
+    fn[column] = typeof value === "string" ? new Date(value) : null;
+  }
+  return fn as FunctionInfo;
 }
 
 /** Applies `patch`; undefined when there is no such function. */

@@ -19,3 +19,14 @@ export function createPool(connectionString: string, max: number, logger: Logger
   });
   return pool;
 }
+
+/** The role the pool's connections run as. */
+export async function currentRole(pool: pg.Pool): Promise<string | undefined> {
+  const { rows } = await pool.query<{ role: string }>("select current_user as role");
+  return rows[0]?.role;
+}
+
+/** One round trip to the server: throws if it cannot be reached. */
+export async function ping(pool: pg.Pool): Promise<void> {
+  await pool.query("select 1");
+}

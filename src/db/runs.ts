@@ -2,7 +2,7 @@
 import { sql, type RawBuilder, type Selectable } from "kysely";
 import type { Db, FunctionRunsTable } from "./database.js";
 import type { EventRow } from "./events.js";
-import type { FunctionInfo } from "./functions.js";
+import { functionInfoFromJson, type FunctionInfo } from "./functions.js";
 import type { ErrorCode } from "../errors.js";
 
 export type Run = Selectable<FunctionRunsTable>;
@@ -63,14 +63,7 @@ function toBeginRunResult(eventId: string, row: BeginRow): BeginRunResult {
     created_at: date(row.event.created_at)!,
     dispatched_at: date(row.event.dispatched_at),
   } as EventRow;
-  const fn = row.fn
-    ? ({
-        ...row.fn,
-        last_run_at: date(row.fn.last_run_at),
-        created_at: date(row.fn.created_at)!,
-        updated_at: date(row.fn.updated_at)!,
-      } as FunctionInfo)
-    : undefined;
+  const fn = row.fn ? functionInfoFromJson(row.fn) : undefined;
   const slot: StartRunResult | undefined = row.done_run_id
     ? undefined
     : row.refused
@@ -243,25 +236,39 @@ export async function finishSucceededRuns(
 }
 
 /**
- * Ends the event's attempts that this daemon left `running` before `runId`:
- * ones whose outcome, failure included, the database refused to record (the
- * job was then tried again, which started `runId`). Left alone they would
- * hold a max_concurrency slot until this daemon stops. Another daemon's are
- * not touched: the reaper ends those if it died.
+ * Ends the attempts of `runId`'s event that its daemon left `running`
+ * before it: ones whose outcome, failure included, the database refused to
+ * record (the job was then tried again, which started `runId`). Left alone
+ * they would hold a max_concurrency slot until the job completes
+ * (sql/000015, pgfn.abandon_earlier_runs). Returns how many.
  */
-export async function abandonEarlierRuns(
+export async function abandonEarlierRuns(db: Db, runId: string): Promise<number> {
+  const { rows } = await sql<{ n: number }>`
+    select pgfn.abandon_earlier_runs(${runId}::bigint) as n`.execute(db);
+  return rows[0]?.n ?? 0;
+}
+
+/**
+ * Ends a `running` attempt that pgfn could not finish (its outcome could
+ * not be recorded) as abandoned with INTERNAL; `willRetry` says whether its
+ * job runs the event again (sql/000015, pgfn.abandon_run). Returns whether
+ * it was still running.
+ */
+export async function abandonRun(
   db: Db,
-  input: { readonly eventId: string; readonly workerId: string; readonly runId: string },
-): Promise<void> {
-  await sql`
-    update pgfn.function_runs
-    set status = 'abandoned', error_code = 'INTERNAL', http_status = 500,
-        error_message = 'pgfn could not record the outcome of this attempt (the database refused it); the next attempt ended it.',
-        finished_at = clock_timestamp(),
-        duration_ms = extract(epoch from clock_timestamp() - started_at) * 1000,
-        will_retry = true
-    where event_id = ${input.eventId}::bigint and id < ${input.runId}::bigint
-      and status = 'running' and worker_id = ${input.workerId}`.execute(db);
+  input: { readonly runId: string; readonly errorMessage: string; readonly willRetry: boolean },
+): Promise<boolean> {
+  const { rows } = await sql<{ abandoned: boolean }>`
+    select pgfn.abandon_run(${input.runId}::bigint, 'INTERNAL', ${input.errorMessage}, ${input.willRetry}) as abandoned`.execute(
+    db,
+  );
+  return rows[0]?.abandoned ?? false;
+}
+
+/** Runs a run's event again as a new event (pgfn.retry); returns the new event's id. */
+export async function retryRun(db: Db, runId: number | string): Promise<string> {
+  const { rows } = await sql<{ id: string }>`select pgfn.retry(${runId}::bigint) as id`.execute(db);
+  return rows[0]!.id;
 }
 
 /** The event's succeeded run, if it has one. */

@@ -4,14 +4,14 @@
  * invoke. Without an admin token nothing can deploy or manage (never open).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { ApiError } from "./errors.js";
+import { PgfnError } from "../errors.js";
 
 /** What a route needs: `admin` (deploy, manage), `invoke`, or nothing. */
 export type Scope = "admin" | "invoke" | "public";
 
 export interface Authenticator {
   /**
-   * Throws ApiError UNAUTHORIZED (401) or FORBIDDEN (403) unless the header
+   * Throws PgfnError UNAUTHORIZED (401) or FORBIDDEN (403) unless the header
    * grants `scope`; returns what it grants: `admin` for PGFN_ADMIN_TOKEN,
    * `invoke` for one of PGFN_INVOKE_TOKENS, `public` on a public route.
    */
@@ -42,7 +42,7 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
       if (scope === "public") return "public";
       const token = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "")?.[1];
       if (token === undefined) {
-        throw new ApiError(
+        throw new PgfnError(
           "UNAUTHORIZED",
           admin.length === 0 && (scope === "admin" || invoke.length === 0)
             ? "This pgfn has no PGFN_ADMIN_TOKEN configured, so the functions API refuses this request; set PGFN_ADMIN_TOKEN (16+ characters) and restart."
@@ -55,12 +55,12 @@ export function createAuthenticator(options: AuthOptions): Authenticator {
       if (isAdmin) return "admin";
       if (scope === "invoke" && isInvoker) return "invoke";
       if (isInvoker) {
-        throw new ApiError(
+        throw new PgfnError(
           "FORBIDDEN",
           "This token may only invoke functions; deploying and managing them needs PGFN_ADMIN_TOKEN.",
         );
       }
-      throw new ApiError(
+      throw new PgfnError(
         "UNAUTHORIZED",
         admin.length === 0
           ? "This pgfn has no PGFN_ADMIN_TOKEN configured and the token is not one of PGFN_INVOKE_TOKENS; the request is refused."

@@ -1,18 +1,35 @@
 /**
- * The HTTP face of errors: every error response is `{ error, message, code }`
- * (DESIGN.md section 5) with the status of the failure model. `error` is the
- * short user-facing phrase of the failure spec, `code` the machine-readable
- * code, `message` a full sentence saying what to do.
+ * The HTTP face of errors, and the only place a code becomes an HTTP status:
+ * every error response is `{ error, message, code }` (docs/design.md section
+ * 5) with the status of the failure model. `error` is the short user-facing
+ * phrase of the failure spec, `code` the machine-readable code, `message` a
+ * full sentence saying what to do.
  */
-import { HTTP_STATUS, PgfnError, type ErrorCode } from "../errors.js";
+import { PgfnError, type ErrorCode } from "../errors.js";
 
-/** The failure model's codes, plus the ones only HTTP has (authentication, routing). */
-export type ApiErrorCode = ErrorCode | "UNAUTHORIZED" | "FORBIDDEN" | "NOT_FOUND";
-
-const API_ONLY_STATUS = { UNAUTHORIZED: 401, FORBIDDEN: 403, NOT_FOUND: 404 } as const;
+/**
+ * The one table from code to HTTP status (docs/design.md section 3). Runs
+ * record theirs too (`function_runs.http_status`), for `POST invoke`.
+ */
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
+  FUNCTION_NOT_FOUND: 404,
+  INVALID_REQUEST: 400,
+  CONFLICT: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  CONCURRENCY_LIMIT: 429,
+  FUNCTION_ERROR: 500,
+  HOST_FUNCTION_ERROR: 500,
+  CIRCUIT_OPEN: 503,
+  TIMEOUT: 504,
+  MEMORY_EXCEEDED: 507,
+  INTERNAL: 500,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+});
 
 /** The failure spec's user-facing messages, one per code. */
-const TITLES: Readonly<Record<ApiErrorCode, string>> = Object.freeze({
+const TITLES: Readonly<Record<ErrorCode, string>> = Object.freeze({
   FUNCTION_NOT_FOUND: "Function not found",
   INVALID_REQUEST: "Invalid request",
   CONFLICT: "Function already exists",
@@ -32,29 +49,10 @@ const TITLES: Readonly<Record<ApiErrorCode, string>> = Object.freeze({
 export interface ErrorBody {
   readonly error: string;
   readonly message: string;
-  readonly code: ApiErrorCode;
+  readonly code: ErrorCode;
 }
 
-/** An error only the HTTP layer raises (authentication, unknown routes). */
-export class ApiError extends Error {
-  override readonly name = "ApiError";
-  readonly code: ApiErrorCode;
-  readonly status: number;
-
-  constructor(code: keyof typeof API_ONLY_STATUS, message: string) {
-    super(message);
-    this.code = code;
-    this.status = API_ONLY_STATUS[code];
-  }
-}
-
-export function statusOf(code: ApiErrorCode): number {
-  return code in API_ONLY_STATUS
-    ? API_ONLY_STATUS[code as keyof typeof API_ONLY_STATUS]
-    : HTTP_STATUS[code as ErrorCode];
-}
-
-export function errorBody(code: ApiErrorCode, message: string): ErrorBody {
+export function errorBody(code: ErrorCode, message: string): ErrorBody {
   return { error: TITLES[code], message, code };
 }
 

@@ -1,5 +1,5 @@
 /**
- * The functions API (DESIGN.md section 5), under /functions/v1: deploy,
+ * The functions API (docs/design.md section 5), under /functions/v1: deploy,
  * read, change, delete, invoke synchronously, list runs. Each route says
  * which token it needs (`config.scope`, checked in server.ts before the body
  * is read).
@@ -12,7 +12,8 @@ import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "
 import { listRuns, type Run } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
-import { invokeNow } from "../invoke.js";
+import { settingsByName, SHOWN_COLUMNS } from "../functionColumns.js";
+import { invokeNow } from "../invokeNow.js";
 import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";
@@ -53,31 +54,18 @@ export interface FunctionsRoutesOptions {
 const iso = (d: Date) => d.toISOString();
 const isoOrNull = (d: Date | null) => (d ? d.toISOString() : null);
 
-function functionView(fn: FunctionInfo) {
-  return {
-    name: fn.name,
-    description: fn.description,
-    wasm_sha256: fn.wasm_sha256,
-    enabled: fn.enabled,
-    timeout_ms: fn.timeout_ms,
-    memory_limit_mb: fn.memory_limit_mb,
-    max_concurrency: fn.max_concurrency,
-    max_attempts: fn.max_attempts,
-    retry_base_ms: fn.retry_base_ms,
-    retry_max_ms: fn.retry_max_ms,
-    // An API key put in env must not come back out of a GET.
-    env: Object.fromEntries(
-      Object.entries(fn.env).map(([k, v]) => [k, SECRET_KEY.test(k) ? "[redacted]" : v]),
-    ),
-    allowed_hosts: fn.allowed_hosts,
-    db_role: fn.db_role,
-    on_error: fn.on_error,
-    ordering: fn.ordering,
-    last_run_at: isoOrNull(fn.last_run_at),
-    last_status: fn.last_status,
-    created_at: iso(fn.created_at),
-    updated_at: iso(fn.updated_at),
-  };
+/** A function as GET shows it (FunctionView): its shown columns, timestamps as ISO strings. */
+function functionView(fn: FunctionInfo): z.input<typeof FunctionView> {
+  const view: Record<string, unknown> = {};
+  for (const column of SHOWN_COLUMNS) {
+    const value = fn[column];
+    view[column] = value instanceof Date ? iso(value) : value;
+  }
+  // An API key put in env must not come back out of a GET.
+  view.env = Object.fromEntries(
+    Object.entries(fn.env).map(([k, v]) => [k, SECRET_KEY.test(k) ? "[redacted]" : v]),
+  );
+  return view as z.input<typeof FunctionView>;
 }
 
 function runView(run: Run) {
@@ -100,21 +88,6 @@ function runView(run: Run) {
     will_retry: run.will_retry,
     next_attempt_at: isoOrNull(run.next_attempt_at),
     worker_id: run.worker_id,
-  };
-}
-
-/** The settings deploy and PATCH share, named as the database layer names them. */
-function commonSettings(b: Omit<z.infer<typeof PatchBody>, "enabled" | "db_role" | "on_error">) {
-  return {
-    ...(b.description !== undefined && { description: b.description }),
-    ...(b.timeout_ms !== undefined && { timeoutMs: b.timeout_ms }),
-    ...(b.memory_limit_mb !== undefined && { memoryLimitMb: b.memory_limit_mb }),
-    ...(b.max_concurrency !== undefined && { maxConcurrency: b.max_concurrency }),
-    ...(b.max_attempts !== undefined && { maxAttempts: b.max_attempts }),
-    ...(b.retry_base_ms !== undefined && { retryBaseMs: b.retry_base_ms }),
-    ...(b.retry_max_ms !== undefined && { retryMaxMs: b.retry_max_ms }),
-    ...(b.env !== undefined && { env: b.env }),
-    ...(b.allowed_hosts !== undefined && { allowedHosts: b.allowed_hosts }),
   };
 }
 
@@ -146,11 +119,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     async (request, reply) => {
       const b = request.body;
       const result = await deployFunction(db, {
+        ...settingsByName(b),
         name: b.name,
         wasm: Buffer.from(b.wasm, "base64"),
-        ...commonSettings(b),
-        ...(b.db_role !== undefined && { dbRole: b.db_role }),
-        ...(b.on_error !== undefined && { onError: b.on_error }),
         update: b.update ?? false,
       });
       return reply.code(result.created ? 201 : 200).send({
@@ -195,13 +166,7 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     async (request) => {
       const { name } = request.params;
       assertFunctionName(name);
-      const b = request.body;
-      const fn = await updateFunction(db, name, {
-        ...commonSettings(b),
-        ...(b.enabled !== undefined && { enabled: b.enabled }),
-        ...(b.db_role !== undefined && { dbRole: b.db_role }),
-        ...(b.on_error !== undefined && { onError: b.on_error }),
-      });
+      const fn = await updateFunction(db, name, settingsByName(request.body));
       if (!fn) throw notFound(name);
       return functionView(fn);
     },

@@ -11,6 +11,7 @@
  */
 import type pg from "pg";
 import type { Logger } from "pino";
+import { ping } from "../db/pool.js";
 import { coerceError } from "../errors.js";
 import type { Listener } from "../listener/listener.js";
 import { pendingMigrations } from "../migrate.js";
@@ -89,7 +90,7 @@ export async function checkReadiness(options: ReadinessOptions): Promise<Readine
   const [database, migrations] = await Promise.all([
     withTimeout(
       async () => {
-        await options.pool.query("select 1");
+        await ping(options.pool);
         return "ok";
       },
       UNREACHABLE,

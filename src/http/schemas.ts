@@ -4,44 +4,77 @@
  * from them, so the document cannot drift from what the server does.
  * Field names are the SQL columns' (snake_case): what `select * from
  * pgfn.functions` shows is what the API takes and returns (a deploy answers
- * with the module's `hash`, its wasm_sha256).
+ * with the module's `hash`, its wasm_sha256). The settings' fields, ranges,
+ * defaults and descriptions come from their definition, src/functionColumns.ts.
  */
 import { z } from "zod";
-import { FUNCTION_NAME } from "../deploy.js";
+import {
+  columnSpec,
+  DEPLOY_COLUMNS,
+  defaultText,
+  FUNCTION_COLUMNS,
+  PATCH_COLUMNS,
+  rangeTextOf,
+  SHOWN_COLUMNS,
+  type ColumnName,
+  type DeployColumn,
+  type PatchColumn,
+  type ShownColumn,
+} from "../functionColumns.js";
+import { RUN_STATUSES } from "../interfaces.js";
 
-const functionName = z
-  .string()
-  .regex(FUNCTION_NAME, "must match ^[a-z][a-z0-9_-]{0,63}$")
-  .describe("Function name: a lowercase letter, then up to 63 letters, digits, _ or -.");
+type Columns = typeof FUNCTION_COLUMNS;
+
+const functionName = FUNCTION_COLUMNS.name.input.describe(
+  "Function name: a lowercase letter, then up to 63 letters, digits, _ or -.",
+);
 const timestamp = z.iso.datetime().describe("ISO 8601, UTC.");
 
-/** Settings a deploy may set and a PATCH may change; absent means "keep" (or the default). */
-const settings = {
-  description: z.string().max(1000).optional(),
-  timeout_ms: z.int().min(1000).max(300_000).optional().describe("(Default: 10000)"),
-  memory_limit_mb: z.int().min(16).max(512).optional().describe("(Default: 128)"),
-  max_concurrency: z
-    .int()
-    .min(1)
-    .max(10_000)
-    .optional()
-    .describe(
-      "Runs at once across all daemons; a synchronous invoke over it gets 429. (Default: 100)",
-    ),
-  max_attempts: z.int().min(1).max(100).optional().describe("(Default: 3)"),
-  retry_base_ms: z.int().min(0).max(86_400_000).optional().describe("(Default: 1000)"),
-  retry_max_ms: z.int().min(0).max(86_400_000).optional().describe("(Default: 300000)"),
-  env: z
-    .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string())
-    .optional()
-    .describe(
-      "Values the handler reads with config_get; secret-looking keys are never shown back.",
-    ),
-  allowed_hosts: z
-    .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/))
-    .optional()
-    .describe("Hosts http_fetch may reach."),
+/** "Wall-clock limit per run, in ms; 1000..300000. (Default: 10000)" */
+function describeColumn(column: ColumnName, extra = ""): string {
+  const range = rangeTextOf(column);
+  const byDefault = defaultText(column);
+  const text = columnSpec(column).description;
+  return `${text[0]!.toUpperCase()}${text.slice(1)}${range ? `; ${range}` : ""}.${extra}${byDefault === undefined ? "" : ` (Default: ${byDefault})`}`;
+}
+
+/** Settings a deploy may set; absent means the default. */
+const deploySettings = Object.fromEntries(
+  DEPLOY_COLUMNS.map((c) => [c, FUNCTION_COLUMNS[c].input.optional().describe(describeColumn(c))]),
+) as { [K in DeployColumn]: z.ZodOptional<Columns[K]["input"]> };
+
+/** Settings a PATCH may change; absent means "keep", null clears one that may be null. */
+const patchSettings = Object.fromEntries(
+  PATCH_COLUMNS.map((c) => {
+    const spec = columnSpec(c);
+    const schema = spec.nullable ? spec.input.nullable() : spec.input;
+    return [
+      c,
+      schema.optional().describe(describeColumn(c, spec.nullable ? " null clears it." : "")),
+    ];
+  }),
+) as {
+  [K in PatchColumn]: z.ZodOptional<
+    Columns[K] extends { nullable: true } ? z.ZodNullable<Columns[K]["input"]> : Columns[K]["input"]
+  >;
 };
+
+/** A column as GET shows it: timestamps as ISO strings. */
+type Shown<K extends ShownColumn> = Columns[K] extends { sqlType: "timestamp with time zone" }
+  ? Columns[K] extends { nullable: true }
+    ? z.ZodNullable<typeof timestamp>
+    : typeof timestamp
+  : Columns[K] extends { nullable: true }
+    ? z.ZodNullable<Columns[K]["type"]>
+    : Columns[K]["type"];
+
+const shownColumns = Object.fromEntries(
+  SHOWN_COLUMNS.map((c) => {
+    const spec = columnSpec(c);
+    const type = spec.sqlType === "timestamp with time zone" ? timestamp : spec.type;
+    return [c, (spec.nullable ? type.nullable() : type).describe(describeColumn(c))];
+  }),
+) as { [K in ShownColumn]: Shown<K> };
 
 export const DeployBody = z
   .strictObject({
@@ -51,9 +84,7 @@ export const DeployBody = z
       .describe(
         "The module (an Extism plugin exporting `handle`), base64; at most 10 MiB decoded.",
       ),
-    ...settings,
-    db_role: z.string().min(1).max(63).optional(),
-    on_error: functionName.optional(),
+    ...deploySettings,
     update: z
       .boolean()
       .optional()
@@ -71,39 +102,12 @@ export const DeployResponse = z
   })
   .meta({ id: "DeployResponse" });
 
-export const PatchBody = z
-  .strictObject({
-    ...settings,
-    enabled: z
-      .boolean()
-      .optional()
-      .describe("A disabled function answers 404 and its events fail."),
-    db_role: z.string().min(1).max(63).nullable().optional().describe("null clears it."),
-    on_error: functionName.nullable().optional().describe("null clears it."),
-  })
-  .meta({ id: "PatchRequest" });
+export const PatchBody = z.strictObject(patchSettings).meta({ id: "PatchRequest" });
 
 export const FunctionView = z
   .object({
-    name: z.string(),
-    description: z.string(),
-    wasm_sha256: z.string(),
-    enabled: z.boolean(),
-    timeout_ms: z.int(),
-    memory_limit_mb: z.int(),
-    max_concurrency: z.int(),
-    max_attempts: z.int(),
-    retry_base_ms: z.int(),
-    retry_max_ms: z.int(),
-    env: z.record(z.string(), z.string()).describe('Secret-looking keys show "[redacted]".'),
-    allowed_hosts: z.array(z.string()),
-    db_role: z.string().nullable(),
-    on_error: z.string().nullable(),
-    ordering: z.enum(["none", "function", "row"]),
-    last_run_at: timestamp.nullable(),
-    last_status: z.enum(["running", "succeeded", "failed", "abandoned"]).nullable(),
-    created_at: timestamp,
-    updated_at: timestamp,
+    ...shownColumns,
+    env: shownColumns.env.describe('Secret-looking keys show "[redacted]".'),
   })
   .meta({ id: "Function" });
 
@@ -118,7 +122,7 @@ export const RunView = z
     function_name: z.string(),
     wasm_sha256: z.string().nullable().describe("The module this attempt ran."),
     attempt: z.int(),
-    status: z.enum(["running", "succeeded", "failed", "abandoned"]),
+    status: z.enum(RUN_STATUSES),
     error_code: z.string().nullable(),
     http_status: z.int().nullable(),
     error_message: z.string().nullable(),
@@ -159,7 +163,7 @@ export const ErrorResponse = z
     message: z.string().describe("What went wrong and what to do, as a sentence."),
     code: z
       .string()
-      .describe("FUNCTION_NOT_FOUND, INVALID_REQUEST, TIMEOUT, ... (DESIGN.md section 3)."),
+      .describe("FUNCTION_NOT_FOUND, INVALID_REQUEST, TIMEOUT, ... (the README's Failure model)."),
     run_id: z.int().optional().describe("Invoke only: the recorded run that failed."),
   })
   .meta({ id: "Error" });

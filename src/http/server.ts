@@ -16,10 +16,10 @@ import {
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { Db } from "../db/database.js";
-import { coerceError, PgfnError } from "../errors.js";
+import { coerceError, PgfnError, type ErrorCode } from "../errors.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import { createAuthenticator, type AuthOptions } from "./auth.js";
-import { ApiError, errorBody, fromFastifyError, statusOf, type ApiErrorCode } from "./errors.js";
+import { errorBody, fromFastifyError, HTTP_STATUS } from "./errors.js";
 import { functionsRoutes, INVOKE_BODY_LIMIT } from "./functions.js";
 import type { Readiness } from "./health.js";
 
@@ -132,9 +132,9 @@ export async function buildApp(options: HttpServerOptions) {
   });
 
   app.setErrorHandler((caught: FastifyError | Error, request, reply) => {
-    let code: ApiErrorCode;
+    let code: ErrorCode;
     let message: string;
-    if (caught instanceof ApiError || caught instanceof PgfnError) {
+    if (caught instanceof PgfnError) {
       ({ code, message } = caught);
     } else if (hasZodFastifySchemaValidationErrors(caught)) {
       code = "INVALID_REQUEST";
@@ -151,11 +151,11 @@ export async function buildApp(options: HttpServerOptions) {
       );
       message = `pgfn could not handle the request (request ${request.id}); see the daemon's log.`;
     }
-    return reply.code(statusOf(code)).send(errorBody(code, message));
+    return reply.code(HTTP_STATUS[code]).send(errorBody(code, message));
   });
   app.setNotFoundHandler((request, reply) =>
     reply
-      .code(404)
+      .code(HTTP_STATUS.NOT_FOUND)
       .send(errorBody("NOT_FOUND", `No route ${request.method} ${request.url.split("?")[0]}.`)),
   );
 

@@ -7,7 +7,11 @@ import pgListen from "pg-listen";
 import type { Logger } from "pino";
 import type { Dispatcher } from "./dispatcher.js";
 
-/** The channel pgfn.enqueue() notifies. */
+/**
+ * The channel pgfn.wake() notifies when a transaction that wrote events
+ * commits, unless a listener is awake already or no daemon is registered
+ * (sql/000013_write_path.sql).
+ */
 export const CHANNEL = "pgfn_events";
 
 /** The listener's connection shows as this in pg_stat_activity. */

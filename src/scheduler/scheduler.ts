@@ -14,9 +14,15 @@
  * Time is injected (`clock`), never read from Date directly, so tests step
  * through minutes, downtimes and DST transitions in milliseconds.
  */
-import { sql, type Selectable, type Transaction } from "kysely";
 import type { Logger } from "pino";
-import type { Database, Db, SchedulesTable } from "../db/database.js";
+import type { Db } from "../db/database.js";
+import {
+  advanceSchedule,
+  claimDueSchedule,
+  insertScheduleEvents,
+  markScheduleUnusable,
+  type ScheduleRow,
+} from "../db/schedules.js";
 import { coerceError } from "../errors.js";
 import type { CatchUp } from "../interfaces.js";
 import { compileCron, DEFAULT_CATCH_UP_LIMIT, planSlots, type PlanOptions } from "./slots.js";
@@ -44,8 +50,6 @@ export interface TickResult {
   /** Due slots dropped by catch-up policies. */
   readonly skipped: number;
 }
-
-type ScheduleRow = Selectable<SchedulesTable>;
 
 export class Scheduler {
   private readonly clock: Clock;
@@ -120,23 +124,12 @@ export class Scheduler {
   }
 
   private async fireOne(
-    trx: Transaction<Database>,
+    trx: Db,
     now: Date,
     handled: readonly string[],
   ): Promise<{ functionName: string; fired: number; skipped: number } | undefined> {
     const { logger } = this.options;
-    const row = await trx
-      .selectFrom("pgfn.schedules")
-      .selectAll()
-      .where("error", "is", null)
-      .where((eb) => eb.or([eb("next_run", "is", null), eb("next_run", "<=", now)]))
-      // Each schedule once per tick, whatever it left behind.
-      .$if(handled.length > 0, (qb) => qb.where("function_name", "not in", handled))
-      .orderBy(sql`next_run nulls first`)
-      .limit(1)
-      .forUpdate()
-      .skipLocked()
-      .executeTakeFirst();
+    const row = await claimDueSchedule(trx, now, handled);
     if (!row) return undefined;
     const log = { operation: "schedule", function: row.function_name, cron: row.cron };
 
@@ -162,24 +155,13 @@ export class Scheduler {
     } catch (error) {
       // Left alone until pgfn.schedule() changes it; the reason is on the row.
       const message = coerceError(error).message;
-      await trx
-        .updateTable("pgfn.schedules")
-        .set({ error: message, next_run: null })
-        .where("function_name", "=", row.function_name)
-        .execute();
+      await markScheduleUnusable(trx, row.function_name, message);
       logger.error({ ...log, error: message }, "schedule cannot be used; it will not fire");
       return { functionName: row.function_name, fired: 0, skipped: 0 };
     }
 
     const ids = await insertSlotEvents(trx, row, plan.fire, now);
-    await trx
-      .updateTable("pgfn.schedules")
-      .set({
-        next_run: plan.nextRun,
-        ...(plan.fire.length > 0 && { last_run: plan.fire.at(-1)! }),
-      })
-      .where("function_name", "=", row.function_name)
-      .execute();
+    await advanceSchedule(trx, row.function_name, plan.nextRun, plan.fire.at(-1));
     if (ids.length > 0) {
       // The listener is woken at commit by pgfn.wake, as for every new event.
       logger.info(
@@ -209,28 +191,18 @@ function explain(catchUp: CatchUp, overLimit: boolean, limit: number): string {
     : "catch_up 'none' fires no missed slot";
 }
 
-/** One event per slot; a slot that already has one (see the unique index) is left as it is. */
+/** One event per slot; a slot that already has one is left as it is. */
 async function insertSlotEvents(
-  trx: Transaction<Database>,
+  trx: Db,
   row: ScheduleRow,
   slots: readonly Date[],
   now: Date,
 ): Promise<string[]> {
-  if (slots.length === 0) return [];
   const payloads = slots.map((slot) => ({
     cron: row.cron,
     timezone: row.timezone,
     scheduled_time: slot.toISOString(),
     actual_time: now.toISOString(),
   }));
-  const { rows } = await sql<{ id: string }>`
-    insert into pgfn.events (function_name, source, payload)
-    select ${row.function_name}, 'schedule', p
-    from jsonb_array_elements(${JSON.stringify(payloads)}::jsonb) with ordinality as t (p, n)
-    order by n
-    on conflict (function_name, (payload ->> 'scheduled_time'))
-      where source = 'schedule' and replay_of is null
-      do nothing
-    returning id`.execute(trx);
-  return rows.map((r) => r.id);
+  return insertScheduleEvents(trx, row.function_name, payloads);
 }

@@ -1,33 +1,34 @@
 /**
- * One attempt at one event: load the function, record a `running` run,
- * call the handler (no transaction open meanwhile), record the outcome.
- * Used by the graphile-worker task and by synchronous invokes alike.
+ * One attempt at one event: begin it (load the event and its function,
+ * record a `running` run), call the handler (no transaction open
+ * meanwhile), record the outcome, and tell the circuit and the ordering
+ * about it. Used by the graphile-worker task and by synchronous invokes
+ * alike. The event's JSON is eventInput.ts's; what an outcome means and how
+ * it is recorded, outcome.ts's.
  */
-import { sql } from "kysely";
 import type { Logger } from "pino";
 import type { Db } from "../db/database.js";
 import type { EventRow } from "../db/events.js";
 import { getWasm, type FunctionInfo } from "../db/functions.js";
+import { addWaitJob } from "../db/jobs.js";
 import {
   abandonEarlierRuns,
+  abandonRun,
   recordCircuit,
   beginRun,
   beginRuns,
   wakeNextInLine,
   succeededRun,
   type BeginRunResult,
-  type FinishRunInput,
   type Run,
+  type StartRunResult,
 } from "../db/runs.js";
-import { coerceError, HTTP_STATUS, PgfnError } from "../errors.js";
-import { storableText, unstorableJson } from "../db/jsonb.js";
-import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
-import { MAX_MESSAGE_CHARS } from "../sandbox/logs.js";
-import type { EventInput, Operation } from "../interfaces.js";
-import type { InvokeOutcome } from "../sandbox/invocation.js";
+import { coerceError, PgfnError } from "../errors.js";
+import { HTTP_STATUS } from "../http/errors.js";
 import type { ModuleCache } from "../sandbox/module.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
-import { deferEvent, recordOutcome } from "./outcome.js";
+import { toEventInput } from "./eventInput.js";
+import { classifyOutcome, cleanText, recordOutcome, type OutcomeContext } from "./outcome.js";
 import type { SuccessRecorder } from "./recorder.js";
 import type { Slots } from "./slots.js";
 
@@ -48,42 +49,6 @@ export interface ExecutorDeps {
   readonly recorder?: SuccessRecorder;
   /** Bounds the attempts jobs run at once (see slots.ts). (Default: no bound) */
   readonly slots?: Slots;
-}
-
-/** The JSON a handler receives (DESIGN.md section 1). */
-export function toEventInput(event: EventRow, attempt: number): EventInput {
-  const common = {
-    id: Number(event.id),
-    attempt,
-    function: event.function_name,
-    timestamp: event.created_at.toISOString(),
-  };
-  if (event.source === "database") {
-    return {
-      ...common,
-      trigger: "database",
-      schema: event.table_schema ?? "",
-      table: event.table_name ?? "",
-      operation: event.operation as Operation,
-      old: (event.old as Record<string, unknown> | null) ?? null,
-      new: (event.new as Record<string, unknown> | null) ?? null,
-    };
-  }
-  if (event.source === "schedule") {
-    // Written by the scheduler (src/scheduler/scheduler.ts); a hand-made
-    // schedule event with a different payload still gets every field.
-    const payload = (event.payload ?? {}) as Partial<Record<string, unknown>>;
-    const text = (value: unknown) => (typeof value === "string" ? value : "");
-    return {
-      ...common,
-      trigger: "schedule",
-      cron: text(payload.cron),
-      timezone: text(payload.timezone),
-      scheduled_time: text(payload.scheduled_time),
-      actual_time: text(payload.actual_time) || common.timestamp,
-    };
-  }
-  return { ...common, trigger: event.source, payload: event.payload ?? null };
 }
 
 /**
@@ -164,101 +129,104 @@ async function runBegun(
   jobId: string | null,
   options: { readonly sync?: boolean },
 ): Promise<Run | undefined> {
-  const { db, logger } = deps;
   const { event, fn, slot } = begun;
-  const eventId = event.id;
   // A job can outlive its work: a daemon killed after recording the run but
   // before graphile-worker completed the job leaves it to run again.
   if (!slot) {
-    logger.info(
-      { operation: "run", event_id: eventId, run_id: begun.doneRunId },
+    deps.logger.info(
+      { operation: "run", event_id: event.id, run_id: begun.doneRunId },
       "event already done; not run again",
     );
-    return succeededRun(db, eventId);
-  }
-  if (!slot.started && slot.refused === "DEFERRED") {
-    logger.debug(
-      { operation: "run", event_id: eventId, job_id: jobId },
-      "event waits for a job of its own; not run by this one",
-    );
-    return undefined;
+    return succeededRun(deps.db, event.id);
   }
   if (!slot.started) {
-    if (options.sync) {
-      throw slot.refused === "CIRCUIT_OPEN"
-        ? new PgfnError(
-            "CIRCUIT_OPEN",
-            `Function "${event.function_name}" is failing too often; its circuit is open until ${slot.retryAt?.toISOString() ?? "its cooldown ends"}. Try again later.`,
-          )
-        : new PgfnError(
-            "CONCURRENCY_LIMIT",
-            slot.refused === "ORDERING"
-              ? `Function "${event.function_name}" runs its events one at a time in order (ordering = '${fn?.ordering}') and is busy with earlier ones; try again shortly.`
-              : `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
-          );
-    }
-    // Wait without holding a worker, as a job due later: at the circuit's
-    // cooldown, or a moment from now for a free slot. Jitter keeps the
-    // waiting events of one function from returning together. An ordered
-    // function's event waits exactly as told: its turn comes in line.
-    const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
-    const jitterMs = slot.refused === "ORDERING" ? 0 : slot.retryAt ? 1000 : 400;
-    await deferEvent(db, event, fn, waitMs + Math.floor(Math.random() * jitterMs));
-    logger.debug(
-      { operation: "run", event_id: eventId, function: event.function_name, reason: slot.refused },
-      "deferred",
-    );
+    await notStarted(deps, begun, slot, jobId, options.sync ?? false);
     return undefined;
   }
-  const { id: runId, attempt } = slot;
+  const attempt: Attempt = {
+    event,
+    input: toEventInput(event, slot.attempt),
+    fn,
+    attempt: slot.attempt,
+    sync: options.sync ?? false,
+    runId: slot.id,
+    jobId,
+  };
+  const run = await runAttempt(deps, attempt);
+  logRun(deps.logger, run);
+  await afterRun(deps, run, fn, slot.probe);
+  deps.onRunFinished?.(run, event);
+  return run;
+}
 
-  const input = toEventInput(event, attempt);
-  const context = { event, input, fn, attempt, sync: options.sync ?? false };
-  let started = performance.now();
-  let run: Run;
-  try {
-    if (attempt > 1 && jobId !== null) {
-      // Housekeeping: failing it must not fail the attempt.
-      await abandonEarlierRuns(db, { eventId, workerId: deps.workerId, runId }).catch(
-        (e: unknown) =>
-          logger.warn(
-            { operation: "run", event_id: eventId, error: (e as Error).message },
-            "could not end this event's earlier attempts",
-          ),
-      );
-    }
-    // graphile-worker tries a job once more than the event has attempts
-    // left (sql/000009): that last try, or an attempt started after
-    // max_attempts was lowered, ends the event here without running it.
-    if (fn && !options.sync && attempt > fn.max_attempts) {
-      throw new PgfnError(
-        "INTERNAL",
-        `This would be attempt ${attempt} of an event whose function allows ${fn.max_attempts} (max_attempts), so the handler was not run: the last attempt could not be recorded, or max_attempts was lowered since. The earlier runs of event ${eventId} say what happened.`,
-      );
-    }
-    if (!fn || !fn.enabled) {
-      throw new PgfnError(
-        "FUNCTION_NOT_FOUND",
-        fn
-          ? `Function "${event.function_name}" is disabled. Enable it and retry the run.`
-          : `Function "${event.function_name}" is not deployed. Deploy it and retry the run.`,
-      );
-    }
-    const module = await deps.modules.get(fn.wasm_sha256, async () => {
-      const wasm = await getWasm(db, fn.name, fn.wasm_sha256);
-      if (!wasm) {
-        throw new PgfnError(
-          "FUNCTION_NOT_FOUND",
-          `Function "${fn.name}" was redeployed or deleted while this run started.`,
+/**
+ * An attempt that may not start now. A synchronous invoke hears why; a
+ * job's event waits without holding a worker, as a job due later: at the
+ * circuit's cooldown, or a moment from now for a free slot. Jitter keeps
+ * the waiting events of one function from returning together. An ordered
+ * function's event waits exactly as told: its turn comes in line. An event
+ * that another job of its own will run (DEFERRED) is left to it.
+ */
+async function notStarted(
+  deps: ExecutorDeps,
+  { event, fn }: BeginRunResult,
+  slot: Extract<StartRunResult, { started: false }>,
+  jobId: string | null,
+  sync: boolean,
+): Promise<void> {
+  if (slot.refused === "DEFERRED") {
+    deps.logger.debug(
+      { operation: "run", event_id: event.id, job_id: jobId },
+      "event waits for a job of its own; not run by this one",
+    );
+    return;
+  }
+  if (sync) {
+    throw slot.refused === "CIRCUIT_OPEN"
+      ? new PgfnError(
+          "CIRCUIT_OPEN",
+          `Function "${event.function_name}" is failing too often; its circuit is open until ${slot.retryAt?.toISOString() ?? "its cooldown ends"}. Try again later.`,
+        )
+      : new PgfnError(
+          "CONCURRENCY_LIMIT",
+          slot.refused === "ORDERING"
+            ? `Function "${event.function_name}" runs its events one at a time in order (ordering = '${fn?.ordering}') and is busy with earlier ones; try again shortly.`
+            : `Function "${event.function_name}" is already running ${fn?.max_concurrency} times (its max_concurrency); try again shortly.`,
         );
-      }
-      return wasm;
-    });
-    // From here: duration_ms is the handler's time, not the module's first compile.
+  }
+  const waitMs = slot.retryAt ? Math.max(0, slot.retryAt.getTime() - Date.now()) : 100;
+  const jitterMs = slot.refused === "ORDERING" ? 0 : slot.retryAt ? 1000 : 400;
+  await addWaitJob(deps.db, event.id, waitMs + Math.floor(Math.random() * jitterMs));
+  deps.logger.debug(
+    { operation: "run", event_id: event.id, function: event.function_name, reason: slot.refused },
+    "deferred",
+  );
+}
+
+/** A started attempt: what running and recording it needs. */
+interface Attempt extends OutcomeContext {
+  /** Its `running` row. */
+  readonly runId: string;
+  /** The job running it; null for a synchronous invoke. */
+  readonly jobId: string | null;
+}
+
+/**
+ * Runs a started attempt and records its outcome; whatever goes wrong on
+ * the way is recorded as the attempt's failure (recordFailure).
+ */
+async function runAttempt(deps: ExecutorDeps, a: Attempt): Promise<Run> {
+  // duration_ms is the handler's time, not the module's first compile;
+  // until the handler starts, the time since the attempt began.
+  let started = performance.now();
+  try {
+    if (a.attempt > 1 && a.jobId !== null) await endEarlierAttempts(deps, a);
+    const fn = runnableFunction(a);
+    const module = await loadModule(deps, fn);
     started = performance.now();
     const outcome = await deps.sandbox.invoke({
       module,
-      input,
+      input: a.input,
       entry: fn.entrypoint,
       timeoutMs: fn.timeout_ms,
       memoryLimitBytes: fn.memory_limit_mb * 1024 * 1024,
@@ -269,136 +237,182 @@ async function runBegun(
       }),
     });
     const durationMs = performance.now() - started;
-    // Secret env values never reach a run row or a log line, whatever the
-    // handler printed; nor does a character Postgres cannot store, which
-    // would fail the statement that records the run.
-    const secrets = secretValues(fn.env);
-    const clean = (text: string) => storableText(redactAndClip(text, secrets, MAX_MESSAGE_CHARS));
+    const clean = cleanText(fn);
     const logs = outcome.logs.map((l) => ({ ...l, message: clean(l.message) }));
-    for (const l of logs) {
-      const level =
-        l.level === "error" || l.level === "warn" || l.level === "info" ? l.level : "debug";
-      logger[level](
-        { operation: "handler_log", function: fn.name, run_id: runId, event_id: eventId },
-        l.message,
+    logHandler(deps.logger, a, logs);
+    const { finish, facts } = classifyOutcome(
+      { runId: a.runId, functionName: a.event.function_name },
+      { ...outcome, logs },
+      durationMs,
+      clean,
+    );
+    return await recordOutcome(deps.db, a, finish, facts, deps.recorder);
+  } catch (caught) {
+    return recordFailure(deps, a, caught, performance.now() - started);
+  }
+}
+
+/**
+ * Ends the attempts of this event that this daemon left running before
+ * (sql/000015, pgfn.abandon_earlier_runs). Housekeeping: failing it must
+ * not fail the attempt.
+ */
+async function endEarlierAttempts(deps: ExecutorDeps, a: Attempt): Promise<void> {
+  await abandonEarlierRuns(deps.db, a.runId).catch((e: unknown) =>
+    deps.logger.warn(
+      { operation: "run", event_id: a.event.id, error: (e as Error).message },
+      "could not end this event's earlier attempts",
+    ),
+  );
+}
+
+/** The attempt's function, if its handler may run; else the failure to record. */
+function runnableFunction(a: Attempt): FunctionInfo {
+  const { fn, event, attempt } = a;
+  // graphile-worker tries a job once more than the event has attempts
+  // left (sql/000009): that last try, or an attempt started after
+  // max_attempts was lowered, ends the event here without running it.
+  if (fn && !a.sync && attempt > fn.max_attempts) {
+    throw new PgfnError(
+      "INTERNAL",
+      `This would be attempt ${attempt} of an event whose function allows ${fn.max_attempts} (max_attempts), so the handler was not run: the last attempt could not be recorded, or max_attempts was lowered since. The earlier runs of event ${event.id} say what happened.`,
+    );
+  }
+  if (!fn || !fn.enabled) {
+    throw new PgfnError(
+      "FUNCTION_NOT_FOUND",
+      fn
+        ? `Function "${event.function_name}" is disabled. Enable it and retry the run.`
+        : `Function "${event.function_name}" is not deployed. Deploy it and retry the run.`,
+    );
+  }
+  return fn;
+}
+
+/** The function's compiled module, from the cache or the database. */
+async function loadModule(deps: ExecutorDeps, fn: FunctionInfo) {
+  return deps.modules.get(fn.wasm_sha256, async () => {
+    const wasm = await getWasm(deps.db, fn.name, fn.wasm_sha256);
+    if (!wasm) {
+      throw new PgfnError(
+        "FUNCTION_NOT_FOUND",
+        `Function "${fn.name}" was redeployed or deleted while this run started.`,
       );
     }
-    // Output that jsonb cannot hold is the handler's fault, like output that
-    // is not JSON: not something to retry, let alone for ever.
-    const unstorable = outcome.ok ? unstorableJson(outcome.output) : undefined;
-    const error: InvokeOutcome["error"] = unstorable
-      ? {
-          code: "FUNCTION_ERROR",
-          message: `The handler's output contains ${unstorable}, which Postgres jsonb cannot store; remove it, or encode the text (e.g. as base64), before returning it.`,
-        }
-      : outcome.error;
-    const ok = outcome.ok && !unstorable;
-    const facts = error && {
-      code: error.code,
-      ...(error.transient !== undefined && { transient: error.transient }),
-      ...(outcome.retry?.afterMs !== undefined && { retryAfterMs: outcome.retry.afterMs }),
-      ...(outcome.retry?.never && { noRetry: true }),
-    };
-    const finish: FinishRunInput = {
-      runId,
-      functionName: event.function_name,
-      status: ok ? "succeeded" : "failed",
-      result: ok ? outcome.output : undefined,
-      ...(error && {
+    return wasm;
+  });
+}
+
+/** The handler's log lines, into the daemon's log. */
+function logHandler(
+  logger: Logger,
+  a: Attempt,
+  logs: readonly { readonly level: string; readonly message: string }[],
+): void {
+  for (const l of logs) {
+    const level =
+      l.level === "error" || l.level === "warn" || l.level === "info" ? l.level : "debug";
+    logger[level](
+      {
+        operation: "handler_log",
+        function: a.event.function_name,
+        run_id: a.runId,
+        event_id: a.event.id,
+      },
+      l.message,
+    );
+  }
+}
+
+/**
+ * Records an attempt that failed before it had an outcome of its own: the
+ * function refused (missing, disabled, past max_attempts), or pgfn or the
+ * database failed, such as the statement that recorded the outcome. The
+ * function's failure model applies, whatever failed: retried while its
+ * max_attempts allows (INTERNAL is retryable), then a dead letter and
+ * on_error. Never graphile-worker's 25 retries of a throwing job.
+ */
+async function recordFailure(
+  deps: ExecutorDeps,
+  a: Attempt,
+  caught: unknown,
+  durationMs: number,
+): Promise<Run> {
+  const { logger, db } = deps;
+  const error = coerceError(caught);
+  // Not one of ours (those say what happened): pgfn's own fault or the database's.
+  const unexpected = !(caught instanceof PgfnError);
+  const errorMessage = cleanText(a.fn)(
+    unexpected ? `pgfn could not finish this attempt: ${error.message}` : error.message,
+  );
+  const fields = {
+    operation: "run",
+    function: a.event.function_name,
+    run_id: a.runId,
+    event_id: a.event.id,
+  };
+  if (unexpected) {
+    logger.error(
+      { ...fields, error: error.message },
+      "attempt failed by an internal error; it is retried while max_attempts allows",
+    );
+  }
+  try {
+    return await recordOutcome(
+      db,
+      a,
+      {
+        runId: a.runId,
+        functionName: a.event.function_name,
+        status: "failed",
         errorCode: error.code,
         httpStatus: HTTP_STATUS[error.code],
-        errorMessage: clean(error.message),
-      }),
-      logs,
-      durationMs,
-      ...(outcome.memoryPeakBytes !== undefined && { memoryPeakBytes: outcome.memoryPeakBytes }),
-    };
-    run = await recordOutcome(db, context, finish, facts, deps.recorder);
-  } catch (caught) {
-    const error = coerceError(caught);
-    // Not one of ours (those say what happened): pgfn's own fault or the
-    // database's, such as a statement that recorded the outcome failing.
-    const unexpected = !(caught instanceof PgfnError);
-    const message = unexpected
-      ? `pgfn could not finish this attempt: ${error.message}`
-      : error.message;
-    const secrets = fn ? secretValues(fn.env) : [];
-    const errorMessage = storableText(redactAndClip(message, secrets, MAX_MESSAGE_CHARS));
-    if (unexpected) {
-      logger.error(
-        {
-          operation: "run",
-          function: event.function_name,
-          run_id: runId,
-          event_id: eventId,
-          error: error.message,
-        },
-        "attempt failed by an internal error; it is retried while max_attempts allows",
-      );
-    }
-    try {
-      // The function's failure model, whatever failed: retried while its
-      // max_attempts allows (INTERNAL is retryable), then a dead letter and
-      // on_error. Never graphile-worker's 25 retries of a throwing job.
-      run = await recordOutcome(
-        db,
-        context,
-        {
-          runId,
-          functionName: event.function_name,
-          status: "failed",
-          errorCode: error.code,
-          httpStatus: error.status,
-          errorMessage,
-          logs: [],
-          durationMs: performance.now() - started,
-        },
-        { code: error.code },
-      );
-    } catch (again) {
-      // Not even the failure can be recorded: the database is down. The
-      // attempt must not stay `running` while this daemon lives (no reaper
-      // would end it, and it would hold a max_concurrency slot); if this
-      // fails too, this daemon's heartbeat ends it once graphile-worker has
-      // released the job (pgfn.abandon_orphaned_runs), or the reaper does
-      // if the daemon dies. graphile-worker
-      // then tries the job again, at most once more than the event has
-      // attempts left (sql/000009): the attempt past max_attempts is refused
-      // above and ends the event in the dead letters.
-      await db
-        .updateTable("pgfn.function_runs")
-        .set({
-          status: "abandoned",
-          error_code: "INTERNAL",
-          http_status: HTTP_STATUS.INTERNAL,
-          error_message: errorMessage,
-          finished_at: sql`clock_timestamp()`,
-          duration_ms: performance.now() - started,
-          will_retry: jobId !== null,
-        })
-        .where("id", "=", runId)
-        .where("status", "=", "running")
-        .execute()
-        .catch((e: unknown) =>
-          logger.error(
-            { operation: "run", run_id: runId, error: (e as Error).message },
-            "could not mark the attempt abandoned",
-          ),
-        );
-      logger.error(
-        {
-          operation: "run",
-          function: event.function_name,
-          run_id: runId,
-          event_id: eventId,
-          error: (again as Error).message,
-        },
-        "could not record the attempt's failure; its job will be retried",
-      );
-      throw again;
-    }
+        errorMessage,
+        logs: [],
+        durationMs,
+      },
+      { code: error.code },
+    );
+  } catch (again) {
+    await abandonUnrecorded(deps, a, errorMessage);
+    logger.error(
+      { ...fields, error: (again as Error).message },
+      "could not record the attempt's failure; its job will be retried",
+    );
+    throw again;
   }
+}
 
+/**
+ * Not even the attempt's failure could be recorded: the database is down.
+ * The attempt must not stay `running` while this daemon lives (no reaper
+ * would end it, and it would hold a max_concurrency slot); if this fails
+ * too, the next attempt ends it (pgfn.abandon_earlier_runs), or this
+ * daemon's heartbeat once graphile-worker has released the job
+ * (pgfn.abandon_orphaned_runs), or the reaper if the daemon dies.
+ * graphile-worker then tries the job again, at most once more than the
+ * event has attempts left (sql/000009): the attempt past max_attempts is
+ * refused (runnableFunction) and ends the event in the dead letters.
+ */
+async function abandonUnrecorded(
+  deps: ExecutorDeps,
+  a: Attempt,
+  errorMessage: string,
+): Promise<void> {
+  await abandonRun(deps.db, {
+    runId: a.runId,
+    errorMessage,
+    willRetry: a.jobId !== null,
+  }).catch((e: unknown) =>
+    deps.logger.error(
+      { operation: "run", run_id: a.runId, error: (e as Error).message },
+      "could not mark the attempt abandoned",
+    ),
+  );
+}
+
+/** The run's one log line. */
+function logRun(logger: Logger, run: Run): void {
   const line = {
     operation: "run",
     function: run.function_name,
@@ -411,10 +425,23 @@ async function runBegun(
   };
   if (run.status === "succeeded") logger.info(line, "run succeeded");
   else logger.warn(line, "run failed");
-  // Only failures and probes can move a circuit: a healthy function's runs skip this.
-  if (fn && (run.status === "failed" || slot.probe)) {
+}
+
+/**
+ * What a recorded run tells the rest of the function: its circuit (only
+ * failures and probes can move one, so a healthy function's runs skip it),
+ * and, for an ordered function, the event next in line.
+ */
+async function afterRun(
+  deps: ExecutorDeps,
+  run: Run,
+  fn: FunctionInfo | undefined,
+  probe: boolean,
+): Promise<void> {
+  const { db, logger } = deps;
+  if (fn && (run.status === "failed" || probe)) {
     const circuit = await recordCircuit(db, run.id);
-    if (circuit === "opened" || circuit === "reopened" || (circuit === "closed" && slot.probe)) {
+    if (circuit === "opened" || circuit === "reopened" || (circuit === "closed" && probe)) {
       logger.warn(
         { operation: "circuit", function: fn.name, run_id: run.id, state: circuit },
         circuit === "closed"
@@ -431,6 +458,4 @@ async function runBegun(
       ),
     );
   }
-  deps.onRunFinished?.(run, event);
-  return run;
 }

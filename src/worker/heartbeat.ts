@@ -5,9 +5,18 @@
  * SIGKILLed daemon's work is retried within seconds, not after
  * graphile-worker's 4-hour lock expiry.
  */
-import { hostname } from "node:os";
 import pg from "pg";
 import type { Logger } from "pino";
+import {
+  abandonOrphanedRuns,
+  beatDaemon,
+  deleteDaemon,
+  markLockHeld,
+  reapDeadDaemons,
+  registerDaemon,
+  releaseJobs,
+  tryDaemonLock,
+} from "../db/daemons.js";
 
 export interface HeartbeatOptions {
   readonly pool: pg.Pool;
@@ -84,11 +93,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     client.on("end", lost);
     try {
       await client.connect();
-      const { rows } = await client.query<{ ok: boolean }>(
-        `select pg_try_advisory_lock(pgfn.daemon_lock_key($1)) as ok`,
-        [daemonId],
-      );
-      if (rows[0]?.ok) {
+      if (await tryDaemonLock(client, daemonId)) {
         lockClient = client;
         return true;
       }
@@ -98,12 +103,11 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     await client.end().catch(() => undefined);
     return false;
   };
-  await pool.query(
-    `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids, holds_lock) values ($1, $2, $3, $4, $5)
-     on conflict (id) do update set heartbeat_at = now(), started_at = now(),
-       graphile_worker_ids = excluded.graphile_worker_ids, holds_lock = excluded.holds_lock`,
-    [daemonId, hostname(), process.pid, options.graphileWorkerIds(), await holdLock()],
-  );
+  await registerDaemon(pool, {
+    id: daemonId,
+    graphileWorkerIds: options.graphileWorkerIds(),
+    holdsLock: await holdLock(),
+  });
   let running: Promise<void> | undefined;
   // Since when this daemon has reached the database without a failed beat.
   // After an outage every daemon's heartbeat is stale, and a daemon that got
@@ -117,14 +121,16 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
       // The beat first: taking the lock again (a new connection) must never
       // delay it, or a live daemon could look dead.
       const locked = lockClient !== undefined;
-      const updated = await pool.query(
-        `update pgfn.daemons set heartbeat_at = now(), graphile_worker_ids = $2, holds_lock = $3 where id = $1`,
-        [daemonId, options.graphileWorkerIds(), locked],
-      );
+      const self = {
+        id: daemonId,
+        graphileWorkerIds: options.graphileWorkerIds(),
+        holdsLock: locked,
+      };
+      const beaten = await beatDaemon(pool, self);
       if (!locked && (await holdLock())) {
-        await pool.query(`update pgfn.daemons set holds_lock = true where id = $1`, [daemonId]);
+        await markLockHeld(pool, daemonId);
       }
-      if (updated.rowCount === 0) {
+      if (!beaten) {
         // Reaped while alive (a stall longer than PGFN_DEAD_AFTER_MS): our
         // running attempts were abandoned and retried elsewhere. Carry on,
         // registered again.
@@ -132,20 +138,14 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
           { operation: "heartbeat", worker_id: daemonId },
           "this daemon was reaped as dead after missing heartbeats; its running attempts were retried elsewhere (raise PGFN_DEAD_AFTER_MS if this recurs)",
         );
-        await pool.query(
-          `insert into pgfn.daemons (id, hostname, pid, graphile_worker_ids, holds_lock) values ($1, $2, $3, $4, $5) on conflict (id) do nothing`,
-          [daemonId, hostname(), process.pid, options.graphileWorkerIds(), locked],
-        );
+        await registerDaemon(pool, self, { again: true });
       }
       const live = options.liveGraphileWorkerIds?.();
       if (live) {
-        const orphans = await pool.query<{ n: number }>(
-          `select pgfn.abandon_orphaned_runs($1, $2, make_interval(secs => $3)) as n`,
-          [daemonId, live, ORPHAN_MIN_AGE_MS / 1000],
-        );
-        if ((orphans.rows[0]?.n ?? 0) > 0) {
+        const orphans = await abandonOrphanedRuns(pool, daemonId, live, ORPHAN_MIN_AGE_MS);
+        if (orphans > 0) {
           logger.warn(
-            { operation: "heartbeat", worker_id: daemonId, abandoned: orphans.rows[0]?.n },
+            { operation: "heartbeat", worker_id: daemonId, abandoned: orphans },
             "attempts cut short by a database outage were abandoned; their events run again",
           );
         }
@@ -154,26 +154,24 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
       if (held) {
         // Jobs those ids locked by a fetch whose reply never reached the
         // runner; the age keeps a fetch still under way out of reach.
-        const lost = await pool.query<{ n: number }>(
-          `select pgfn.release_jobs($1, $2, make_interval(secs => $3)) as n`,
-          [held.ids, held.jobIds, ORPHAN_MIN_AGE_MS / 1000],
-        );
-        if ((lost.rows[0]?.n ?? 0) > 0) {
+        const lost = await releaseJobs(pool, held.ids, held.jobIds, ORPHAN_MIN_AGE_MS);
+        if (lost > 0) {
           logger.warn(
-            { operation: "heartbeat", worker_id: daemonId, released: lost.rows[0]?.n },
+            { operation: "heartbeat", worker_id: daemonId, released: lost },
             "released jobs locked by a fetch whose reply was lost (the connection dropped); they run again",
           );
         }
       }
       connectedSince ??= Date.now();
       if (Date.now() - connectedSince < options.deadAfterMs) return;
-      const { rows } = await pool.query<{ n: number }>(
-        `select pgfn.reap_dead_daemons(make_interval(secs => $1), make_interval(secs => $2)) as n`,
-        [options.deadAfterMs / 1000, (UNLOCKED_BEATS * options.intervalMs) / 1000],
+      const reaped = await reapDeadDaemons(
+        pool,
+        options.deadAfterMs,
+        UNLOCKED_BEATS * options.intervalMs,
       );
-      if ((rows[0]?.n ?? 0) > 0) {
+      if (reaped > 0) {
         logger.warn(
-          { operation: "reap", daemons: rows[0]?.n },
+          { operation: "reap", daemons: reaped },
           "reaped silent daemons; their runs were abandoned and will be retried",
         );
       }
@@ -192,7 +190,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
     async stop() {
       clearInterval(timer);
       await running;
-      await pool.query(`delete from pgfn.daemons where id = $1`, [daemonId]).catch(() => undefined);
+      await deleteDaemon(pool, daemonId).catch(() => undefined);
       await lockClient?.end().catch(() => undefined);
     },
   };

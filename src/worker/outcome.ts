@@ -1,17 +1,26 @@
 /**
- * Recording what an attempt came to, in one transaction: the run row, and
+ * What an attempt came to, and recording it. classifyOutcome turns what
+ * the sandbox returned into the run's row and what the failure says about
+ * retrying; recordOutcome writes it in one transaction: the run row, and
  * then either the next attempt's job, or a dead letter and the function's
- * error handler. A crash between them cannot lose the retry or the dead letter.
+ * error handler. A crash between them cannot lose the retry or the dead
+ * letter. The jobs' keys and the dead letter's rules are SQL's
+ * (sql/000015_job_contract.sql).
  */
 import { sql } from "kysely";
 import type { Db } from "../db/database.js";
-import type { EventRow } from "../db/events.js";
+import { insertEvent, type EventRow } from "../db/events.js";
 import type { FunctionInfo } from "../db/functions.js";
+import { addRetryJob, deadLetter } from "../db/jobs.js";
+import { storableText, unstorableJson } from "../db/jsonb.js";
 import { finishRun, type FinishRunInput, type Run } from "../db/runs.js";
+import { HTTP_STATUS } from "../http/errors.js";
 import type { EventInput } from "../interfaces.js";
+import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
+import type { InvokeOutcome } from "../sandbox/invocation.js";
+import { MAX_MESSAGE_CHARS } from "../sandbox/logs.js";
 import { isRetryable, retryDelayMs, type FailureFacts } from "./policy.js";
 import type { SuccessRecorder } from "./recorder.js";
-import { RUN_TASK } from "./tasks.js";
 
 export interface OutcomeContext {
   readonly event: EventRow;
@@ -21,6 +30,65 @@ export interface OutcomeContext {
   readonly attempt: number;
   /** Synchronous invokes report failures to their caller: no retry, no dead letter. */
   readonly sync: boolean;
+}
+
+/**
+ * Text fit for a run row and a log line: secret env values of the function
+ * redacted (whatever the handler printed), clipped, and without characters
+ * Postgres cannot store (they would fail the statement that records the run).
+ */
+export function cleanText(fn: FunctionInfo | undefined): (text: string) => string {
+  const secrets = fn ? secretValues(fn.env) : [];
+  return (text) => storableText(redactAndClip(text, secrets, MAX_MESSAGE_CHARS));
+}
+
+/** What the sandbox returned, as the run's outcome and the failure's facts. */
+export interface ClassifiedOutcome {
+  readonly finish: FinishRunInput;
+  /** Undefined for a success. */
+  readonly facts: FailureFacts | undefined;
+}
+
+/**
+ * The run's outcome from the sandbox's. `outcome.logs` must be clean
+ * already (cleanText); the error message is cleaned here. Output that jsonb
+ * cannot hold is the handler's fault, like output that is not JSON: not
+ * something to retry, let alone for ever.
+ */
+export function classifyOutcome(
+  run: { readonly runId: string; readonly functionName: string },
+  outcome: InvokeOutcome,
+  durationMs: number,
+  clean: (text: string) => string,
+): ClassifiedOutcome {
+  const unstorable = outcome.ok ? unstorableJson(outcome.output) : undefined;
+  const error: InvokeOutcome["error"] = unstorable
+    ? {
+        code: "FUNCTION_ERROR",
+        message: `The handler's output contains ${unstorable}, which Postgres jsonb cannot store; remove it, or encode the text (e.g. as base64), before returning it.`,
+      }
+    : outcome.error;
+  const ok = outcome.ok && !unstorable;
+  const facts = error && {
+    code: error.code,
+    ...(error.transient !== undefined && { transient: error.transient }),
+    ...(outcome.retry?.afterMs !== undefined && { retryAfterMs: outcome.retry.afterMs }),
+    ...(outcome.retry?.never && { noRetry: true }),
+  };
+  const finish: FinishRunInput = {
+    ...run,
+    status: ok ? "succeeded" : "failed",
+    result: ok ? outcome.output : undefined,
+    ...(error && {
+      errorCode: error.code,
+      httpStatus: HTTP_STATUS[error.code],
+      errorMessage: clean(error.message),
+    }),
+    logs: outcome.logs,
+    durationMs,
+    ...(outcome.memoryPeakBytes !== undefined && { memoryPeakBytes: outcome.memoryPeakBytes }),
+  };
+  return { finish, facts };
 }
 
 export async function recordOutcome(
@@ -54,65 +122,39 @@ export async function recordOutcome(
         willRetry: true,
         nextAttemptAt: sql<Date>`clock_timestamp() + make_interval(secs => ${delayMs / 1000})`,
       });
-      await sql`select graphile_worker.add_job(
-          ${RUN_TASK},
-          json_build_object('event_id', ${event.id}::bigint),
-          run_at => ${run.next_attempt_at},
-          max_attempts => pgfn.job_max_attempts(${policy.maxAttempts}::integer, ${attempt + 1}::integer),
-          job_key => ${`pgfn:retry:${event.id}:${attempt + 1}`}::text
-        )`.execute(trx);
+      await addRetryJob(trx, event.id, attempt + 1, run.next_attempt_at!);
       return run;
     }
 
     const run = await finishRun(trx, finish);
-    await sql`insert into pgfn.dead_letters (event_id, function_name, last_run_id, error_code, error_message)
-      values (${event.id}, ${event.function_name}, ${run.id}, ${run.error_code ?? "INTERNAL"}, ${run.error_message})
-      on conflict (event_id) where resolved_at is null do update
-        set last_run_id = excluded.last_run_id, error_code = excluded.error_code,
-            error_message = excluded.error_message, created_at = now()`.execute(trx);
+    await deadLetter(trx, run.id);
     // The watchdog: the error handler gets the event that failed, the run and
     // the error. An error handler's own failure goes no further.
     if (fn?.on_error && event.source !== "error_handler") {
-      const payload = {
-        event: context.input,
-        run: {
-          id: Number(run.id),
-          attempt: run.attempt,
-          status: run.status,
-          error_code: run.error_code,
-          http_status: run.http_status,
-          error_message: run.error_message,
-          duration_ms: run.duration_ms,
-        },
-        error: { code: run.error_code, message: run.error_message },
-      };
-      await sql`insert into pgfn.events (function_name, source, payload)
-        values (${fn.on_error}, 'error_handler', ${JSON.stringify(payload)}::jsonb)`.execute(trx);
+      await insertEvent(trx, {
+        functionName: fn.on_error,
+        source: "error_handler",
+        payload: errorHandlerPayload(context.input, run),
+        dispatched: false,
+      });
     }
     return run;
   });
 }
 
-/**
- * Runs the event again in `delayMs`, as a new job; the current one then
- * completes. Nothing is recorded: the event did not run. Like every pgfn_run
- * job, the new one may be tried by graphile-worker only as often as the
- * event has attempts left, plus one (pgfn.job_max_attempts, sql/000009).
- */
-export async function deferEvent(
-  db: Db,
-  event: EventRow,
-  fn: FunctionInfo | undefined,
-  delayMs: number,
-): Promise<void> {
-  await sql`select graphile_worker.add_job(
-      ${RUN_TASK},
-      json_build_object('event_id', ${event.id}::bigint),
-      run_at => clock_timestamp() + make_interval(secs => ${delayMs / 1000}),
-      max_attempts => pgfn.job_max_attempts(
-        ${fn?.max_attempts ?? null}::integer,
-        (select count(*)::integer + 1 from pgfn.function_runs where event_id = ${event.id}::bigint)
-      ),
-      job_key => ${`pgfn:wait:${event.id}`}::text
-    )`.execute(db);
+/** What an error handler receives: the event that failed, its last run and the error. */
+function errorHandlerPayload(input: EventInput, run: Run) {
+  return {
+    event: input,
+    run: {
+      id: Number(run.id),
+      attempt: run.attempt,
+      status: run.status,
+      error_code: run.error_code,
+      http_status: run.http_status,
+      error_message: run.error_message,
+      duration_ms: run.duration_ms,
+    },
+    error: { code: run.error_code, message: run.error_message },
+  };
 }

@@ -35,6 +35,23 @@ export function isRetryable(facts: FailureFacts): boolean {
   return false;
 }
 
+/** Full jitter's random source (see setRetryRandom). */
+let retryRandom: () => number = Math.random;
+
+/**
+ * Replaces the random source of every retry delay computed from now on, and
+ * returns a function that puts the previous one back. Tests fix it to make
+ * delays exact (a source that returns just under 1 gives the ceilings
+ * below). (Default: Math.random)
+ */
+export function setRetryRandom(random: () => number): () => void {
+  const previous = retryRandom;
+  retryRandom = random;
+  return () => {
+    retryRandom = previous;
+  };
+}
+
 /**
  * Exponential backoff with full jitter: a uniform pick in
  * [0, min(maxMs, baseMs * 2^(attempt-1))), so retries of many events that
@@ -46,7 +63,7 @@ export function retryDelayMs(
   policy: RetryPolicy,
   attempt: number,
   facts: FailureFacts,
-  random: () => number = Math.random,
+  random: () => number = retryRandom,
 ): number {
   const ceiling = Math.min(policy.maxMs, policy.baseMs * 2 ** Math.min(attempt - 1, 30));
   return Math.max(Math.floor(random() * ceiling), facts.retryAfterMs ?? 0);

@@ -28,6 +28,7 @@ import {
 import type pg from "pg";
 import type { Logger } from "pino";
 import { z } from "zod";
+import { releaseStoppedWorker } from "../db/daemons.js";
 import { coerceError, PgfnError } from "../errors.js";
 import { executeJob, type ExecutorDeps } from "./execute.js";
 import { RUN_TASK } from "./tasks.js";
@@ -261,14 +262,11 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   /** Releases the jobs of every stopped runner not released yet; throws while the database is away. */
   const releaseStopped = async () => {
     for (const gen of unreleased) {
-      const { rows } = await pool.query<{ abandoned: number }>(
-        `select pgfn.release_stopped_worker($1, $2) as abandoned`,
-        [daemonId, gen.ids],
-      );
+      const abandoned = await releaseStoppedWorker(pool, daemonId, gen.ids);
       unreleased.delete(gen);
-      if ((rows[0]?.abandoned ?? 0) > 0) {
+      if (abandoned > 0) {
         logger.warn(
-          { operation: "worker", worker_id: daemonId, abandoned: rows[0]?.abandoned },
+          { operation: "worker", worker_id: daemonId, abandoned },
           "attempts left running by the stopped runner were abandoned; their jobs run again",
         );
       }

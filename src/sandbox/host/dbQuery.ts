@@ -7,6 +7,7 @@
 import pg from "pg";
 import { DbConnections, destroyClient, type RoleConnection } from "./dbConnections.js";
 import { checkRoleIsSafe, loginFailure, roleConnectionConfig } from "./dbRole.js";
+import { SQLSTATE, SQLSTATE_CLASS } from "../../errors.js";
 import { HostFunctionError } from "./errors.js";
 
 /** Who is asking and until when. */
@@ -88,21 +89,20 @@ const KILL_SESSION_OPTIONS =
 const TERMINATE_TIMEOUT_MS = 5000;
 
 /**
- * SQLSTATEs of failures that may pass on retry (Appendix A of the Postgres
- * manual). Classes 08 (connection exception) and 53 (insufficient resources)
- * are matched by prefix below.
+ * SQLSTATEs of failures that may pass on retry. Whole classes (connection
+ * exception, insufficient resources) are matched by prefix below.
  */
 const TRANSIENT_SQLSTATE: ReadonlySet<string> = new Set([
-  "40001", // serialization_failure
-  "40P01", // deadlock_detected
-  "57014", // query_canceled: our statement_timeout
-  "57P01", // admin_shutdown
-  "57P02", // crash_shutdown
-  "57P03", // cannot_connect_now (starting up, recovery)
+  SQLSTATE.SERIALIZATION_FAILURE,
+  SQLSTATE.DEADLOCK_DETECTED,
+  SQLSTATE.QUERY_CANCELED, // our statement_timeout
+  SQLSTATE.ADMIN_SHUTDOWN,
+  SQLSTATE.CRASH_SHUTDOWN,
+  SQLSTATE.CANNOT_CONNECT_NOW,
 ]);
 const TRANSIENT_SQLSTATE_CLASSES: readonly string[] = [
-  "08", // connection_exception
-  "53", // insufficient_resources (too many connections, disk full, out of memory)
+  SQLSTATE_CLASS.CONNECTION_EXCEPTION,
+  SQLSTATE_CLASS.INSUFFICIENT_RESOURCES,
 ];
 
 /**
@@ -540,7 +540,8 @@ function classify(error: unknown): HostFunctionError {
     const state = error.code ?? "";
     const transient =
       TRANSIENT_SQLSTATE.has(state) || TRANSIENT_SQLSTATE_CLASSES.some((c) => state.startsWith(c));
-    const what = state === "57014" ? `${message} (the invocation's time ran out)` : message;
+    const what =
+      state === SQLSTATE.QUERY_CANCELED ? `${message} (the invocation's time ran out)` : message;
     return new HostFunctionError(`db_query failed: ${what} (${state})`, transient, {
       cause: error,
     });

@@ -13,7 +13,7 @@ import { homedir, userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { parseIntoClientConfig } from "pg-connection-string";
-import { sqlState } from "../../errors.js";
+import { SQLSTATE, sqlState } from "../../errors.js";
 import { HostFunctionError } from "./errors.js";
 
 /**
@@ -146,11 +146,6 @@ function pgpassLine(key: PgpassKey): string {
   return `${esc(host)}:${key.port ?? 5432}:${esc(key.database ?? "*")}:${esc(key.user)}:PASSWORD`;
 }
 
-/** SQLSTATE invalid_authorization_specification: no such role, NOLOGIN, no pg_hba entry. */
-const SQLSTATE_INVALID_AUTHORIZATION = "28000";
-/** SQLSTATE invalid_password. */
-const SQLSTATE_INVALID_PASSWORD = "28P01";
-
 /**
  * A failed login as `role`, in the user's terms. Refusals (the role cannot
  * log in as configured) are non-transient; anything else is left to the
@@ -161,7 +156,7 @@ export function loginFailure(role: string, error: unknown): HostFunctionError | 
   const state = sqlState(error);
   const detail = error instanceof Error ? error.message : String(error);
   const id = sqlIdent(role);
-  if (state === SQLSTATE_INVALID_AUTHORIZATION) {
+  if (state === SQLSTATE.INVALID_AUTHORIZATION_SPECIFICATION) {
     return new HostFunctionError(
       `db_query refused: cannot log in as db_role "${role}" (${detail}). ` +
         `db_query logs in as the function's db_role itself: make it a login role ` +
@@ -171,7 +166,7 @@ export function loginFailure(role: string, error: unknown): HostFunctionError | 
       { cause: error },
     );
   }
-  if (state === SQLSTATE_INVALID_PASSWORD) {
+  if (state === SQLSTATE.INVALID_PASSWORD) {
     return new HostFunctionError(
       `db_query refused: the password for db_role "${role}" was rejected (${detail}). ` +
         `Put its current password in the pgpass file the daemon reads (PGPASSFILE, else ~/.pgpass; mode 0600).`,

@@ -4,6 +4,7 @@
  * time, with a bounded response.
  */
 import { z } from "zod";
+import { errorCodeOf } from "../../errors.js";
 import { HostFunctionError } from "./errors.js";
 
 /** What the function may reach and until when. */
@@ -231,7 +232,7 @@ function classify(error: unknown, host: string, signal: AbortSignal): HostFuncti
   }
   // fetch rejects with TypeError("fetch failed") and the system error as cause.
   const cause = (error as { cause?: unknown } | null)?.cause;
-  const code = networkCode(cause) ?? networkCode(error);
+  const code = errorCodeOf(cause) ?? errorCodeOf(error);
   const detail = cause instanceof Error ? cause.message : (error as Error).message;
   const transient = code !== undefined && TRANSIENT_NETWORK_CODES.has(code);
   return new HostFunctionError(
@@ -239,9 +240,4 @@ function classify(error: unknown, host: string, signal: AbortSignal): HostFuncti
     transient,
     { cause: error },
   );
-}
-
-function networkCode(error: unknown): string | undefined {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" ? code : undefined;
 }

@@ -60,7 +60,7 @@ export function redact(text: string, secrets: readonly string[]): string {
 }
 
 /** What a secret is replaced with. */
-const REDACTED = "[redacted]";
+export const REDACTED = "[redacted]";
 
 /**
  * `text` redacted (see {@link redact}), then cut to `max` characters with

@@ -1,9 +1,11 @@
 /**
- * A synchronous invocation: record the event (already marked dispatched, so
- * no daemon runs it too) and run it here, now. The run is recorded like any
- * other, so `pgfn runs` and psql show it.
+ * A synchronous invocation, for `pgfn invoke` and `POST
+ * /functions/v1/invoke/:name`: record the event (already marked dispatched,
+ * so no daemon runs it too) and run it here, now, through the same executor
+ * as a job. The run is recorded like any other, so `pgfn runs` and psql show
+ * it. (Running one handler in the sandbox is `sandbox/`'s business.)
  */
-import { insertEvent } from "./db/events.js";
+import { deleteEvent, insertEvent } from "./db/events.js";
 import { unstorableJson } from "./db/jsonb.js";
 import { getFunction } from "./db/functions.js";
 import type { Run } from "./db/runs.js";
@@ -12,6 +14,12 @@ import type { EventSource } from "./interfaces.js";
 import { assertFunctionName } from "./deploy.js";
 import { executeEvent, type ExecutorDeps } from "./worker/execute.js";
 
+/**
+ * Runs `name` once with `payload` and returns the recorded run, failed or
+ * not. Throws when the function is missing or disabled, the payload cannot
+ * be stored, or the run is refused before it starts (circuit open, at
+ * max_concurrency; no event is left behind then).
+ */
 export async function invokeNow(
   deps: ExecutorDeps,
   name: string,
@@ -48,7 +56,7 @@ export async function invokeNow(
     // Refused before it ran (circuit open, at max_concurrency): the caller is
     // told; an event left behind would look like lost work.
     if (error instanceof PgfnError && ["CIRCUIT_OPEN", "CONCURRENCY_LIMIT"].includes(error.code)) {
-      await deps.db.deleteFrom("pgfn.events").where("id", "=", event.id).execute();
+      await deleteEvent(deps.db, event.id);
     }
     throw error;
   });

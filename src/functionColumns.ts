@@ -1,0 +1,517 @@
+/**
+ * The columns of `pgfn.functions`, once: for each, its SQL type, whether it
+ * may be null, its default, its range, what it means and who may set it.
+ * Everything else derives from this table: the Kysely row type
+ * (db/database.ts), the columns a run reads and the mapping to SQL
+ * (db/functions.ts), deploy validation (deploy.ts), the HTTP bodies and the
+ * OpenAPI document (http/schemas.ts, http/functions.ts) and the
+ * `pgfn deploy` flags and their help (cli.ts). test/catalog.test.ts compares
+ * it with the migrated database, so this table and sql/ cannot drift apart.
+ *
+ * Names are derived, not listed: the SQL column and the HTTP field are
+ * `timeout_ms`, the TypeScript key (deployFunction, updateFunction)
+ * `timeoutMs`, the CLI flag `--timeout-ms` unless the column names another.
+ *
+ * Adding a setting: an entry here (at the end: the column order of the
+ * table), and a new migration that adds the column with its default and
+ * check constraint and lists it in the view `pgfn.function_info`.
+ */
+import { z } from "zod";
+import { ORDERINGS, RUN_STATUSES } from "./interfaces.js";
+
+/** A function's name; also what `on_error` names. */
+export const FUNCTION_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
+
+/** Who sets a column. */
+export type SetBy =
+  /** A deploy, a PATCH, and a `pgfn deploy` flag. */
+  | "deploy"
+  /** A PATCH only (a deploy stores the default). */
+  | "patch"
+  /** SQL only: `update pgfn.functions set ...`. */
+  | "sql"
+  /** pgfn itself: the name and module of a deploy, run state, timestamps. */
+  | "pgfn";
+
+/** Column types, as `information_schema.columns` reports them (`text[]`: ARRAY of text). */
+export type SqlType =
+  | "text"
+  | "integer"
+  | "real"
+  | "boolean"
+  | "jsonb"
+  | "text[]"
+  | "bytea"
+  | "timestamp with time zone";
+
+/** A number column's check constraint: min..max, both inclusive unless said. */
+export interface Range {
+  readonly min?: number;
+  /** `> min` rather than `>= min`. (Default: false) */
+  readonly minExclusive?: boolean;
+  readonly max?: number;
+}
+
+/** One column of pgfn.functions. */
+export interface ColumnSpec {
+  readonly sqlType: SqlType;
+  /**
+   * What a row may hold, as the database returns it (a timestamp is a Date).
+   * A GET shows this, so it is no stricter than the column's constraints:
+   * a value set in SQL must still be shown.
+   */
+  readonly type: z.ZodType;
+  /** What a deploy or PATCH may set: `type` with the API's limits (ranges, patterns). */
+  readonly input: z.ZodType;
+  /** The check constraint's range, for numbers. */
+  readonly range?: Range;
+  /** May be null. A setting that may be null is cleared by a PATCH with null. */
+  readonly nullable?: true;
+  /** The column default, as a value. */
+  readonly default?: unknown;
+  /** The column default, as an SQL expression (`now()`), when it is not a constant. */
+  readonly defaultSql?: string;
+  readonly setBy: SetBy;
+  /** What it means, as a lowercase phrase: CLI help, OpenAPI descriptions. */
+  readonly description: string;
+  /** Shown by GET /functions/v1/:name. (Default: false) */
+  readonly shown?: true;
+  /** Read only when needed: left out of pgfn.function_info and FunctionInfo (the module bytes). */
+  readonly heavy?: true;
+  /**
+   * `pgfn deploy`'s flag, for a column set by deploy. (Default: the column
+   * name in kebab case, `<value>`; repeatable for arrays and objects)
+   */
+  readonly cli?: { readonly flag: string; readonly value: string };
+}
+
+const WHOLE = "must be a whole number";
+const NUMBER = "must be a number";
+
+function rangeText(r: Range): string {
+  const low = r.min === undefined ? undefined : `${r.minExclusive ? "over" : "at least"} ${r.min}`;
+  if (r.max === undefined) return `must be ${low}`;
+  if (low === undefined) return `must be at most ${r.max}`;
+  return r.minExclusive ? `must be ${low} and at most ${r.max}` : `must be ${r.min}..${r.max}`;
+}
+
+function ranged(schema: z.ZodNumber, r: Range): z.ZodNumber {
+  const message = rangeText(r);
+  let s = schema;
+  if (r.min !== undefined) s = r.minExclusive ? s.gt(r.min, message) : s.min(r.min, message);
+  if (r.max !== undefined) s = s.max(r.max, message);
+  return s;
+}
+
+/** An integer column; `range` is its check constraint. */
+function integer<const R extends Range>(range: R) {
+  return {
+    sqlType: "integer",
+    type: z.int(WHOLE),
+    input: ranged(z.int(WHOLE), range),
+    range,
+  } as const;
+}
+
+/** A real column; `range` is its check constraint. */
+function real<const R extends Range>(range: R) {
+  return {
+    sqlType: "real",
+    type: z.number(NUMBER),
+    input: ranged(z.number(NUMBER), range),
+    range,
+  } as const;
+}
+
+/** A text column; `input` adds what the API refuses (the database may not). */
+function text(input: z.ZodString = z.string()) {
+  return { sqlType: "text", type: z.string(), input } as const;
+}
+
+/** A text column with a check constraint listing its values. */
+function oneOf<const V extends readonly [string, ...string[]]>(values: V) {
+  const e = z.enum(values, { error: `must be one of ${values.join(", ")}` });
+  return { sqlType: "text", type: e, input: e } as const;
+}
+
+function timestamp() {
+  return { sqlType: "timestamp with time zone", type: z.date(), input: z.date() } as const;
+}
+
+function pattern(re: RegExp, what: string): z.ZodString {
+  return z.string().regex(re, what);
+}
+
+const functionName = pattern(
+  FUNCTION_NAME,
+  "must match ^[a-z][a-z0-9_-]{0,63}$ (a lowercase letter first, then letters, digits, _ or -)",
+);
+
+/**
+ * The table, in the column order of pgfn.functions. Defaults, ranges and
+ * values are those of sql/000001_schema.sql and sql/000006_admission.sql
+ * (test/catalog.test.ts checks them against the database).
+ */
+export const FUNCTION_COLUMNS = {
+  name: {
+    ...text(functionName),
+    setBy: "pgfn",
+    shown: true,
+    description: "function name: a lowercase letter, then up to 63 letters, digits, _ or -",
+  },
+  description: {
+    ...text(z.string().max(1000, "must be at most 1000 characters")),
+    default: "",
+    setBy: "deploy",
+    shown: true,
+    description: "what the function does",
+    cli: { flag: "--description", value: "text" },
+  },
+  wasm: {
+    sqlType: "bytea",
+    type: z.instanceof(Buffer),
+    input: z.instanceof(Buffer),
+    setBy: "pgfn",
+    heavy: true,
+    description: "the module (an Extism plugin exporting `handle`)",
+  },
+  wasm_sha256: {
+    ...text(),
+    setBy: "pgfn",
+    shown: true,
+    description: "sha256 of the module, hex",
+  },
+  entrypoint: {
+    ...text(),
+    default: "handle",
+    setBy: "sql",
+    description: "the module's export called for each event",
+  },
+  enabled: {
+    sqlType: "boolean",
+    type: z.boolean(),
+    input: z.boolean("must be true or false"),
+    default: true,
+    setBy: "patch",
+    shown: true,
+    description: "a disabled function answers 404 and its events fail",
+  },
+  timeout_ms: {
+    ...integer({ min: 1000, max: 300_000 }),
+    default: 10_000,
+    setBy: "deploy",
+    shown: true,
+    description: "wall-clock limit per run, in ms",
+    cli: { flag: "--timeout-ms", value: "ms" },
+  },
+  memory_limit_mb: {
+    ...integer({ min: 16, max: 512 }),
+    default: 128,
+    setBy: "deploy",
+    shown: true,
+    description: "memory limit, in MiB",
+    cli: { flag: "--memory-mb", value: "mb" },
+  },
+  max_concurrency: {
+    ...integer({ min: 1, max: 10_000 }),
+    default: 100,
+    setBy: "deploy",
+    shown: true,
+    description: "runs at once across all daemons; a synchronous invoke over it gets 429",
+    cli: { flag: "--max-concurrency", value: "n" },
+  },
+  max_attempts: {
+    ...integer({ min: 1, max: 100 }),
+    default: 3,
+    setBy: "deploy",
+    shown: true,
+    description: "attempts before dead-lettering",
+    cli: { flag: "--max-attempts", value: "n" },
+  },
+  retry_base_ms: {
+    ...integer({ min: 0, max: 86_400_000 }),
+    default: 1000,
+    setBy: "deploy",
+    shown: true,
+    description: "backoff base: retry n waits up to base * 2^(n-1) ms",
+    cli: { flag: "--retry-base-ms", value: "ms" },
+  },
+  retry_max_ms: {
+    ...integer({ min: 0, max: 86_400_000 }),
+    default: 300_000,
+    setBy: "deploy",
+    shown: true,
+    description: "backoff cap, in ms, at least retry_base_ms",
+    cli: { flag: "--retry-max-ms", value: "ms" },
+  },
+  env: {
+    sqlType: "jsonb",
+    type: z.record(z.string(), z.string()),
+    input: z.record(
+      pattern(
+        /^[A-Za-z_][A-Za-z0-9_]*$/,
+        "must be an identifier (letters, digits and _, not a digit first)",
+      ),
+      z.string("must be a string"),
+    ),
+    default: {},
+    setBy: "deploy",
+    shown: true,
+    description: "values the handler reads with config_get; secret-looking ones are never shown",
+    cli: { flag: "--env", value: "KEY=VALUE" },
+  },
+  allowed_hosts: {
+    sqlType: "text[]",
+    type: z.array(z.string()),
+    input: z.array(
+      pattern(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be a host name, optionally with :port"),
+    ),
+    default: [],
+    setBy: "deploy",
+    shown: true,
+    description: "hosts http_fetch may reach",
+    cli: { flag: "--allow-host", value: "host" },
+  },
+  db_role: {
+    ...text(z.string().min(1, "must not be empty").max(63, "must be at most 63 characters")),
+    nullable: true,
+    setBy: "deploy",
+    shown: true,
+    description: "the login role db_query connects as (see README, db_query roles)",
+    cli: { flag: "--db-role", value: "role" },
+  },
+  on_error: {
+    // No foreign key (000001): the handler may be deployed after the function that names it.
+    ...text(functionName),
+    nullable: true,
+    setBy: "deploy",
+    shown: true,
+    description: "the function that receives terminal failures",
+    cli: { flag: "--on-error", value: "name" },
+  },
+  ordering: {
+    ...oneOf(ORDERINGS),
+    default: "none",
+    setBy: "sql",
+    shown: true,
+    description:
+      "none, function (one event of the function at a time, in commit order) or row (per row)",
+  },
+  circuit_error_rate: {
+    ...real({ min: 0, minExclusive: true, max: 1 }),
+    default: 0.5,
+    setBy: "sql",
+    description: "the share of failed runs in the window that opens the circuit",
+  },
+  circuit_min_volume: {
+    ...integer({ min: 1 }),
+    default: 20,
+    setBy: "sql",
+    description: "runs in the window before the circuit may open",
+  },
+  circuit_window_ms: {
+    ...integer({ min: 1000, max: 86_400_000 }),
+    default: 60_000,
+    setBy: "sql",
+    description: "the window the error rate is counted over, in ms",
+  },
+  circuit_cooldown_ms: {
+    ...integer({ min: 100, max: 86_400_000 }),
+    default: 30_000,
+    setBy: "sql",
+    description: "how long an open circuit waits before a probe run, in ms",
+  },
+  last_run_at: {
+    ...timestamp(),
+    nullable: true,
+    setBy: "pgfn",
+    shown: true,
+    description: "when a run last finished (to within a second)",
+  },
+  last_status: {
+    ...oneOf(RUN_STATUSES),
+    nullable: true,
+    setBy: "pgfn",
+    shown: true,
+    description: "the last run's status",
+  },
+  created_at: {
+    ...timestamp(),
+    defaultSql: "now()",
+    setBy: "pgfn",
+    shown: true,
+    description: "when it was first deployed",
+  },
+  updated_at: {
+    ...timestamp(),
+    defaultSql: "now()",
+    setBy: "pgfn",
+    shown: true,
+    description: "when it was last deployed or changed",
+  },
+} as const satisfies Record<string, ColumnSpec>;
+
+type Columns = typeof FUNCTION_COLUMNS;
+
+/** A column of pgfn.functions. */
+export type ColumnName = keyof Columns;
+
+/** `timeout_ms` -> `timeoutMs`. */
+export type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}`
+  ? `${Head}${Capitalize<CamelCase<Tail>>}`
+  : S;
+
+/** A column's TypeScript name: `timeout_ms` -> `timeoutMs`. */
+export function camelCase<S extends string>(column: S): CamelCase<S> {
+  return column.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase()) as CamelCase<S>;
+}
+
+/** A value of the column, not null. */
+export type ColumnValue<K extends ColumnName> = z.output<Columns[K]["type"]>;
+
+/** A value of the column as a row holds it. */
+export type RowValue<K extends ColumnName> = Columns[K] extends { nullable: true }
+  ? ColumnValue<K> | null
+  : ColumnValue<K>;
+
+type Readonly1<T> = T extends readonly (infer E)[]
+  ? readonly E[]
+  : T extends object
+    ? Readonly<T>
+    : T;
+
+type ColumnsWhere<P> = { [K in ColumnName]: Columns[K] extends P ? K : never }[ColumnName];
+
+/** Settings a deploy may set (and a PATCH may change). */
+export type DeployColumn = ColumnsWhere<{ setBy: "deploy" }>;
+/** Settings a PATCH may change. */
+export type PatchColumn = ColumnsWhere<{ setBy: "deploy" | "patch" }>;
+/** What GET /functions/v1/:name shows. */
+export type ShownColumn = ColumnsWhere<{ shown: true }>;
+/** Columns a run reads: all but the module. */
+export type InfoColumn = Exclude<ColumnName, ColumnsWhere<{ heavy: true }>>;
+/** Columns of type timestamptz. */
+export type TimestampColumn = ColumnsWhere<{ sqlType: "timestamp with time zone" }>;
+
+/** Every column, in table order. */
+export const COLUMN_NAMES = Object.keys(FUNCTION_COLUMNS) as readonly ColumnName[];
+
+function columnsWhere<K extends ColumnName>(test: (spec: ColumnSpec) => boolean): readonly K[] {
+  return COLUMN_NAMES.filter((c) => test(FUNCTION_COLUMNS[c])) as K[];
+}
+
+export const DEPLOY_COLUMNS = columnsWhere<DeployColumn>((c) => c.setBy === "deploy");
+export const PATCH_COLUMNS = columnsWhere<PatchColumn>(
+  (c) => c.setBy === "deploy" || c.setBy === "patch",
+);
+export const SHOWN_COLUMNS = columnsWhere<ShownColumn>((c) => c.shown === true);
+export const INFO_COLUMNS = columnsWhere<InfoColumn>((c) => c.heavy !== true);
+export const TIMESTAMP_COLUMNS = columnsWhere<TimestampColumn>(
+  (c) => c.sqlType === "timestamp with time zone",
+);
+
+/** The settings of a deploy, by TypeScript name; absent: the default. */
+export type DeploySettings = {
+  readonly [K in DeployColumn as CamelCase<K>]?: Readonly1<ColumnValue<K>>;
+};
+
+/** The settings of a PATCH, by TypeScript name; absent: unchanged, null: cleared. */
+export type PatchSettings = {
+  readonly [K in PatchColumn as CamelCase<K>]?: Readonly1<RowValue<K>>;
+};
+
+/** The column's spec, typed loosely (for code that goes over every column). */
+export function columnSpec(column: ColumnName): ColumnSpec {
+  return FUNCTION_COLUMNS[column];
+}
+
+/** The flag of a setting on `pgfn deploy`, and what its value is called. */
+export function cliFlag(column: DeployColumn): { flag: string; value: string } {
+  const spec = columnSpec(column);
+  return spec.cli ?? { flag: `--${column.replaceAll("_", "-")}`, value: "value" };
+}
+
+/** Whether the setting's flag may be given more than once (arrays and objects). */
+export function isRepeatable(column: ColumnName): boolean {
+  const { sqlType } = columnSpec(column);
+  return sqlType === "text[]" || sqlType === "jsonb";
+}
+
+/** The default as a user reads it, or undefined for none or an empty one. */
+export function defaultText(column: ColumnName): string | undefined {
+  const value = columnSpec(column).default;
+  if (value === undefined || value === "") return undefined;
+  if (typeof value === "object" && Object.keys(value as object).length === 0) return undefined;
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** "1000..300000", "at least 1", or undefined for a column without a range. */
+export function rangeTextOf(column: ColumnName): string | undefined {
+  const range = columnSpec(column).range;
+  if (!range) return undefined;
+  return rangeText(range).replace(/^must be /, "");
+}
+
+/**
+ * One problem with a value, in the user's terms: "--env key \"1A\" must be
+ * an identifier ...", "allowed_hosts \"a b\" must be a host name ...".
+ */
+function describeIssue(name: string, value: unknown, issue: z.core.$ZodIssue): string {
+  const [at] = issue.path;
+  if (issue.code === "invalid_key") {
+    return `${name} key ${JSON.stringify(at)} ${issue.issues[0]?.message ?? issue.message}`;
+  }
+  if (at !== undefined) {
+    const element = (value as Record<PropertyKey, unknown>)[at];
+    const which = Array.isArray(value) ? "" : ` value of ${String(at)}`;
+    return `${name}${which} ${JSON.stringify(element) ?? String(element)} ${issue.message}`;
+  }
+  return `${name} ${issue.message}${typeof value === "number" ? ` (got ${value})` : ""}`;
+}
+
+/**
+ * Each problem with the given settings, named by `nameOf` (a flag, a
+ * field): "--timeout-ms must be 1000..300000 (got 999999)".
+ */
+export function settingProblems(
+  settings: Readonly<Partial<Record<PatchColumn, unknown>>>,
+  nameOf: (column: PatchColumn) => string,
+): string[] {
+  const problems: string[] = [];
+  for (const column of PATCH_COLUMNS) {
+    const value = settings[column];
+    if (value === undefined) continue;
+    const spec = columnSpec(column);
+    if (value === null && spec.nullable) continue;
+    const result = spec.input.safeParse(value);
+    if (result.success) continue;
+    for (const issue of result.error.issues)
+      problems.push(describeIssue(nameOf(column), value, issue));
+  }
+  return problems;
+}
+
+/** Settings by TypeScript name -> by column; only the ones given. */
+export function settingsByColumn(settings: PatchSettings): Partial<Record<PatchColumn, unknown>> {
+  const byColumn: Partial<Record<PatchColumn, unknown>> = {};
+  for (const column of PATCH_COLUMNS) {
+    const value = (settings as Record<string, unknown>)[camelCase(column)];
+    if (value !== undefined) byColumn[column] = value;
+  }
+  return byColumn;
+}
+
+/**
+ * Settings by column (HTTP fields) -> by TypeScript name; only the ones
+ * given, other keys (a deploy's name, module) left out.
+ */
+export function settingsByName<T extends Readonly<Partial<Record<PatchColumn, unknown>>>>(
+  byColumn: T,
+): { [K in keyof T & PatchColumn as CamelCase<K>]: T[K] } {
+  const settings: Record<string, unknown> = {};
+  for (const column of PATCH_COLUMNS) {
+    const value = byColumn[column];
+    if (value !== undefined) settings[camelCase(column)] = value;
+  }
+  return settings as { [K in keyof T & PatchColumn as CamelCase<K>]: T[K] };
+}

@@ -1,0 +1,324 @@
+// The job contract has one owner per rule (sql/000015_job_contract.sql):
+// the jobs pgfn makes (task and keys), abandoning an attempt, and the dead
+// letter. The daemon (TypeScript) calls those functions; these tests check
+// that the writers and readers of each rule agree, and that nobody writes
+// one of the rules again on the side.
+import { readdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createDb, type Db } from "../src/db/database.js";
+import { getFunction } from "../src/db/functions.js";
+import { deployFunction } from "../src/deploy.js";
+import { toEventInput } from "../src/worker/eventInput.js";
+import { recordOutcome } from "../src/worker/outcome.js";
+import { RUN_TASK } from "../src/worker/tasks.js";
+import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+
+const SRC = fileURLToPath(new URL("../src/", import.meta.url));
+
+let t: TestDatabase;
+let db: Db;
+
+beforeAll(async () => {
+  t = await createTestDatabase("contract");
+  db = createDb(t.pool);
+  const wasm = await readFile(exampleWasm("echo"));
+  await deployFunction(db, { name: "echo", wasm, maxAttempts: 3 });
+  await deployFunction(db, { name: "solo", wasm, maxAttempts: 1 });
+});
+afterAll(() => t?.drop());
+
+/** A new event of `fn`; `dispatched`: as if a job had been made for it. */
+async function newEvent(fn: string, options: { dispatched?: boolean; ageDays?: number } = {}) {
+  const { rows } = await t.pool.query<{ id: string }>(
+    `insert into pgfn.events (function_name, source, payload, created_at, dispatched_at)
+     values ($1, 'manual', '{}', now() - make_interval(days => $2),
+             case when $3 then now() end) returning id`,
+    [fn, options.ageDays ?? 0, options.dispatched ?? true],
+  );
+  return rows[0]!.id;
+}
+
+/** A run row of `eventId` as a daemon leaves it. */
+async function newRun(
+  eventId: string,
+  fields: { attempt?: number; status?: string; worker?: string; jobId?: string; error?: string },
+) {
+  const { rows } = await t.pool.query<{ id: string }>(
+    `insert into pgfn.function_runs (event_id, function_name, attempt, status, worker_id, job_id,
+                                     error_code, error_message, finished_at)
+     select e.id, e.function_name, $2, $3, $4, $5::bigint, $6, $7,
+            case when $3 <> 'running' then now() end
+     from pgfn.events e where e.id = $1 returning id`,
+    [
+      eventId,
+      fields.attempt ?? 1,
+      fields.status ?? "running",
+      fields.worker ?? null,
+      fields.jobId ?? null,
+      fields.error ?? null,
+      fields.error ? `${fields.error} (test)` : null,
+    ],
+  );
+  return rows[0]!.id;
+}
+
+const jobsOf = async (eventIds: string[]) =>
+  (
+    await t.pool.query<{ key: string; task: string }>(
+      `select key, task_identifier as task from graphile_worker.jobs
+       where key ~ ('^pgfn:[a-z]+:(' || array_to_string($1::text[], '|') || ')(:|$)') order by key`,
+      [eventIds],
+    )
+  ).rows;
+
+const runOf = async (runId: string) =>
+  (await t.pool.query(`select * from pgfn.function_runs where id = $1`, [runId])).rows[0];
+
+const openDeadLetters = async (eventId: string) =>
+  (
+    await t.pool.query(
+      `select * from pgfn.dead_letters where event_id = $1 and resolved_at is null`,
+      [eventId],
+    )
+  ).rows;
+
+describe("jobs", () => {
+  it("every job pgfn makes is for the task the daemon runs, under the key its readers know", async () => {
+    const single = await newEvent("echo", { dispatched: false });
+    await t.pool.query(`select pgfn.dispatch(100, 50)`);
+    const batch = [await newEvent("echo", { dispatched: false })];
+    batch.push(await newEvent("echo", { dispatched: false }));
+    await t.pool.query(`select pgfn.dispatch(100, 50)`);
+    const retried = await newEvent("echo");
+    await t.pool.query(`select pgfn.add_retry_job($1, 2, now() + interval '1 hour')`, [retried]);
+    const waiting = await newEvent("echo");
+    await t.pool.query(`select pgfn.add_wait_job($1, 3600000)`, [waiting]);
+
+    expect(await jobsOf([single, batch[0]!, retried, waiting])).toEqual(
+      [
+        { key: `pgfn:event:${single}`, task: RUN_TASK },
+        { key: `pgfn:batch:${batch[0]}`, task: RUN_TASK },
+        { key: `pgfn:retry:${retried}:2`, task: RUN_TASK },
+        { key: `pgfn:wait:${waiting}`, task: RUN_TASK },
+      ].sort((a, b) => (a.key < b.key ? -1 : 1)),
+    );
+
+    // The wait job's key is what pgfn.begin_run looks for: another job
+    // leaves the event to it.
+    const { rows } = await t.pool.query(`select refused from pgfn.begin_run($1, 'w', 1)`, [
+      waiting,
+    ]);
+    expect(rows[0].refused).toBe("DEFERRED");
+  });
+
+  it("prune spares an event while any of its jobs is still to run, whatever kind", async () => {
+    const old = { ageDays: 30 };
+    const ids = {
+      event: await newEvent("solo", old),
+      batch: [await newEvent("solo", old), await newEvent("solo", old)],
+      retry: await newEvent("solo", old),
+      wait: await newEvent("solo", old),
+    };
+    const all = [ids.event, ...ids.batch, ids.retry, ids.wait];
+    for (const id of all) await newRun(id, { status: "failed", error: "FUNCTION_ERROR" });
+    await t.pool.query(
+      `select graphile_worker.add_job($1, json_build_object('event_id', $2::bigint),
+         run_at => now() + interval '1 hour', job_key => 'pgfn:event:' || $2)`,
+      [RUN_TASK, ids.event],
+    );
+    await t.pool.query(
+      `select graphile_worker.add_job($1, json_build_object('event_ids', $2::bigint[]),
+         run_at => now() + interval '1 hour', job_key => 'pgfn:batch:' || ($2::bigint[])[1])`,
+      [RUN_TASK, ids.batch],
+    );
+    await t.pool.query(`select pgfn.add_retry_job($1, 2, now() + interval '1 hour')`, [ids.retry]);
+    await t.pool.query(`select pgfn.add_wait_job($1, 3600000)`, [ids.wait]);
+
+    await t.pool.query(`select pgfn.prune(interval '1 day')`);
+    const left = await t.pool.query(`select id from pgfn.events where id = any($1::bigint[])`, [
+      all,
+    ]);
+    expect(left.rows.map((r) => String(r.id)).sort()).toEqual([...all].sort());
+
+    await t.pool.query(`delete from graphile_worker._private_jobs where key like 'pgfn:%'`);
+    await t.pool.query(`select pgfn.prune(interval '1 day')`);
+    const gone = await t.pool.query(`select id from pgfn.events where id = any($1::bigint[])`, [
+      all,
+    ]);
+    expect(gone.rows).toEqual([]);
+  });
+});
+
+describe("abandoning an attempt", () => {
+  it("ends only a running attempt: an outcome recorded meanwhile stands", async () => {
+    const event = await newEvent("echo");
+    const done = await newRun(event, { status: "failed", error: "FUNCTION_ERROR" });
+    const { rows } = await t.pool.query(
+      `select pgfn.abandon_run($1, 'INTERNAL', 'lost', true) as abandoned`,
+      [done],
+    );
+    expect(rows[0].abandoned).toBe(false);
+    expect(await runOf(done)).toMatchObject({ status: "failed", error_code: "FUNCTION_ERROR" });
+
+    const running = await newRun(event, { attempt: 2 });
+    await t.pool.query(`select pgfn.abandon_run($1, 'TIMEOUT', 'daemon gone', true)`, [running]);
+    const run = await runOf(running);
+    expect(run).toMatchObject({
+      status: "abandoned",
+      error_code: "TIMEOUT",
+      http_status: 504,
+      error_message: "daemon gone",
+      will_retry: true,
+    });
+    expect(run.finished_at).not.toBeNull();
+    expect(run.next_attempt_at).not.toBeNull();
+    await expect(
+      t.pool.query(`select pgfn.abandon_run($1, 'FUNCTION_ERROR', 'x', false)`, [running]),
+    ).rejects.toThrow(/TIMEOUT or INTERNAL/);
+  });
+
+  it("a later attempt ends the ones its daemon left running before it, and no other daemon's", async () => {
+    const event = await newEvent("echo");
+    const mine = await newRun(event, { worker: "d1", jobId: "501" });
+    const theirs = await newRun(event, { worker: "d2", jobId: "502" });
+    const next = await newRun(event, { attempt: 2, worker: "d1", jobId: "501" });
+    const { rows } = await t.pool.query(`select pgfn.abandon_earlier_runs($1) as n`, [next]);
+    expect(rows[0].n).toBe(1);
+    expect(await runOf(mine)).toMatchObject({
+      status: "abandoned",
+      error_code: "INTERNAL",
+      http_status: 500,
+      will_retry: true,
+    });
+    expect((await runOf(theirs)).status).toBe("running");
+    expect((await runOf(next)).status).toBe("running");
+  });
+});
+
+describe("dead letters", () => {
+  it("an event has one open dead letter, which follows its latest run", async () => {
+    const event = await newEvent("echo");
+    const first = await newRun(event, { status: "failed", error: "TIMEOUT" });
+    const second = await newRun(event, { attempt: 2, status: "failed", error: "FUNCTION_ERROR" });
+
+    await t.pool.query(`select pgfn.dead_letter($1)`, [first]);
+    const [created] = await openDeadLetters(event);
+    expect(created).toMatchObject({ last_run_id: first, error_code: "TIMEOUT" });
+
+    // A later run replaces it: the dead letter says what its run says.
+    await t.pool.query(`select pgfn.dead_letter($1)`, [second]);
+    let letters = await openDeadLetters(event);
+    expect(letters).toHaveLength(1);
+    expect(letters[0]).toMatchObject({
+      id: created.id,
+      last_run_id: second,
+      error_code: "FUNCTION_ERROR",
+      error_message: "FUNCTION_ERROR (test)",
+      // Since when the event is a dead letter.
+      created_at: created.created_at,
+    });
+
+    // A late word about an earlier run changes nothing.
+    await t.pool.query(`select pgfn.dead_letter($1)`, [first]);
+    letters = await openDeadLetters(event);
+    expect(letters).toHaveLength(1);
+    expect(letters[0]).toMatchObject({ last_run_id: second, error_code: "FUNCTION_ERROR" });
+  });
+
+  it("a stalled daemon's real outcome replaces the reaper's dead letter for the same run", async () => {
+    // The reaper takes the daemon for dead: its last attempt is abandoned
+    // and the event dead-lettered as TIMEOUT (the reaper at max_attempts).
+    await t.pool.query(
+      `insert into pgfn.daemons (id, heartbeat_at) values ('stalled', now() - interval '1 hour')`,
+    );
+    const event = await newEvent("solo");
+    const run = await newRun(event, { worker: "stalled", jobId: "601" });
+    await t.pool.query(
+      `select pgfn.reap_dead_daemons(interval '60 seconds', interval '2 seconds')`,
+    );
+    expect(await runOf(run)).toMatchObject({ status: "abandoned", error_code: "TIMEOUT" });
+    const [reaped] = await openDeadLetters(event);
+    expect(reaped).toMatchObject({ last_run_id: run, error_code: "TIMEOUT" });
+
+    // Then the daemon wakes up and records what the handler did.
+    const eventRow = await db
+      .selectFrom("pgfn.events")
+      .selectAll()
+      .where("id", "=", event)
+      .executeTakeFirstOrThrow();
+    const recorded = await recordOutcome(
+      db,
+      {
+        event: eventRow,
+        input: toEventInput(eventRow, 1),
+        fn: await getFunction(db, "solo"),
+        attempt: 1,
+        sync: false,
+      },
+      {
+        runId: run,
+        functionName: "solo",
+        status: "failed",
+        errorCode: "FUNCTION_ERROR",
+        httpStatus: 500,
+        errorMessage: "the handler threw",
+        logs: [],
+        durationMs: 5,
+      },
+      { code: "FUNCTION_ERROR" },
+    );
+    expect(recorded).toMatchObject({ id: run, status: "failed", error_code: "FUNCTION_ERROR" });
+    const letters = await openDeadLetters(event);
+    expect(letters).toHaveLength(1);
+    expect(letters[0]).toMatchObject({
+      id: reaped.id,
+      last_run_id: run,
+      error_code: "FUNCTION_ERROR",
+      error_message: "the handler threw",
+    });
+  });
+});
+
+describe("one owner", () => {
+  /** The pgfn functions whose current body matches `pattern`. */
+  const functionsMatching = async (pattern: string) =>
+    (
+      await t.pool.query<{ name: string }>(
+        `select p.proname as name from pg_proc p
+         where p.pronamespace = 'pgfn'::regnamespace and p.prosrc ~* $1 order by 1`,
+        [pattern],
+      )
+    ).rows.map((r) => r.name);
+
+  it("in SQL, one function writes a dead letter and one abandons an attempt", async () => {
+    expect(await functionsMatching(`insert\\s+into\\s+pgfn\\.dead_letters`)).toEqual([
+      "dead_letter",
+    ]);
+    expect(await functionsMatching(`status\\s*=\\s*'abandoned'\\s*,`)).toEqual(["abandon_run"]);
+  });
+
+  it("the daemon's TypeScript only calls them: no job key, job insert, dead letter or abandon of its own", async () => {
+    const files = (await readdir(SRC, { recursive: true }))
+      .filter((f) => f.endsWith(".ts"))
+      .map((f) => path.join(SRC, f));
+    const offenders: string[] = [];
+    const rules: [string, RegExp][] = [
+      ["a job key", /pgfn:(event|batch|retry|wait):/],
+      ["a job insert", /graphile_worker\.add_jobs?\b/],
+      ["a dead letter", /into\s+pgfn\.dead_letters/i],
+      ["an abandon", /status:\s*"abandoned"|status\s*=\s*'abandoned'/],
+    ];
+    for (const file of files) {
+      // Code only: a comment may name a key.
+      const text = (await readFile(file, "utf8"))
+        .replace(/\/\*[\s\S]*?\*\//g, "")
+        .replace(/^\s*\/\/.*$/gm, "");
+      for (const [what, pattern] of rules) {
+        if (pattern.test(text)) offenders.push(`${path.relative(SRC, file)}: ${what}`);
+      }
+    }
+    expect(offenders).toEqual([]);
+  });
+});
