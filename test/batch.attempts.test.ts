@@ -3,23 +3,14 @@
 // function's batch runs once left its later events with no run, no dead
 // letter and no job graphile-worker would fetch (sql/000011_batch_jobs.sql:
 // batches get 25 tries, and the reaper gives back the try a death cost).
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("batch_attempts");
 
 beforeAll(async () => {
-  t = await createTestDatabase("batch_attempts");
-  await deployFunction(createDb(t.pool), {
-    name: "once",
-    wasm: await readFile(exampleWasm("echo")),
-    maxAttempts: 1,
-  });
+  await t.deploy("once", { example: "echo", maxAttempts: 1 });
 });
-afterAll(() => t?.drop());
 
 it("events of a batch nobody started survive two daemon deaths", async () => {
   const { rows: events } = await t.pool.query<{ id: string }>(

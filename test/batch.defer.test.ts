@@ -2,23 +2,14 @@
 // pgfn:wait job: when the batch job runs again (its daemon was reaped, or a
 // try failed), it must not start that event too, or two attempts of one
 // event would run at once (pgfn.begin_run: refused DEFERRED).
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("batch_defer");
 
 beforeAll(async () => {
-  t = await createTestDatabase("batch_defer");
-  await deployFunction(createDb(t.pool), {
-    name: "capped",
-    wasm: await readFile(exampleWasm("echo")),
-    maxConcurrency: 1,
-  });
+  await t.deploy("capped", { example: "echo", maxConcurrency: 1 });
 });
-afterAll(() => t?.drop());
 
 it("a deferred event of a batch is not started again by the batch's next try", async () => {
   const { rows: events } = await t.pool.query<{ id: string }>(

@@ -2,24 +2,15 @@
 // agree on it. It opens past the error rate with a minimum volume; while open,
 // work is deferred (never failed or dropped) and synchronous invokes get 503;
 // after the cooldown a single probe decides; a lost probe expires.
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
 import { HTTP_STATUS } from "../src/http/errors.js";
 import { invokeNow } from "../src/invokeNow.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("circuit");
 const daemons: Daemon[] = [];
 
 interface Circuit {
@@ -65,23 +56,16 @@ async function expectSyncRefused(daemon: Daemon) {
 }
 
 beforeAll(async () => {
-  t = await createTestDatabase("circuit");
-  const db = createDb(t.pool);
   // A mail sender whose service is down: every attempt fails, none is retried.
-  await deployFunction(db, {
-    name: "mailer",
-    wasm: await readFile(exampleWasm("fail")),
-    maxAttempts: 1,
-  });
+  await t.deploy("mailer", { example: "fail", maxAttempts: 1 });
   await t.pool.query(
     `update pgfn.functions set circuit_min_volume = 4, circuit_error_rate = 0.5, circuit_cooldown_ms = 1000 where name = 'mailer'`,
   );
-  daemons.push(await startTestDaemon(t.url, { workerId: "one", pollIntervalMs: 100 }));
-  daemons.push(await startTestDaemon(t.url, { workerId: "two", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ workerId: "one", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ workerId: "two", pollIntervalMs: 100 }));
 });
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));
-  await t?.drop();
 });
 
 it("stays closed below the minimum volume", async () => {
@@ -165,12 +149,7 @@ it("opens at the error rate, defers work while open, and both daemons refuse syn
 
   // Fixed: the mail service is back (a new module), the cooldown ends, the
   // probe succeeds, the circuit closes and every deferred event runs.
-  await deployFunction(createDb(t.pool), {
-    name: "mailer",
-    wasm: await readFile(exampleWasm("echo")),
-    maxAttempts: 1,
-    update: true,
-  });
+  await t.deploy("mailer", { example: "echo", maxAttempts: 1, update: true });
   await t.pool.query(
     `update pgfn.circuits set opened_at = opened_at - interval '1 hour' where function_name = 'mailer'`,
   );

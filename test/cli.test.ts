@@ -1,41 +1,20 @@
 // The CLI as a user runs it: a child process, real exit codes, real output.
-import { execFile } from "node:child_process";
-import { writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { describe, expect, it } from "vitest";
+import { createTestDatabase, exampleWasm } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
+import { PGFN_MAIN, runTs, SPAWNING_TEST_TIMEOUT_MS, type ChildResult } from "./processes.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
-let t: TestDatabase;
+const t = useTestDatabase("cli");
 
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function pgfn(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", MAIN, ...args],
-      {
-        env: { ...process.env, DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env },
-        // Each child compiles src/ through tsx: seconds on a loaded machine.
-        timeout: 120_000,
-      },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
+function pgfn(args: string[], env: Record<string, string | undefined> = {}): Promise<ChildResult> {
+  return runTs(PGFN_MAIN, args, { env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env } });
 }
 
 /** A user-facing failure: exit 1, one line on stderr saying what is wrong, no stack trace. */
-function expectOneLineError(result: CliResult, pattern: RegExp) {
+function expectOneLineError(result: ChildResult, pattern: RegExp) {
   expect(result.code).toBe(1);
   const lines = result.stderr.trim().split("\n");
   expect(lines).toHaveLength(1);
@@ -44,13 +23,8 @@ function expectOneLineError(result: CliResult, pattern: RegExp) {
   expect(result.stderr).not.toMatch(/\n\s+at /);
 }
 
-beforeAll(async () => {
-  t = await createTestDatabase("cli");
-});
-afterAll(() => t?.drop());
-
-// Several child processes per test, each starting through tsx.
-describe("pgfn CLI", { timeout: 240_000 }, () => {
+// Several child processes per test, each starting through tsx, each with a deadline of its own.
+describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
   it("migrate reports an up-to-date schema", async () => {
     const r = await pgfn(["migrate"]);
     expect(r.code).toBe(0);
@@ -132,9 +106,14 @@ describe("pgfn CLI", { timeout: 240_000 }, () => {
       /Invalid function name "Send Email"/,
     );
 
-    const junk = path.join(tmpdir(), `pgfn-junk-${process.pid}.wasm`);
-    await writeFile(junk, "this is not wasm");
-    expectOneLineError(await pgfn(["deploy", "junk", junk]), /Invalid WebAssembly for "junk"/);
+    const junkDir = await mkdtemp(path.join(tmpdir(), "pgfn-junk-"));
+    try {
+      const junk = path.join(junkDir, "junk.wasm");
+      await writeFile(junk, "this is not wasm");
+      expectOneLineError(await pgfn(["deploy", "junk", junk]), /Invalid WebAssembly for "junk"/);
+    } finally {
+      await rm(junkDir, { recursive: true, force: true });
+    }
     expectOneLineError(
       await pgfn(["deploy", "echo", exampleWasm("echo")]),
       /Function "echo" already exists\. Deploy with --update/,

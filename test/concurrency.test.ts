@@ -1,38 +1,23 @@
 // max_concurrency holds across daemons: async work over the limit waits and
 // completes; a synchronous invoke over it is refused with CONCURRENCY_LIMIT.
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
 import { HTTP_STATUS } from "../src/http/errors.js";
 import { invokeNow } from "../src/invokeNow.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("concurrency");
 const daemons: Daemon[] = [];
 
 beforeAll(async () => {
-  t = await createTestDatabase("concurrency");
-  await deployFunction(createDb(t.pool), {
-    name: "busy",
-    wasm: await readFile(exampleWasm("busy")),
-    maxConcurrency: 2,
-  });
-  daemons.push(await startTestDaemon(t.url, { workerId: "one", pollIntervalMs: 100 }));
-  daemons.push(await startTestDaemon(t.url, { workerId: "two", pollIntervalMs: 100 }));
+  await t.deploy("busy", { maxConcurrency: 2 });
+  daemons.push(await t.startDaemon({ workerId: "one", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ workerId: "two", pollIntervalMs: 100 }));
 });
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));
-  await t?.drop();
 });
 
 it("never runs more than max_concurrency at once across two daemons, and every event completes", async () => {

@@ -1,24 +1,16 @@
 // End to end on a real Postgres: committed rows become recorded runs.
-import { readFile } from "node:fs/promises";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Config } from "../src/config.js";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { LISTENER_APPLICATION_NAME } from "../src/listener/listener.js";
-import {
-  createTestDatabase,
-  startTestDaemon,
-  exampleWasm,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("daemon_flow");
 let daemon: Daemon | undefined;
 
 async function start(overrides: Partial<Config> = {}): Promise<Daemon> {
-  daemon = await startTestDaemon(t.url, { workerId: "test-daemon", ...overrides });
+  daemon = await t.startDaemon({ workerId: "test-daemon", ...overrides });
   return daemon;
 }
 
@@ -42,10 +34,8 @@ async function waitForRuns(fn: string, n: number, timeoutMs = 15000) {
 }
 
 beforeAll(async () => {
-  t = await createTestDatabase("daemon_flow");
-  const db = createDb(t.pool);
-  await deployFunction(db, { name: "echo", wasm: await readFile(exampleWasm("echo")) });
-  await deployFunction(db, { name: "fail", wasm: await readFile(exampleWasm("fail")) });
+  await t.deploy("echo");
+  await t.deploy("fail");
   await t.pool.query(`
     create table public.users (id int primary key, email text not null);
     select pgfn.attach('public.users', 'echo');
@@ -55,7 +45,6 @@ afterEach(async () => {
   await daemon?.stop();
   daemon = undefined;
 });
-afterAll(() => t?.drop());
 
 describe("a committed row becomes a recorded run", () => {
   it("runs events committed while no daemon ran, once each, with the event shape of docs/design.md", async () => {

@@ -1,33 +1,18 @@
 // A daemon killed outright is reaped as soon as its liveness lock is free
 // and a couple of its beats are missing, long before its heartbeat is
 // PGFN_DEAD_AFTER_MS old (sql/000011_batch_jobs.sql, src/worker/heartbeat.ts).
-import { spawn, type ChildProcess } from "node:child_process";
-import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
 import pg from "pg";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
+import { killChild, PGFN_MAIN, startTs } from "./processes.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
-let t: TestDatabase;
+const t = useTestDatabase("daemon_liveness");
 
 beforeAll(async () => {
-  t = await createTestDatabase("daemon_liveness");
-  await deployFunction(createDb(t.pool), {
-    name: "busy",
-    wasm: await readFile(exampleWasm("busy")),
-  });
+  await t.deploy("busy");
 });
-afterAll(() => t?.drop());
 
 /** A daemon row as a daemon that beat `ageS` seconds ago left it, with one running attempt. */
 async function fakeDaemon(id: string, ageS: number, holdsLock: boolean): Promise<string> {
@@ -83,7 +68,7 @@ it("reaps a daemon whose lock is free and whose beats are missing, and only such
 });
 
 it("a running daemon holds its lock; a stopped one leaves nothing", async () => {
-  const daemon = await startTestDaemon(t.url, { workerId: "live-one" });
+  const daemon = await t.startDaemon({ workerId: "live-one" });
   try {
     const { rows } = await t.pool.query(
       `select holds_lock, not pg_try_advisory_xact_lock(pgfn.daemon_lock_key(id)) as taken
@@ -100,7 +85,6 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
   let child: ChildProcess | undefined;
   // Survives the test's connections: the other daemon must judge it by its lock.
   const env = {
-    ...process.env,
     DATABASE_URL: t.url,
     PGFN_WORKER_ID: "doomed",
     PGFN_HEARTBEAT_INTERVAL_MS: "500",
@@ -110,7 +94,7 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
     PGFN_LOG_LEVEL: "error",
     PGFN_HTTP_PORT: "0",
   };
-  child = spawn(process.execPath, ["--import", "tsx", MAIN, "start"], { env, stdio: "ignore" });
+  child = startTs(PGFN_MAIN, ["start"], { env });
   try {
     // A run that works long enough to be killed mid-way.
     const event = await enqueueManual(t.pool, "busy", { millions: 100000 });
@@ -126,7 +110,7 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
     );
     child.kill("SIGKILL");
     child = undefined;
-    const other = await startTestDaemon(t.url, {
+    const other = await t.startDaemon({
       workerId: "survivor",
       heartbeatIntervalMs: 500,
       deadAfterMs: 600_000,
@@ -146,6 +130,6 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
       await other.stop();
     }
   } finally {
-    child?.kill("SIGKILL");
+    if (child) await killChild(child);
   }
 }, 300_000);

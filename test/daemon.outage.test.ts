@@ -5,25 +5,17 @@
 // Every committed row must run, both daemons must be alive and working
 // afterwards, and /readyz must say "not ready" during the outage and "ready"
 // after it, without anyone restarting anything.
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { silentLogger } from "../src/logger.js";
-import {
-  createTestDatabase,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { startTestDaemon, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 import { startTcpProxy, type TcpProxy } from "./tcpProxy.js";
 
 /** The writer's pace: the load the finding was reproduced with. */
 const ROWS_PER_SECOND = 50;
 
-let t: TestDatabase;
+const t = useTestDatabase("daemon_outage");
 let proxy: TcpProxy;
 const daemons: Daemon[] = [];
 const unhandled: unknown[] = [];
@@ -31,11 +23,7 @@ const onUnhandled = (reason: unknown) => unhandled.push(reason);
 
 beforeAll(async () => {
   process.on("unhandledRejection", onUnhandled);
-  t = await createTestDatabase("daemon_outage");
-  await deployFunction(createDb(t.pool), {
-    name: "echo",
-    wasm: await readFile(exampleWasm("echo")),
-  });
+  await t.deploy("echo");
   await t.pool.query(`
     create table public.items (id int primary key);
     select pgfn.attach('public.items', 'echo');
@@ -64,7 +52,6 @@ afterAll(async () => {
   await proxy?.resume();
   for (const d of daemons) await d.stop().catch(() => undefined);
   await proxy?.close();
-  await t?.drop();
 });
 
 let nextId = 0;

@@ -1,17 +1,14 @@
 // Deploy: every refusal has its code and stores nothing; --update replaces.
 import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
 import { deployFunction, MAX_WASM_BYTES } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
 import { HTTP_STATUS } from "../src/http/errors.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { exampleWasm } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
-beforeAll(async () => {
-  t = await createTestDatabase("deploy");
-});
-afterAll(() => t?.drop());
+const t = useTestDatabase("deploy");
 
 async function refusal(promise: Promise<unknown>): Promise<PgfnError> {
   const error = await promise.then(

@@ -1,11 +1,10 @@
 // The trigger side, in SQL only: what pgfn.enqueue records, and what it refuses.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("enqueue");
 
 beforeAll(async () => {
-  t = await createTestDatabase("enqueue");
   await t.pool.query(`
     create table public.users (id int primary key, email text not null, plan text not null default 'free');
     create trigger welcome after insert on public.users
@@ -16,7 +15,6 @@ beforeAll(async () => {
       for each row execute function pgfn.enqueue('on_delete');
   `);
 });
-afterAll(() => t?.drop());
 
 async function events(fn: string) {
   const { rows } = await t.pool.query(

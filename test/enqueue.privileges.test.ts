@@ -2,23 +2,19 @@
 // the role writing it, never pgfn's owner's; only members of pgfn_writer may
 // record events; nothing else in pgfn opens up to them.
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { afterAll, describe, expect, it } from "vitest";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("enqueue_privileges");
 const roles: string[] = [];
 
 /** SQLSTATE insufficient_privilege. */
 const INSUFFICIENT_PRIVILEGE = "42501";
 
-beforeAll(async () => {
-  t = await createTestDatabase("enqueue_privileges");
-});
 afterAll(async () => {
   for (const role of roles) {
     await t?.pool.query(`drop owned by ${role} cascade; drop role if exists ${role}`);
   }
-  await t?.drop();
 });
 
 /** A plain (non-superuser) role with a cluster-wide unique name, dropped in afterAll. */

@@ -1,13 +1,12 @@
 // pgfn.attach's statement-level triggers (sql/000013): one call per INSERT or
 // DELETE statement records every row of it, and the events are exactly what
 // a hand-written per-row trigger records. UPDATE stays per row.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("enqueue_statement");
 
 beforeAll(async () => {
-  t = await createTestDatabase("enqueue_statement");
   // Twin tables: `attached` through pgfn.attach, `by_row` with the per-row
   // triggers a user writes by hand. Same statements, same events expected.
   await t.pool.query(`
@@ -17,7 +16,6 @@ beforeAll(async () => {
     create trigger by_row after insert or update or delete on public.by_row
       for each row execute function pgfn.enqueue('row_fn');`);
 });
-afterAll(() => t?.drop());
 
 /** The events of `fn` in id order, without what differs between the twins by construction. */
 async function eventsOf(fn: string) {

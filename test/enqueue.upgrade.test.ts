@@ -6,17 +6,16 @@ import pg from "pg";
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { listMigrations } from "../src/migrate.js";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
 /** The migration under test; everything before it is "the old installation". */
 const WRITER_ROLE_MIGRATION = 8;
 
-let t: TestDatabase;
+const t = useTestDatabase("enqueue_upgrade", { migrated: false });
 const roles: string[] = [];
 const role = (label: string) => `pgfn_t_up_${label}_${process.pid}`;
 
 beforeAll(async () => {
-  t = await createTestDatabase("enqueue_upgrade", { migrated: false });
   await runMigrations({ pgPool: t.pool, logger: new GraphileLogger(() => () => undefined) });
   for (const m of await listMigrations()) {
     if (m.id >= WRITER_ROLE_MIGRATION) break;
@@ -31,7 +30,6 @@ afterAll(async () => {
   for (const { rolname } of rows) {
     await t.pool.query(`drop owned by ${rolname} cascade; drop role ${rolname}`);
   }
-  await t?.drop();
 });
 
 /** The sessions' notices while `use` runs on a fresh connection as the admin. */

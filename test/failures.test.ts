@@ -1,59 +1,35 @@
 // Failure handling as a user sees it: retries only where they help, with
 // jittered backoff, dead letters, the error handler, and the psql operations.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { retryDelayMs } from "../src/worker/policy.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("failures");
 let daemon: Daemon | undefined;
 
 beforeAll(async () => {
-  t = await createTestDatabase("failures");
-  const db = createDb(t.pool);
-  const wasm = (name: string) => readFile(exampleWasm(name));
-  await deployFunction(db, { name: "watchdog", wasm: await wasm("echo") });
-  await deployFunction(db, {
-    name: "flaky",
-    wasm: await wasm("flaky"),
+  await t.deploy("watchdog", { example: "echo" });
+  await t.deploy("flaky", {
     maxAttempts: 5,
     retryBaseMs: 200,
     retryMaxMs: 400,
     onError: "watchdog",
   });
-  await deployFunction(db, { name: "fail", wasm: await wasm("fail"), onError: "watchdog" });
-  await deployFunction(db, { name: "hog", wasm: await wasm("hog"), memoryLimitMb: 16 });
-  await deployFunction(db, {
-    name: "spin",
-    wasm: await wasm("spin"),
+  await t.deploy("fail", { onError: "watchdog" });
+  await t.deploy("hog", { memoryLimitMb: 16 });
+  await t.deploy("spin", {
     timeoutMs: 1000,
     maxAttempts: 2,
     retryBaseMs: 0,
     retryMaxMs: 0,
     onError: "watchdog",
   });
-  await deployFunction(db, { name: "echo", wasm: await wasm("echo") });
-  await deployFunction(db, { name: "failing_watchdog", wasm: await wasm("fail") });
-  await deployFunction(db, {
-    name: "fail_twice",
-    wasm: await wasm("fail"),
-    onError: "failing_watchdog",
-  });
-  daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
+  await t.deploy("echo");
+  await t.deploy("failing_watchdog", { example: "fail" });
+  await t.deploy("fail_twice", { example: "fail", onError: "failing_watchdog" });
+  daemon = await t.startDaemon({ pollIntervalMs: 100 });
 });
 
 async function runsOf(eventId: string) {
@@ -251,7 +227,7 @@ describe("psql operations", () => {
     expect(pending.rows.map((r) => r.event_id).sort()).toEqual(
       [String(invoked), String(retried)].sort(),
     );
-    daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
+    daemon = await t.startDaemon({ pollIntervalMs: 100 });
     expect((await settled(invoked, 1))[0]).toMatchObject({
       status: "succeeded",
       result: { payload: { hello: "psql" } },

@@ -4,7 +4,7 @@
 // (test/helpers.ts, createTestDatabase).
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -15,6 +15,7 @@ import { startEmbeddedPostgres, type EmbeddedPostgres } from "../src/embedded.js
 import { silentLogger } from "../src/logger.js";
 import { migrate } from "../src/migrate.js";
 import { withClient, withDatabase } from "./connections.js";
+import { KEPT_DATABASE_COMMENT } from "./leaks.js";
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -22,8 +23,10 @@ declare module "vitest" {
     adminUrl: string;
     /** The migrated template database to clone; nobody may connect to it. */
     templateDatabase: string;
-    /** Prefix of every test database this run creates (all dropped at teardown). */
+    /** Prefix of every test database this run creates (dropped at teardown, unless kept). */
     runPrefix: string;
+    /** This run's temporary directory; the leak guard makes one per test file inside it. */
+    tmpRoot: string;
   }
 }
 
@@ -41,6 +44,10 @@ export default async function setup(project: TestProject) {
   const runId = `${process.pid}_${randomBytes(3).toString("hex")}`;
   const templateDatabase = `pgfn_tpl_${runId}`;
   const runPrefix = `pgfn_t_${runId}_`;
+  // Removed at teardown, whatever a test file left in it. 0755: as root, an
+  // embedded Postgres inside runs as `postgres` and must traverse it.
+  const tmpRoot = path.join(tmpdir(), `pgfn-run-${runId}`);
+  await mkdir(tmpRoot, { mode: 0o755 });
 
   let embedded: EmbeddedPostgres | undefined;
   let dataRoot: string | undefined;
@@ -51,14 +58,27 @@ export default async function setup(project: TestProject) {
   const teardown = async () => {
     if (adminUrl) {
       await admin(async (client) => {
-        const { rows } = await client.query<{ datname: string }>(
-          "select datname from pg_database where datname = $1 or starts_with(datname, $2)",
+        const { rows } = await client.query<{ datname: string; note: string | null }>(
+          `select datname, shobj_description(oid, 'pg_database') as note from pg_database
+           where datname = $1 or starts_with(datname, $2) order by datname`,
           [templateDatabase, runPrefix],
         );
-        // Test files drop their own; these are the leftovers of failed ones.
-        for (const { datname } of rows) {
+        const kept: string[] = [];
+        // Test files drop their own; these are the leftovers of crashed ones.
+        for (const { datname, note } of rows) {
+          if (note?.startsWith(KEPT_DATABASE_COMMENT)) {
+            kept.push(`  ${datname}: ${note.slice(KEPT_DATABASE_COMMENT.length).trim()}`);
+            continue;
+          }
           await client.query(
             `drop database if exists ${client.escapeIdentifier(datname)} with (force)`,
+          );
+        }
+        if (kept.length > 0) {
+          console.log(
+            embedded
+              ? `The databases of failed tests were on the embedded Postgres, which is now removed; set DATABASE_URL to keep them:\n${kept.join("\n")}`
+              : `Kept for inspection, the databases of failed tests (drop database NAME when done):\n${kept.join("\n")}`,
           );
         }
       }).catch((error: unknown) => {
@@ -69,11 +89,18 @@ export default async function setup(project: TestProject) {
     }
     await embedded?.stop();
     if (dataRoot) await rm(dataRoot, { recursive: true, force: true });
+    // The leak guard empties and removes each file's directory and fails the
+    // file that left something; this is what a crashed file left.
+    const left = await readdir(tmpRoot).catch(() => []);
+    await rm(tmpRoot, { recursive: true, force: true });
+    if (left.length > 0)
+      console.warn(`removed what test files left in ${tmpRoot}: ${left.join(", ")}`);
   };
 
   try {
     if (!adminUrl) {
-      dataRoot = await mkdtemp(path.join(tmpdir(), "pgfn-test-"));
+      dataRoot = path.join(tmpRoot, "embedded-postgres");
+      await mkdir(dataRoot, { mode: 0o755 });
       embedded = await startEmbeddedPostgres({ dataDir: path.join(dataRoot, "data"), fast: true });
       adminUrl = embedded.connectionString;
     }
@@ -120,6 +147,7 @@ export default async function setup(project: TestProject) {
   project.provide("adminUrl", adminUrl);
   project.provide("templateDatabase", templateDatabase);
   project.provide("runPrefix", runPrefix);
+  project.provide("tmpRoot", tmpRoot);
   console.log(
     `test Postgres: ${embedded ? `embedded (port ${embedded.port})` : "DATABASE_URL"}; template ${templateDatabase} ready in ${Math.round(performance.now() - started)} ms`,
   );

@@ -12,13 +12,18 @@ import { loadConfig, type Config } from "../src/config.js";
 import { startDaemon, type Daemon, type DaemonOptions } from "../src/daemon.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { withClient, withDatabase } from "./connections.js";
+import { currentFile, failuresSoFar, KEPT_DATABASE_COMMENT, openedBy, trackOpen } from "./leaks.js";
 
 export interface TestDatabase {
   readonly name: string;
   readonly url: string;
   /** A small pool on the database; closed by drop(). */
   readonly pool: pg.Pool;
-  /** Closes the pool and drops the database (closing any other session on it). */
+  /**
+   * Closes the pool and drops the database (closing any other session on
+   * it), unless a test failed while it existed: then it is kept for
+   * inspection, its name printed (see KEPT_DATABASE_COMMENT).
+   */
   drop(): Promise<void>;
 }
 
@@ -77,21 +82,49 @@ export async function createTestDatabase(
   });
   const url = databaseUrl(name);
   const pool = createPool(url, 5, silentLogger());
+  const failuresBefore = failuresSoFar();
   let dropped: Promise<void> | undefined;
-  return {
+  const untrack = trackOpen(
+    {
+      kind: "database",
+      description: `database ${name}, never dropped (call drop() in afterAll)`,
+      closed: () => dropped !== undefined,
+      close: () => database.drop(),
+    },
+    pool,
+  );
+  const database: TestDatabase = {
     name,
     url,
     pool,
     drop() {
       dropped ??= (async () => {
         await pool.end();
-        await withAdmin((admin) =>
-          admin.query(`drop database if exists ${admin.escapeIdentifier(name)} with (force)`),
-        );
-      })();
+        if (failuresSoFar() > failuresBefore) {
+          await keepDatabase(name);
+        } else {
+          await withAdmin((admin) =>
+            admin.query(`drop database if exists ${admin.escapeIdentifier(name)} with (force)`),
+          );
+        }
+      })().finally(untrack);
       return dropped;
     },
   };
+  return database;
+}
+
+/** Marks the database of a failed test as kept (see KEPT_DATABASE_COMMENT) and says so. */
+async function keepDatabase(name: string): Promise<void> {
+  const file = currentFile()?.name ?? "a test file";
+  await withAdmin((admin) =>
+    admin.query(
+      `comment on database ${admin.escapeIdentifier(name)} is ${admin.escapeLiteral(`${KEPT_DATABASE_COMMENT} a test of ${file} failed`)}`,
+    ),
+  );
+  console.error(
+    `A test of ${file} failed: its database ${name} is kept for inspection (psql -d ${name}; drop database ${name} when done).`,
+  );
 }
 
 /** Runs `use` on a fresh connection to the admin database, then closes it. */
@@ -176,13 +209,13 @@ export async function finishedRun(pool: pg.Pool, eventId: string, timeoutMs = 10
  * A daemon on `url` as tests want it: a quick sweep, a few workers and
  * sandbox threads (each thread costs a TypeScript load in tests), silent.
  */
-export function startTestDaemon(
+export async function startTestDaemon(
   url: string,
   overrides: Partial<Config> = {},
   logger: Logger = silentLogger(),
   options: Partial<Pick<DaemonOptions, "http" | "clock">> = {},
 ): Promise<Daemon> {
-  return startDaemon({
+  const daemon = await startDaemon({
     ...options,
     connectionString: url,
     config: {
@@ -196,6 +229,22 @@ export function startTestDaemon(
     },
     logger,
   });
+  // The leak guard names a daemon nobody stopped.
+  let stopped = false;
+  const stop = daemon.stop.bind(daemon);
+  const untrack = trackOpen({
+    kind: "daemon",
+    description: `a daemon on database ${new URL(url).pathname.slice(1)}, never stopped${openedBy()}`,
+    closed: () => stopped,
+    close: () => stop(),
+  });
+  // Replaced in place, not copied: the daemon keeps its identity and getters.
+  daemon.stop = () => {
+    stopped = true;
+    untrack();
+    return stop();
+  };
+  return daemon;
 }
 
 /** Login roles for db_query tests: unique on the cluster, their passwords in a pgpass file. */

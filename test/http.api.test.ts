@@ -2,19 +2,18 @@
 // Postgres, one assertion per status code of docs/design.md sections 3 and 5.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createTestDatabase, waitFor, type TestDatabase } from "./helpers.js";
+import { waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 import { api, INVOKE_TOKEN, startHttpDaemon, wasmBase64 } from "./httpHelpers.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("http_api");
 let daemon: Daemon;
 
 beforeAll(async () => {
-  t = await createTestDatabase("http_api");
   daemon = await startHttpDaemon(t.url);
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
 });
 
 async function deploy(name: string, example: string, settings: Record<string, unknown> = {}) {

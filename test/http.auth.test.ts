@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createAuthenticator } from "../src/http/auth.js";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 import {
   ADMIN_TOKEN,
   api,
@@ -14,12 +14,11 @@ import {
   wasmBase64,
 } from "./httpHelpers.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("http_auth");
 let daemon: Daemon;
 let wasm: string;
 
 beforeAll(async () => {
-  t = await createTestDatabase("http_auth");
   daemon = await startHttpDaemon(t.url);
   wasm = await wasmBase64("echo");
   const r = await api(daemon, "POST", "/functions/v1/deploy", { json: { name: "echo", wasm } });
@@ -27,7 +26,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
 });
 
 const NONE = null;

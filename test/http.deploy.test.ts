@@ -5,14 +5,14 @@ import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { Histogram } from "prom-client";
 import { parse } from "yaml";
 import { CONFIG_VARIABLES } from "../src/config.js";
 import { createDb } from "../src/db/database.js";
 import { createMetrics } from "../src/metrics.js";
 import { silentLogger } from "../src/logger.js";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const read = async (file: string) => parse(await readFile(path.join(ROOT, file), "utf8")) as never;
@@ -29,11 +29,10 @@ interface Service {
   command?: string[];
 }
 
-let t: TestDatabase;
+const t = useTestDatabase("http_deploy");
 let exported: Set<string>;
 
 beforeAll(async () => {
-  t = await createTestDatabase("http_deploy");
   const metrics = createMetrics({ db: createDb(t.pool), logger: silentLogger() });
   // A histogram is scraped as its _bucket, _sum and _count series.
   exported = new Set(
@@ -46,7 +45,6 @@ beforeAll(async () => {
       ),
   );
 });
-afterAll(() => t?.drop());
 
 /** The metric names a PromQL expression reads: identifiers that are not functions, keywords or labels. */
 function metricNames(expr: string): string[] {

@@ -7,13 +7,8 @@ import type { Daemon } from "../src/daemon.js";
 import { checkReadiness } from "../src/http/health.js";
 import { startHttpServer } from "../src/http/server.js";
 import { silentLogger } from "../src/logger.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  finishedRun,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, finishedRun, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 import {
   ADMIN_TOKEN,
   api,
@@ -25,12 +20,11 @@ import {
 
 const SECRET = "sk-live-0123456789SECRET";
 
-let t: TestDatabase;
+const t = useTestDatabase("http_ops");
 let daemon: Daemon;
 let lines: string[];
 
 beforeAll(async () => {
-  t = await createTestDatabase("http_ops");
   const captured = capturingLogger("debug");
   lines = captured.lines;
   daemon = await startHttpDaemon(t.url, {}, captured.logger);
@@ -50,7 +44,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
 });
 
 /** The value of one sample in a Prometheus text scrape, or undefined. */

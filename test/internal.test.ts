@@ -3,30 +3,17 @@
 // the function's failure model takes over: retries while max_attempts
 // allows, then a dead letter and on_error. graphile-worker's own retries of
 // a throwing job never run the handler more often than that.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { executeEvent } from "../src/worker/execute.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("internal");
 let daemon: Daemon;
 
 beforeAll(async () => {
-  t = await createTestDatabase("internal");
-  await deployFunction(createDb(t.pool), {
-    name: "echo",
-    wasm: await readFile(exampleWasm("echo")),
-  });
+  await t.deploy("echo");
   // The fault: recording the first attempt's success fails while this
   // trigger exists (only the first: the retry must not race its removal).
   await t.pool.query(`
@@ -39,11 +26,7 @@ beforeAll(async () => {
     end $$;
     create trigger refuse_success before update on pgfn.function_runs
       for each row execute function public.refuse_success();`);
-  daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
+  daemon = await t.startDaemon({ pollIntervalMs: 100 });
 });
 
 it("ends the attempt as failed with INTERNAL, and retries it like any failure once the fault is gone", async () => {
@@ -139,12 +122,7 @@ it("a job that runs again after its failure was recorded does not run the event 
 });
 
 it("a job whose failures cannot be recorded runs the handler at most max_attempts times, then dead-letters the event and calls on_error", async () => {
-  await deployFunction(createDb(t.pool), {
-    name: "stuck",
-    wasm: await readFile(exampleWasm("echo")),
-    maxAttempts: 2,
-    onError: "echo",
-  });
+  await t.deploy("stuck", { example: "echo", maxAttempts: 2, onError: "echo" });
   // The database refuses every outcome of the first two attempts, failures
   // included: each time the job's task throws and graphile-worker retries it.
   // (The next attempt may end them: that is how the test sees them end.)
@@ -220,9 +198,8 @@ it("a job whose failures cannot be recorded runs the handler at most max_attempt
 }, 60_000);
 
 it("retry and wait jobs may be tried by graphile-worker only as often as the event has attempts left, plus one", async () => {
-  await deployFunction(createDb(t.pool), {
-    name: "capped",
-    wasm: await readFile(exampleWasm("spin")),
+  await t.deploy("capped", {
+    example: "spin",
     timeoutMs: 1000,
     maxAttempts: 4,
     // A retry due within the hour: its job waits while the test reads it.

@@ -1,18 +1,14 @@
 // Migrations: a fresh database gets the whole schema, exactly once, however
 // many daemons migrate at the same moment.
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { createPool } from "../src/db/pool.js";
 import { silentLogger } from "../src/logger.js";
 import { listMigrations, migrate, pendingMigrations } from "../src/migrate.js";
-import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { createTestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
-
-beforeAll(async () => {
-  t = await createTestDatabase("migrate", { migrated: false });
-});
-afterAll(() => t?.drop());
+const t = useTestDatabase("migrate", { migrated: false });
 
 it("applies every migration once when ten processes migrate at once, and nothing the second time", async () => {
   const all = (await listMigrations()).map((m) => m.name);

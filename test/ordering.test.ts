@@ -3,46 +3,25 @@
 // runs a batch of one queue's jobs concurrently, graphile/worker#621). The
 // gate is pgfn.ordered_turn (sql/000012_ordering.sql); a failing event holds
 // the events behind it until it succeeds or becomes a dead letter.
-import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
 import { HTTP_STATUS } from "../src/http/errors.js";
 import { invokeNow } from "../src/invokeNow.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("ordering");
 
 beforeAll(async () => {
-  t = await createTestDatabase("ordering");
-  const db = createDb(t.pool);
-  const wasm = (name: string) => readFile(exampleWasm(name));
   for (const name of ["gate_a", "gate_b", "gate_c", "gate_d"]) {
-    await deployFunction(db, { name, wasm: await wasm("echo") });
+    await t.deploy(name, { example: "echo" });
   }
-  await deployFunction(db, { name: "in_order", wasm: await wasm("busy") });
+  await t.deploy("in_order", { example: "busy" });
   // Asks for a retry until its third attempt; {"permanent":true} fails for good.
-  await deployFunction(db, {
-    name: "held",
-    wasm: await wasm("flaky"),
-    maxAttempts: 3,
-    retryBaseMs: 50,
-    retryMaxMs: 100,
-  });
+  await t.deploy("held", { example: "flaky", maxAttempts: 3, retryBaseMs: 50, retryMaxMs: 100 });
   await t.pool.query(`update pgfn.functions set ordering = 'function'`);
-});
-afterAll(async () => {
-  await t?.drop();
 });
 
 interface Run {
@@ -229,9 +208,7 @@ describe("two daemons", () => {
   beforeAll(async () => {
     // Production's worker (localQueue on, several jobs at once), twice.
     for (const workerId of ["one", "two"]) {
-      daemons.push(
-        await startTestDaemon(t.url, { workerId, workerConcurrency: 4, pollIntervalMs: 100 }),
-      );
+      daemons.push(await t.startDaemon({ workerId, workerConcurrency: 4, pollIntervalMs: 100 }));
     }
   });
   afterAll(async () => {

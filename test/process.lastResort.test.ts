@@ -2,33 +2,24 @@
 // unhandled rejection is logged with its error and the daemon keeps
 // running; an uncaught exception is logged and the process exits 1, for its
 // supervisor to restart it.
-import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { runTs, SPAWNING_TEST_TIMEOUT_MS } from "./processes.js";
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/lastResort.fixture.ts", import.meta.url));
 
-function run(
+async function run(
   mode: string,
 ): Promise<{ code: number; lines: Record<string, unknown>[]; text: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", FIXTURE, mode],
-      { timeout: 30_000 },
-      (error, stdout) => {
-        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-        const lines = stdout
-          .split("\n")
-          .filter((l) => l.startsWith("{"))
-          .map((l) => JSON.parse(l) as Record<string, unknown>);
-        resolve({ code, lines, text: stdout });
-      },
-    );
-  });
+  const { code, stdout } = await runTs(FIXTURE, [mode]);
+  const lines = stdout
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { code, lines, text: stdout };
 }
 
-describe("pgfn start's last-resort handlers", () => {
+describe("pgfn start's last-resort handlers", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
   it("log an unhandled rejection with its error and keep the process running", async () => {
     const r = await run("reject");
     expect(r.code).toBe(0);

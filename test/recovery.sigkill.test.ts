@@ -1,18 +1,17 @@
 // A daemon SIGKILLed in the middle of 2,000 events: nothing is lost, its
 // in-flight attempts are abandoned and retried within seconds, and no event
 // succeeds twice. Real daemons, as child processes.
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, readdirSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import { createTestDatabase, exampleWasm, waitFor, type TestDatabase } from "./helpers.js";
+import { killChild, PGFN_MAIN, startTs } from "./processes.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 const EVENTS = 2000;
 let t: TestDatabase;
 const children: ChildProcess[] = [];
@@ -21,9 +20,8 @@ const children: ChildProcess[] = [];
 let logDir: string;
 
 function daemon(id: string): ChildProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", MAIN, "start"], {
+  const child = startTs(PGFN_MAIN, ["start"], {
     env: {
-      ...process.env,
       DATABASE_URL: t.url,
       PGFN_WORKER_ID: id,
       PGFN_HEARTBEAT_INTERVAL_MS: "500",
@@ -58,8 +56,9 @@ beforeEach(async () => {
   );
 });
 afterEach(async () => {
-  for (const child of children.splice(0)) child.kill("SIGKILL");
+  await Promise.all(children.splice(0).map(killChild));
   await t?.drop();
+  rmSync(logDir, { recursive: true, force: true });
 });
 
 async function insertAll() {

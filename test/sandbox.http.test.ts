@@ -6,16 +6,10 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  startTestDaemon,
-  enqueueManual,
-  exampleWasm,
-  finishedRun,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, exampleWasm, finishedRun } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("http");
 let daemon: Daemon;
 let server: Server;
 let base: string;
@@ -28,16 +22,14 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   base = `http://127.0.0.1:${port}`;
-  t = await createTestDatabase("http");
   const wasm = await readFile(exampleWasm("fetch"));
   const db = createDb(t.pool);
   await deployFunction(db, { name: "fetcher", wasm, allowedHosts: [`127.0.0.1:${port}`] });
   await deployFunction(db, { name: "nofetch", wasm });
-  daemon = await startTestDaemon(t.url);
+  daemon = await t.startDaemon();
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
   await new Promise((resolve) => server?.close(resolve));
 });
 

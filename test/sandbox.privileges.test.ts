@@ -7,24 +7,21 @@ import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import {
-  createTestDatabase,
   createTestRoles,
-  startTestDaemon,
   enqueueManual,
   exampleWasm,
   finishedRun,
-  type TestDatabase,
   type TestRoles,
 } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("privileges");
 let daemon: Daemon;
 let roles: TestRoles;
 let role: string;
 let superRole: string;
 
 beforeAll(async () => {
-  t = await createTestDatabase("privileges");
   roles = await createTestRoles();
   // The daemon reads the db_roles' passwords where libpq would.
   process.env.PGPASSFILE = roles.pgpassFile;
@@ -41,11 +38,11 @@ beforeAll(async () => {
   await deployFunction(db, { name: "query", wasm, dbRole: role });
   await deployFunction(db, { name: "noroles", wasm });
   await deployFunction(db, { name: "assuper", wasm, dbRole: superRole });
-  daemon = await startTestDaemon(t.url);
+  daemon = await t.startDaemon();
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
+  await t.drop();
   // Roles outlive databases: drop ours (the database that granted to them is gone).
   await roles?.drop();
 });

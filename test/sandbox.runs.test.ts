@@ -1,50 +1,24 @@
 // Each failure mode of the sandbox as a user sees it: a function_runs row
 // with status, error_code, http_status and message, while the daemon keeps
 // serving the other functions.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  startTestDaemon,
-  enqueueManual,
-  exampleWasm,
-  finishedRun,
-  type TestDatabase,
-} from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { enqueueManual, finishedRun } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
-let daemon: Daemon;
+const t = useTestDatabase("sandbox_runs");
 
 beforeAll(async () => {
-  t = await createTestDatabase("sandbox_runs");
-  const db = createDb(t.pool);
-  const wasm = (name: string) => readFile(exampleWasm(name));
-  await deployFunction(db, { name: "echo", wasm: await wasm("echo") });
-  await deployFunction(db, { name: "spin", wasm: await wasm("spin"), timeoutMs: 3000 });
-  await deployFunction(db, { name: "hog", wasm: await wasm("hog"), memoryLimitMb: 16 });
-  await deployFunction(db, { name: "fail", wasm: await wasm("fail") });
-  await deployFunction(db, {
-    name: "leaky",
-    wasm: await wasm("secret"),
-    env: { API_KEY: "sk-live-123456", REGION: "eu" },
-  });
-  await deployFunction(db, {
-    name: "leaky_long",
-    wasm: await wasm("secret"),
-    env: { API_KEY: LONG_KEY, REGION: "eu" },
-  });
-  daemon = await startTestDaemon(t.url);
+  await t.deploy("echo");
+  await t.deploy("spin", { timeoutMs: 3000 });
+  await t.deploy("hog", { memoryLimitMb: 16 });
+  await t.deploy("fail");
+  await t.deploy("leaky", { example: "secret", env: { API_KEY: "sk-live-123456", REGION: "eu" } });
+  await t.deploy("leaky_long", { example: "secret", env: { API_KEY: LONG_KEY, REGION: "eu" } });
+  await t.startDaemon();
 });
 
 /** A secret longer than a log line is kept: cut before redaction, it would leak whole but its tail. */
 const LONG_KEY = `sk-${"0123456789".repeat(500)}`;
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
-});
 
 const invokeAsync = (fn: string, payload: unknown) => enqueueManual(t.pool, fn, payload);
 const finished = (eventId: string) => finishedRun(t.pool, eventId);

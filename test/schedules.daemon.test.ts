@@ -2,47 +2,29 @@
 // listener dispatches it, the worker runs the handler, and the run is in
 // pgfn.function_runs like any other, retries and dead letters included. The
 // daemon's clock is the test's, moved by assignment.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
-import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
-let daemon: Daemon | undefined;
+const t = useTestDatabase("schedules_daemon");
 const BASE = Date.parse("2030-01-01T00:00:00Z");
 let now = BASE - 30_000;
 
 beforeAll(async () => {
-  t = await createTestDatabase("schedules_daemon");
-  const db = createDb(t.pool);
-  await deployFunction(db, { name: "tick", wasm: await readFile(exampleWasm("echo")) });
-  await deployFunction(db, {
-    name: "doomed",
+  await t.deploy("tick", { example: "echo" });
+  await t.deploy("doomed", {
     // Asks for a retry until its third attempt: with two, it runs out.
-    wasm: await readFile(exampleWasm("flaky")),
+    example: "flaky",
     maxAttempts: 2,
     retryBaseMs: 0,
     retryMaxMs: 0,
   });
-  daemon = await startTestDaemon(
-    t.url,
+  await t.startDaemon(
     { pollIntervalMs: 100, workerConcurrency: 2, sandboxThreads: 2, schedulerIntervalMs: 50 },
     undefined,
     { clock: () => new Date(now) },
   );
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
 });
 
 async function scheduleFromBase(fn: string, cron: string): Promise<void> {
@@ -135,7 +117,7 @@ describe("switching the scheduler off", () => {
     expect(loadConfig({ PGFN_SCHEDULER: "false" }).scheduler).toBe(false);
     expect(loadConfig({}).scheduler).toBe(true);
     expect(() => loadConfig({ PGFN_SCHEDULER: "maybe" })).toThrow(/PGFN_SCHEDULER/);
-    const off = await startTestDaemon(t.url, { scheduler: false, listener: false, worker: false });
+    const off = await t.startDaemon({ scheduler: false, listener: false, worker: false });
     try {
       expect(off.scheduler).toBeUndefined();
     } finally {

@@ -4,16 +4,17 @@
 // scheduler's injected clock: a tick is a function call at a chosen instant.
 import { readFile } from "node:fs/promises";
 import type pg from "pg";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
 import { createPool } from "../src/db/pool.js";
 import { deployFunction } from "../src/deploy.js";
 import { silentLogger } from "../src/logger.js";
 import { Scheduler, type TickResult } from "../src/scheduler/scheduler.js";
 import { compileCron } from "../src/scheduler/slots.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { exampleWasm } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("schedules");
 let scheduler: Scheduler;
 const MINUTE = 60_000;
 
@@ -33,7 +34,6 @@ const FUNCTIONS = [
 ];
 
 beforeAll(async () => {
-  t = await createTestDatabase("schedules");
   const db = createDb(t.pool);
   const wasm = await readFile(exampleWasm("echo"));
   for (const name of FUNCTIONS) await deployFunction(db, { name, wasm });
@@ -43,9 +43,6 @@ beforeAll(async () => {
 // with none, and no events (no daemon runs here, so there are no runs).
 beforeEach(async () => {
   await t.pool.query(`delete from pgfn.schedules; delete from pgfn.events`);
-});
-afterAll(async () => {
-  await t?.drop();
 });
 
 async function schedule(...args: (string | null)[]): Promise<string> {

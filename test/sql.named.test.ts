@@ -6,10 +6,9 @@ import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { listMigrations } from "../src/migrate.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { createTestDatabase, type TestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
 /**
  * The public SQL functions and their arguments as `\df` shows them. A new
@@ -33,16 +32,10 @@ const PUBLIC_FUNCTIONS: Readonly<Record<string, string>> = {
   close_circuit: "name text",
 };
 
-let t: TestDatabase;
+const t = useTestDatabase("sql_named");
 
 beforeAll(async () => {
-  t = await createTestDatabase("sql_named");
-  const db = createDb(t.pool);
-  const wasm = await readFile(exampleWasm("echo"));
-  for (const name of ["named", "other"]) await deployFunction(db, { name, wasm });
-});
-afterAll(async () => {
-  await t?.drop();
+  for (const name of ["named", "other"]) await t.deploy(name, { example: "echo" });
 });
 
 /** The single value `select <expression> as v` returns. */

@@ -2,27 +2,15 @@
 // transaction a server-wide lock at commit. While a listener is awake
 // (polling because it keeps finding work) writers skip it; the listener
 // sleeps again only when a poll after its awake window finds nothing.
-import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("wake");
 
 beforeAll(async () => {
-  t = await createTestDatabase("wake");
-  await deployFunction(createDb(t.pool), {
-    name: "echo",
-    wasm: await readFile(exampleWasm("echo")),
-  });
+  await t.deploy("echo");
   await t.pool.query(
     `create table public.orders (id serial primary key, note text); select pgfn.attach('public.orders', 'echo', array['INSERT'])`,
   );
@@ -38,7 +26,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await t?.pool.query(`drop owned by pgfn_wake_writer; drop role if exists pgfn_wake_writer`);
-  await t?.drop();
 });
 
 /** The notifications on pgfn_events that one insert by a plain role sends, ended by a sentinel. */
@@ -128,7 +115,7 @@ it("runs a stream of inserts without the sweep, then sleeps and is woken again",
   // The rows of the tests above were never run: not part of this count.
   await t.pool.query(`delete from pgfn.events`);
   // No sweep: only notifications and the awake polling dispatch.
-  const daemon = await startTestDaemon(t.url, { sweepIntervalMs: 600_000 });
+  const daemon = await t.startDaemon({ sweepIntervalMs: 600_000 });
   try {
     const succeeded = async () =>
       (

@@ -1,38 +1,20 @@
 // Many events per job (sql/000011_batch_jobs.sql, src/worker/execute.ts
 // executeJob): a backlog runs in few jobs, each event still once and on its
 // own terms, and a daemon never has more attempts running than its slots.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("worker_batch");
 
 beforeAll(async () => {
-  t = await createTestDatabase("worker_batch");
-  const db = createDb(t.pool);
-  const wasm = (name: string) => readFile(exampleWasm(name));
-  await deployFunction(db, { name: "echo", wasm: await wasm("echo") });
-  await deployFunction(db, {
-    name: "flaky",
-    wasm: await wasm("flaky"),
-    maxAttempts: 3,
-    retryBaseMs: 0,
-    retryMaxMs: 0,
-  });
+  await t.deploy("echo");
+  await t.deploy("flaky", { maxAttempts: 3, retryBaseMs: 0, retryMaxMs: 0 });
   // Its planned failures must not open its circuit (that would defer them).
   await t.pool.query(`update pgfn.functions set circuit_min_volume = 10000 where name = 'flaky'`);
-  await deployFunction(db, { name: "busy", wasm: await wasm("busy"), maxConcurrency: 3 });
-  await deployFunction(db, { name: "busy_wide", wasm: await wasm("busy") });
+  await t.deploy("busy", { maxConcurrency: 3 });
+  await t.deploy("busy_wide", { example: "busy" });
 });
-afterAll(() => t?.drop());
 
 /** Commits `n` manual events of `fn` in one transaction; returns their ids. */
 async function commitEvents(fn: string, payloads: unknown[]): Promise<string[]> {
@@ -72,7 +54,7 @@ it("runs a backlog in jobs of up to 50 events, each event exactly once", async (
     Array.from({ length: 120 }, (_, i) => ({ i })),
   );
   // Committed before the daemon starts: its first dispatch takes all 120.
-  const daemon = await startTestDaemon(t.url, { workerId: "batch-backlog" });
+  const daemon = await t.startDaemon({ workerId: "batch-backlog" });
   try {
     await waitFor(async () => (await finished("echo")) === 120, {
       timeoutMs: 60_000,
@@ -94,7 +76,7 @@ it("retries a batch's failed events one by one, never the batch again", async ()
   // flaky asks for a retry until its third attempt; "permanent" fails for good.
   const payloads = Array.from({ length: 20 }, (_, i) => ({ i, permanent: i % 4 === 0 }));
   const ids = await commitEvents("flaky", payloads);
-  const daemon = await startTestDaemon(t.url, { workerId: "batch-flaky" });
+  const daemon = await t.startDaemon({ workerId: "batch-flaky" });
   try {
     await waitFor(async () => (await finished("flaky")) === 20, {
       timeoutMs: 60_000,
@@ -141,7 +123,7 @@ it("never has more attempts running than the daemon's slots, nor than max_concur
   const work = Array.from({ length: 24 }, () => ({ millions: 20 }));
   await commitEvents("busy", work);
   await commitEvents("busy_wide", work);
-  const daemon = await startTestDaemon(t.url, {
+  const daemon = await t.startDaemon({
     workerId: "batch-slots",
     workerConcurrency: 2,
     sandboxThreads: 2,
@@ -159,7 +141,7 @@ it("never has more attempts running than the daemon's slots, nor than max_concur
   expect(await maxOverlap("busy")).toBeLessThanOrEqual(2);
   // A daemon with more slots than busy's max_concurrency (3).
   await commitEvents("busy", work);
-  const wide = await startTestDaemon(t.url, {
+  const wide = await t.startDaemon({
     workerId: "batch-wide",
     workerConcurrency: 8,
     sandboxThreads: 8,

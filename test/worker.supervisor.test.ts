@@ -3,31 +3,17 @@
 // a trigger, deterministically: the daemon must replace the stopped runner,
 // release the jobs it held, say "restarting" in /readyz meanwhile, and work
 // normally once completions go through again.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { restartDelayMs } from "../src/worker/worker.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  finishedRun,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, finishedRun, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("worker_supervisor");
 let daemon: Daemon | undefined;
 
 beforeAll(async () => {
-  t = await createTestDatabase("worker_supervisor");
-  await deployFunction(createDb(t.pool), {
-    name: "echo",
-    wasm: await readFile(exampleWasm("echo")),
-  });
+  await t.deploy("echo");
   await t.pool.query(`
     create table public.refuse_completion (since timestamptz not null default now());
     create function public.refuse_job_completion() returns trigger language plpgsql as $$
@@ -40,10 +26,6 @@ beforeAll(async () => {
     create trigger refuse_job_completion before delete on graphile_worker._private_jobs
       for each row execute function public.refuse_job_completion();
   `);
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
 });
 
 async function readyz(d: Daemon) {
@@ -93,8 +75,7 @@ describe("the worker supervisor", () => {
   });
 
   it("replaces a runner that stopped on its own, releases its jobs, and /readyz says so", async () => {
-    daemon = await startTestDaemon(
-      t.url,
+    daemon = await t.startDaemon(
       { workerId: "supervised", workerConcurrency: 2, sandboxThreads: 1, pollIntervalMs: 200 },
       undefined,
       { http: { port: 0, host: "127.0.0.1" } },

@@ -2,40 +2,20 @@
 // surrogates) never fails the statement that records its run: output is a
 // FUNCTION_ERROR, handled by the failure model like any other (dead letter,
 // on_error, no retry); logs and messages are stored with U+FFFD instead.
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { invokeNow } from "../src/invokeNow.js";
 import type { SandboxPool } from "../src/sandbox/pool.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  finishedRun,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { enqueueManual, finishedRun, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("unstorable");
 let daemon: Daemon;
 
 beforeAll(async () => {
-  t = await createTestDatabase("unstorable");
-  const db = createDb(t.pool);
-  await deployFunction(db, { name: "watchdog", wasm: await readFile(exampleWasm("echo")) });
-  await deployFunction(db, {
-    name: "unstorable",
-    wasm: await readFile(exampleWasm("unstorable")),
-    onError: "watchdog",
-  });
-  daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
+  await t.deploy("watchdog", { example: "echo" });
+  await t.deploy("unstorable", { onError: "watchdog" });
+  daemon = await t.startDaemon({ pollIntervalMs: 100 });
 });
 
 /** The event's pgfn_run jobs still in graphile-worker (waiting, or failed and to be retried). */
