@@ -273,7 +273,7 @@ export function buildProgram(): Command {
           worker: false,
           scheduler: false,
           sandboxThreads: 1,
-          workerId: `cli-${process.pid}`,
+          daemonId: `cli-${process.pid}`,
         },
         logger: silentLogger(),
       });

@@ -161,7 +161,12 @@ export type Config = Readonly<{
   sweepIntervalMs: number;
   pollIntervalMs: number;
   poolSize: number;
-  workerId: string;
+  /**
+   * This daemon's id (PGFN_WORKER_ID). The env var and the column
+   * `function_runs.worker_id` keep the published name; in the code "worker"
+   * means graphile-worker only.
+   */
+  daemonId: string;
   heartbeatIntervalMs: number;
   deadAfterMs: number;
   logLevel: z.infer<typeof schema>["PGFN_LOG_LEVEL"];
@@ -213,7 +218,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     poolSize: e.PGFN_POOL_SIZE ?? e.PGFN_WORKER_CONCURRENCY + 4,
     // A random part: a restarted container keeps its host name and pid 1, and
     // must not look like its dead predecessor.
-    workerId: e.PGFN_WORKER_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
+    daemonId: e.PGFN_WORKER_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
     heartbeatIntervalMs: e.PGFN_HEARTBEAT_INTERVAL_MS,
     deadAfterMs: e.PGFN_DEAD_AFTER_MS,
     logLevel: e.PGFN_LOG_LEVEL,

@@ -104,7 +104,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       db,
       modules: sandbox.modules,
       sandbox: sandbox.pool,
-      workerId: config.workerId,
+      daemonId: config.daemonId,
       logger,
       recorder: new SuccessRecorder(db),
       slots: new Slots(config.workerConcurrency),
@@ -117,7 +117,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     heartbeat = await startHeartbeat({
       pool,
       connectionString: options.connectionString,
-      daemonId: config.workerId,
+      daemonId: config.daemonId,
       intervalMs: config.heartbeatIntervalMs,
       deadAfterMs: config.deadAfterMs,
       graphileWorkerIds: () => worker?.graphileWorkerIds ?? [],
@@ -182,7 +182,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     logger.info(
       {
         operation: "start",
-        worker_id: config.workerId,
+        worker_id: config.daemonId,
         listener: config.listener,
         worker: config.worker,
         scheduler: config.scheduler,
@@ -215,7 +215,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
           await heartbeat?.stop();
           await dbQuery?.end();
           await pool.end();
-          logger.info({ operation: "stop", worker_id: config.workerId }, "pgfn daemon stopped");
+          logger.info({ operation: "stop", worker_id: config.daemonId }, "pgfn daemon stopped");
         })();
         return stopping;
       },

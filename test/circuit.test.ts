@@ -61,8 +61,8 @@ beforeAll(async () => {
   await t.pool.query(
     `update pgfn.functions set circuit_min_volume = 4, circuit_error_rate = 0.5, circuit_cooldown_ms = 1000 where name = 'mailer'`,
   );
-  daemons.push(await t.startDaemon({ workerId: "one", pollIntervalMs: 100 }));
-  daemons.push(await t.startDaemon({ workerId: "two", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ daemonId: "one", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ daemonId: "two", pollIntervalMs: 100 }));
 });
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));

@@ -13,8 +13,8 @@ const daemons: Daemon[] = [];
 
 beforeAll(async () => {
   await t.deploy("busy", { maxConcurrency: 2 });
-  daemons.push(await t.startDaemon({ workerId: "one", pollIntervalMs: 100 }));
-  daemons.push(await t.startDaemon({ workerId: "two", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ daemonId: "one", pollIntervalMs: 100 }));
+  daemons.push(await t.startDaemon({ daemonId: "two", pollIntervalMs: 100 }));
 });
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));

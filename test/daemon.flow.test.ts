@@ -10,7 +10,7 @@ const t = useTestDatabase("daemon_flow");
 let daemon: Daemon | undefined;
 
 async function start(overrides: Partial<Config> = {}): Promise<Daemon> {
-  daemon = await t.startDaemon({ workerId: "test-daemon", ...overrides });
+  daemon = await t.startDaemon({ daemonId: "test-daemon", ...overrides });
   return daemon;
 }
 

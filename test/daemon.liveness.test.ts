@@ -68,7 +68,7 @@ it("reaps a daemon whose lock is free and whose beats are missing, and only such
 });
 
 it("a running daemon holds its lock; a stopped one leaves nothing", async () => {
-  const daemon = await t.startDaemon({ workerId: "live-one" });
+  const daemon = await t.startDaemon({ daemonId: "live-one" });
   try {
     const { rows } = await t.pool.query(
       `select holds_lock, not pg_try_advisory_xact_lock(pgfn.daemon_lock_key(id)) as taken
@@ -111,7 +111,7 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
     child.kill("SIGKILL");
     child = undefined;
     const other = await t.startDaemon({
-      workerId: "survivor",
+      daemonId: "survivor",
       heartbeatIntervalMs: 500,
       deadAfterMs: 600_000,
     });

@@ -35,7 +35,7 @@ beforeAll(async () => {
       await startTestDaemon(
         proxy.url(t.url),
         {
-          workerId: `outage-${name}`,
+          daemonId: `outage-${name}`,
           workerConcurrency: 4,
           sandboxThreads: 2,
           pollIntervalMs: 200,
@@ -112,7 +112,7 @@ async function survivesOutage(outageMs: number): Promise<void> {
     for (const d of daemons) {
       await waitFor(async () => (await readyz(d)).status === 503, {
         timeoutMs: 30_000,
-        message: `/readyz of ${d.executor.workerId} to say not ready during the outage`,
+        message: `/readyz of ${d.executor.daemonId} to say not ready during the outage`,
       });
     }
     await waitFor(async () => Date.now() - cutAt >= outageMs, {
@@ -130,7 +130,7 @@ async function survivesOutage(outageMs: number): Promise<void> {
           const r = await readyz(d);
           return r.status === 200 ? r : undefined;
         },
-        { timeoutMs: 60_000, message: `/readyz of ${d.executor.workerId} to say ready again` },
+        { timeoutMs: 60_000, message: `/readyz of ${d.executor.daemonId} to say ready again` },
       );
       expect(ready.body).toMatchObject({
         status: "ok",
@@ -144,11 +144,11 @@ async function survivesOutage(outageMs: number): Promise<void> {
           (await count(
             `select count(*)::int as n from pgfn.function_runs
              where worker_id = $1 and status = 'succeeded' and started_at > $2`,
-            [d.executor.workerId, resumedAt],
+            [d.executor.daemonId, resumedAt],
           )) > 0,
         {
           timeoutMs: 60_000,
-          message: `runs by ${d.executor.workerId} after the outage`,
+          message: `runs by ${d.executor.daemonId} after the outage`,
         },
       );
     }
@@ -194,7 +194,7 @@ async function unrunRows(): Promise<string> {
 
 const daemonStates = () =>
   daemons.map((d) => ({
-    id: d.executor.workerId,
+    id: d.executor.daemonId,
     state: d.worker?.state,
     ids: d.worker?.graphileWorkerIds,
   }));

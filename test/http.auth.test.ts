@@ -109,7 +109,7 @@ describe("the token matrix", () => {
 
 describe("without PGFN_ADMIN_TOKEN", () => {
   it("nothing can deploy or manage; invoke tokens still invoke", async () => {
-    const open = await startHttpDaemon(t.url, { adminToken: undefined, workerId: "no-admin" });
+    const open = await startHttpDaemon(t.url, { adminToken: undefined, daemonId: "no-admin" });
     try {
       const deploy = await api(open, "POST", "/functions/v1/deploy", {
         token: NONE,
@@ -138,7 +138,7 @@ describe("without PGFN_ADMIN_TOKEN", () => {
     const closed = await startHttpDaemon(t.url, {
       adminToken: undefined,
       invokeTokens: [],
-      workerId: "no-tokens",
+      daemonId: "no-tokens",
     });
     try {
       for (const [method, path] of [

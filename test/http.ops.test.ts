@@ -133,7 +133,7 @@ describe("/metrics", () => {
       listener: false,
       worker: false,
       sandboxThreads: 1,
-      workerId: "idle",
+      daemonId: "idle",
     });
     try {
       await t.pool.query(
@@ -157,7 +157,7 @@ describe("/metrics", () => {
       listener: false,
       worker: false,
       sandboxThreads: 1,
-      workerId: "idle2",
+      daemonId: "idle2",
     });
     try {
       // Otherwise it would dispatch the events between the count and the scrape.
@@ -196,7 +196,7 @@ describe("/healthz and /readyz", () => {
       },
     });
 
-    const fresh = await startHttpDaemon(t.url, { workerId: "fresh", sandboxThreads: 1 });
+    const fresh = await startHttpDaemon(t.url, { daemonId: "fresh", sandboxThreads: 1 });
     try {
       const ok = await api(fresh, "GET", "/readyz", { token: null });
       expect(ok.status).toBe(200);

@@ -207,8 +207,8 @@ describe("two daemons", () => {
   const daemons: Daemon[] = [];
   beforeAll(async () => {
     // Production's worker (localQueue on, several jobs at once), twice.
-    for (const workerId of ["one", "two"]) {
-      daemons.push(await t.startDaemon({ workerId, workerConcurrency: 4, pollIntervalMs: 100 }));
+    for (const daemonId of ["one", "two"]) {
+      daemons.push(await t.startDaemon({ daemonId, workerConcurrency: 4, pollIntervalMs: 100 }));
     }
   });
   afterAll(async () => {

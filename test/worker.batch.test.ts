@@ -54,7 +54,7 @@ it("runs a backlog in jobs of up to 50 events, each event exactly once", async (
     Array.from({ length: 120 }, (_, i) => ({ i })),
   );
   // Committed before the daemon starts: its first dispatch takes all 120.
-  const daemon = await t.startDaemon({ workerId: "batch-backlog" });
+  const daemon = await t.startDaemon({ daemonId: "batch-backlog" });
   try {
     await waitFor(async () => (await finished("echo")) === 120, {
       timeoutMs: 60_000,
@@ -76,7 +76,7 @@ it("retries a batch's failed events one by one, never the batch again", async ()
   // flaky asks for a retry until its third attempt; "permanent" fails for good.
   const payloads = Array.from({ length: 20 }, (_, i) => ({ i, permanent: i % 4 === 0 }));
   const ids = await commitEvents("flaky", payloads);
-  const daemon = await t.startDaemon({ workerId: "batch-flaky" });
+  const daemon = await t.startDaemon({ daemonId: "batch-flaky" });
   try {
     await waitFor(async () => (await finished("flaky")) === 20, {
       timeoutMs: 60_000,
@@ -124,7 +124,7 @@ it("never has more attempts running than the daemon's slots, nor than max_concur
   await commitEvents("busy", work);
   await commitEvents("busy_wide", work);
   const daemon = await t.startDaemon({
-    workerId: "batch-slots",
+    daemonId: "batch-slots",
     workerConcurrency: 2,
     sandboxThreads: 2,
   });
@@ -142,7 +142,7 @@ it("never has more attempts running than the daemon's slots, nor than max_concur
   // A daemon with more slots than busy's max_concurrency (3).
   await commitEvents("busy", work);
   const wide = await t.startDaemon({
-    workerId: "batch-wide",
+    daemonId: "batch-wide",
     workerConcurrency: 8,
     sandboxThreads: 8,
   });

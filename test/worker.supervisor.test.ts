@@ -76,7 +76,7 @@ describe("the worker supervisor", () => {
 
   it("replaces a runner that stopped on its own, releases its jobs, and /readyz says so", async () => {
     daemon = await t.startDaemon(
-      { workerId: "supervised", workerConcurrency: 2, sandboxThreads: 1, pollIntervalMs: 200 },
+      { daemonId: "supervised", workerConcurrency: 2, sandboxThreads: 1, pollIntervalMs: 200 },
       undefined,
       { http: { port: 0, host: "127.0.0.1" } },
     );

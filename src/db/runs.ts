@@ -82,10 +82,10 @@ function toBeginRunResult(eventId: string, row: BeginRow): BeginRunResult {
  */
 export async function beginRun(
   db: Db,
-  input: { readonly eventId: string; readonly workerId: string; readonly jobId: string | null },
+  input: { readonly eventId: string; readonly daemonId: string; readonly jobId: string | null },
 ): Promise<BeginRunResult | undefined> {
   const { rows } = await sql<BeginRow>`
-    select * from pgfn.begin_run(${input.eventId}::bigint, ${input.workerId}, ${input.jobId}::bigint)`.execute(
+    select * from pgfn.begin_run(${input.eventId}::bigint, ${input.daemonId}, ${input.jobId}::bigint)`.execute(
     db,
   );
   const row = rows[0];
@@ -101,12 +101,12 @@ export async function beginRuns(
   db: Db,
   input: {
     readonly eventIds: readonly string[];
-    readonly workerId: string;
+    readonly daemonId: string;
     readonly jobId: string | null;
   },
 ): Promise<BeginRunResult[]> {
   const { rows } = await sql<BeginRow & { event_id: string }>`
-    select * from pgfn.begin_runs(${input.eventIds}::bigint[], ${input.workerId}, ${input.jobId}::bigint)`.execute(
+    select * from pgfn.begin_runs(${input.eventIds}::bigint[], ${input.daemonId}, ${input.jobId}::bigint)`.execute(
     db,
   );
   return rows.map((row) => toBeginRunResult(String(row.event_id), row));

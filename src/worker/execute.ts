@@ -41,7 +41,7 @@ export interface ExecutorDeps {
   /** The host functions a function's handler may call, made for one run. */
   readonly hostFunctions?: (fn: FunctionInfo, deadline: number) => Record<string, HostBinding>;
   /** Written to `function_runs.worker_id`. */
-  readonly workerId: string;
+  readonly daemonId: string;
   readonly logger: Logger;
   /** Called after each run is recorded, with its event (the dev console, the metrics). */
   readonly onRunFinished?: (run: Run, event: EventRow) => void;
@@ -63,7 +63,7 @@ export async function executeEvent(
   jobId: string | null = null,
   options: { readonly sync?: boolean } = {},
 ): Promise<Run | undefined> {
-  const begun = await beginRun(deps.db, { eventId, workerId: deps.workerId, jobId });
+  const begun = await beginRun(deps.db, { eventId, daemonId: deps.daemonId, jobId });
   if (!begun) {
     deps.logger.warn(
       { operation: "run", event_id: eventId },
@@ -97,7 +97,7 @@ export async function executeJob(
       const chunk = pending.splice(0, taken);
       let begun: BeginRunResult[];
       try {
-        begun = await beginRuns(deps.db, { eventIds: chunk, workerId: deps.workerId, jobId });
+        begun = await beginRuns(deps.db, { eventIds: chunk, daemonId: deps.daemonId, jobId });
       } catch (error) {
         deps.slots?.give(taken);
         throw error;

@@ -136,7 +136,7 @@ interface Generation {
 
 export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const { logger, pool } = options;
-  const daemonId = options.executor.workerId;
+  const daemonId = options.executor.daemonId;
   let state: WorkerState = "running";
   let restarts = 0;
   let current: Generation | undefined;
