@@ -116,7 +116,7 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     }
     expectOneLineError(
       await pgfn(["deploy", "echo", exampleWasm("echo")]),
-      /Function "echo" already exists\. Deploy with --update/,
+      /Function "echo" already exists\. Deploy it as an update to replace it \(`pgfn deploy --update`/,
     );
     expectOneLineError(
       await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "999999"]),

@@ -2,6 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { expect, it } from "vitest";
 import { createDb } from "../src/db/database.js";
+import { updateFunction } from "../src/db/functions.js";
 import { deployFunction, MAX_WASM_BYTES } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
 import { HTTP_STATUS } from "../src/http/errors.js";
@@ -88,4 +89,22 @@ it("refuses a second deploy of a name with CONFLICT unless updating, which repla
   );
   // Settings not given on update keep their values.
   expect(rows).toEqual([{ wasm_sha256: second.wasmSha256, timeout_ms: 2000 }]);
+});
+
+it("refuses a retry cap below the retry base in the settings' names, on deploy and on update against the stored base", async () => {
+  const db = createDb(t.pool);
+  const wasm = await readFile(exampleWasm("echo"));
+  const bounds =
+    /^Function "capped": retry_max_ms must be at least retry_base_ms, the first retry's delay \(flags --retry-max-ms, --retry-base-ms\)\.$/;
+  const deploy = await refusal(
+    deployFunction(db, { name: "capped", wasm, retryBaseMs: 5000, retryMaxMs: 1000 }),
+  );
+  expect(deploy).toMatchObject({ code: "INVALID_REQUEST" });
+  expect(deploy.message).toMatch(bounds);
+  expect(await names()).toEqual(["greeter"]);
+
+  await deployFunction(db, { name: "capped", wasm, retryBaseMs: 5000 });
+  const patch = await refusal(updateFunction(db, "capped", { retryMaxMs: 1000 }));
+  expect(patch).toMatchObject({ code: "INVALID_REQUEST" });
+  expect(patch.message).toMatch(bounds);
 });

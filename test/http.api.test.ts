@@ -134,7 +134,9 @@ describe("read, change, delete", () => {
       json: { retry_base_ms: 5000, retry_max_ms: 10 },
     });
     expect(bounds.status).toBe(400);
-    expect((bounds.body as { message: string }).message).toMatch(/functions_retry_bounds/);
+    expect((bounds.body as { message: string }).message).toMatch(
+      /retry_max_ms must be at least retry_base_ms/,
+    );
     const missing = await api(daemon, "PATCH", "/functions/v1/nope", { json: { enabled: true } });
     expect(missing.status).toBe(404);
   });

@@ -93,18 +93,28 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     if (sqlState(error) === SQLSTATE.UNIQUE_VIOLATION) {
       throw new PgfnError(
         "CONFLICT",
-        `Function "${input.name}" already exists. Deploy with --update to replace it.`,
+        `Function "${input.name}" already exists. Deploy it as an update to replace it (\`pgfn deploy --update\`, or \`"update": true\` over HTTP).`,
         { cause: error },
       );
     }
-    if (sqlState(error) === SQLSTATE.CHECK_VIOLATION) {
-      const constraint = (error as { constraint?: string }).constraint ?? "a check";
-      throw new PgfnError("INVALID_REQUEST", `Function "${input.name}" violates ${constraint}.`, {
-        cause: error,
-      });
-    }
-    throw error;
+    throw refusedSettings(input.name, error) ?? error;
   }
+}
+
+/**
+ * A check constraint that refused a deploy or PATCH, in the user's terms. The
+ * ranges are checked before the database sees them (functionColumns.ts); what
+ * is left is the one rule between two settings, where one of them may be the
+ * stored value.
+ */
+function refusedSettings(name: string, error: unknown): PgfnError | undefined {
+  if (sqlState(error) !== SQLSTATE.CHECK_VIOLATION) return undefined;
+  const constraint = (error as { constraint?: string }).constraint ?? "a check";
+  const message =
+    constraint === "functions_retry_bounds"
+      ? `Function "${name}": retry_max_ms must be at least retry_base_ms, the first retry's delay (flags --retry-max-ms, --retry-base-ms).`
+      : `Function "${name}" would violate ${constraint}.`;
+  return new PgfnError("INVALID_REQUEST", message, { cause: error });
 }
 
 /** Settings that can change without a new module (`PATCH /functions/v1/:name`). */
@@ -154,13 +164,7 @@ export async function updateFunction(
       .returning(INFO_COLUMNS)
       .executeTakeFirst();
   } catch (error) {
-    if (sqlState(error) === SQLSTATE.CHECK_VIOLATION) {
-      const constraint = (error as { constraint?: string }).constraint ?? "a check";
-      throw new PgfnError("INVALID_REQUEST", `Function "${name}" would violate ${constraint}.`, {
-        cause: error,
-      });
-    }
-    throw error;
+    throw refusedSettings(name, error) ?? error;
   }
 }
 
