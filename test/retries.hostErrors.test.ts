@@ -1,37 +1,25 @@
 // A host function's failure is retried only when trying again can help: a
 // refused connection is (transient), a host the function may not reach is not.
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
 import { createDb } from "../src/db/database.js";
 import { deployFunction } from "../src/deploy.js";
 import {
-  createTestDatabase,
+  closedLocalPort,
   enqueueManual,
   exampleWasm,
   startTestDaemon,
   waitFor,
-  type TestDatabase,
 } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
+const t = useTestDatabase("retries_host");
 let daemon: Daemon | undefined;
 let closedPort: number;
 
-/** A local port nothing listens on: a fetch there is refused. */
-async function closedLocalPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 beforeAll(async () => {
   closedPort = await closedLocalPort();
-  t = await createTestDatabase("retries_host");
   const db = createDb(t.pool);
   const wasm = await readFile(exampleWasm("fetch"));
   const policy = { maxAttempts: 3, retryBaseMs: 0, retryMaxMs: 0 };
@@ -47,7 +35,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await daemon?.stop();
-  await t?.drop();
 });
 
 /** The event's runs once its last one will not be retried. */
