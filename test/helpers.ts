@@ -193,6 +193,20 @@ export async function enqueueManual(pool: pg.Pool, fn: string, payload: unknown)
   return rows[0]!.id;
 }
 
+/** Records `count` manual events for `fn` with payload {}, in one statement; returns their ids. */
+export async function enqueueManyManual(
+  pool: pg.Pool,
+  fn: string,
+  count: number,
+): Promise<string[]> {
+  const { rows } = await pool.query<{ id: string }>(
+    `insert into pgfn.events (function_name, source, payload)
+     select $1, 'manual', '{}'::jsonb from generate_series(1, $2) returning id`,
+    [fn, count],
+  );
+  return rows.map((row) => row.id);
+}
+
 /** The first finished run of an event, waiting for it. */
 export async function finishedRun(pool: pg.Pool, eventId: string, timeoutMs = 10_000) {
   return waitFor(
