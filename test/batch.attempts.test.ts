@@ -4,6 +4,7 @@
 // letter and no job graphile-worker would fetch (sql/000011_batch_jobs.sql:
 // batches get 25 tries, and the reaper gives back the try a death cost).
 import { beforeAll, expect, it } from "vitest";
+import { enqueueManyManual } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
 const t = useTestDatabase("batch_attempts");
@@ -13,10 +14,7 @@ beforeAll(async () => {
 });
 
 it("events of a batch nobody started survive two daemon deaths", async () => {
-  const { rows: events } = await t.pool.query<{ id: string }>(
-    `insert into pgfn.events (function_name, source, payload)
-     select 'once', 'manual', '{}'::jsonb from generate_series(1, 3) returning id`,
-  );
+  const events = await enqueueManyManual(t.pool, "once", 3);
   expect((await t.pool.query(`select pgfn.dispatch(500, 50) as n`)).rows[0].n).toBe(3);
   const { rows: jobs } = await t.pool.query<{ id: string; key: string; max_attempts: number }>(
     `select id, key, max_attempts from graphile_worker._private_jobs`,
@@ -42,7 +40,7 @@ it("events of a batch nobody started survive two daemon deaths", async () => {
     );
     const started = await t.pool.query(
       `select * from pgfn.begin_runs(array[$1]::bigint[], $2, $3)`,
-      [events[death]!.id, daemon, job.id],
+      [events[death]!, daemon, job.id],
     );
     expect(started.rows[0].run_id).not.toBeNull();
     expect(
@@ -52,7 +50,7 @@ it("events of a batch nobody started survive two daemon deaths", async () => {
 
   // The third event never ran. It must still have a job graphile-worker can
   // fetch, or at least be a dead letter someone can see and retry.
-  const last = events[2]!.id;
+  const last = events[2]!;
   const { rows } = await t.pool.query(
     `select
        exists (select 1 from pgfn.function_runs where event_id = $1) as ran,
@@ -60,7 +58,7 @@ it("events of a batch nobody started survive two daemon deaths", async () => {
        exists (select 1 from graphile_worker._private_jobs j
                where j.is_available
                  and (j.key = 'pgfn:batch:' || $2 or j.key like 'pgfn:%:' || $1 || '%')) as fetchable`,
-    [last, events[0]!.id],
+    [last, events[0]!],
   );
   expect(rows[0].ran).toBe(false);
   expect(rows[0].fetchable || rows[0].dead).toBe(true);

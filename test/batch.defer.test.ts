@@ -3,6 +3,7 @@
 // try failed), it must not start that event too, or two attempts of one
 // event would run at once (pgfn.begin_run: refused DEFERRED).
 import { beforeAll, expect, it } from "vitest";
+import { enqueueManyManual } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
 const t = useTestDatabase("batch_defer");
@@ -12,13 +13,9 @@ beforeAll(async () => {
 });
 
 it("a deferred event of a batch is not started again by the batch's next try", async () => {
-  const { rows: events } = await t.pool.query<{ id: string }>(
-    `insert into pgfn.events (function_name, source, payload)
-     select 'capped', 'manual', '{}'::jsonb from generate_series(1, 2) returning id`,
-  );
+  const [a, b] = await enqueueManyManual(t.pool, "capped", 2);
   await t.pool.query(`select pgfn.dispatch(500, 50)`);
   const batch = (await t.pool.query(`select id from graphile_worker._private_jobs`)).rows[0].id;
-  const [a, b] = events.map((e) => e.id);
 
   // Try 1 of the batch: a starts, b is refused (max_concurrency 1) and
   // deferred as executeJob does (pgfn.add_wait_job).

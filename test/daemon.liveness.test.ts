@@ -4,7 +4,7 @@
 import type { ChildProcess } from "node:child_process";
 import pg from "pg";
 import { beforeAll, expect, it } from "vitest";
-import { enqueueManual, waitFor } from "./helpers.js";
+import { enqueueManual, waitFor, type WaitForOptions } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 import { killChild, PGFN_MAIN, startTs } from "./processes.js";
 
@@ -40,6 +40,20 @@ const reap = async () =>
 const statusOf = async (runId: string) =>
   (await t.pool.query(`select status from pgfn.function_runs where id = $1`, [runId])).rows[0]
     .status;
+
+/** Waits for daemon "doomed"'s attempt at `event` to be in `status`. */
+async function waitForDoomedRun(event: string, status: string, options: WaitForOptions) {
+  await waitFor(
+    async () =>
+      (
+        await t.pool.query(
+          `select 1 from pgfn.function_runs where event_id = $1 and worker_id = 'doomed' and status = $2`,
+          [event, status],
+        )
+      ).rowCount === 1,
+    options,
+  );
+}
 
 it("reaps a daemon whose lock is free and whose beats are missing, and only such", async () => {
   const gone = await fakeDaemon("gone", 5, true);
@@ -98,16 +112,10 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
   try {
     // A run that works long enough to be killed mid-way.
     const event = await enqueueManual(t.pool, "busy", { millions: 100000 });
-    await waitFor(
-      async () =>
-        (
-          await t.pool.query(
-            `select 1 from pgfn.function_runs where event_id = $1 and worker_id = 'doomed' and status = 'running'`,
-            [event],
-          )
-        ).rowCount === 1,
-      { timeoutMs: 120_000, message: "the doomed daemon to start the run" },
-    );
+    await waitForDoomedRun(event, "running", {
+      timeoutMs: 120_000,
+      message: "the doomed daemon to start the run",
+    });
     child.kill("SIGKILL");
     child = undefined;
     const other = await t.startDaemon({
@@ -116,16 +124,10 @@ it("a SIGKILLed daemon's attempts are retried by another long before its heartbe
       deadAfterMs: 600_000,
     });
     try {
-      await waitFor(
-        async () =>
-          (
-            await t.pool.query(
-              `select 1 from pgfn.function_runs where event_id = $1 and worker_id = 'doomed' and status = 'abandoned'`,
-              [event],
-            )
-          ).rowCount === 1,
-        { timeoutMs: 60_000, message: "the killed daemon's attempt to be abandoned" },
-      );
+      await waitForDoomedRun(event, "abandoned", {
+        timeoutMs: 60_000,
+        message: "the killed daemon's attempt to be abandoned",
+      });
     } finally {
       await other.stop();
     }

@@ -56,6 +56,26 @@ async function eventsOf(fn: string) {
   return rows;
 }
 
+/**
+ * SQL that `owner` runs to make type `${owner}.mood` with a cast to json
+ * that grants `owner` superuser when it runs with a superuser's rights,
+ * and turns into "escalated as ROLE" or "refused as ROLE".
+ */
+function escalatingCast(owner: string): string {
+  return `
+    create type ${owner}.mood as enum ('a');
+    create function ${owner}.mood_to_json(${owner}.mood) returns json language plpgsql as $f$
+    begin
+      begin
+        alter role ${owner} superuser;
+        return to_json('escalated as ' || current_user);
+      exception when insufficient_privilege then
+        return to_json('refused as ' || current_user);
+      end;
+    end $f$;
+    create cast (${owner}.mood as json) with function ${owner}.mood_to_json(${owner}.mood);`;
+}
+
 async function isSuperuser(role: string): Promise<boolean> {
   const { rows } = await t.pool.query(`select rolsuper from pg_roles where rolname = $1`, [role]);
   return rows[0].rolsuper;
@@ -75,17 +95,7 @@ describe("writing an attached table", () => {
     // runs with a superuser's rights, and says what happened either way.
     await asRole(owner, (c) =>
       c.query(`
-        create type ${owner}.mood as enum ('a');
-        create function ${owner}.mood_to_json(${owner}.mood) returns json language plpgsql as $f$
-        begin
-          begin
-            alter role ${owner} superuser;
-            return to_json('escalated as ' || current_user);
-          exception when insufficient_privilege then
-            return to_json('refused as ' || current_user);
-          end;
-        end $f$;
-        create cast (${owner}.mood as json) with function ${owner}.mood_to_json(${owner}.mood);
+        ${escalatingCast(owner)}
         alter table ${owner}.notes add column mood ${owner}.mood;
         insert into ${owner}.notes values (1, 'a');`),
     );
@@ -261,17 +271,7 @@ describe("the statement-level path (pgfn.record_row_events)", () => {
       create schema ${owner} authorization ${owner};`);
     await asRole(owner, (c) =>
       c.query(`
-        create type ${owner}.mood as enum ('a');
-        create function ${owner}.mood_to_json(${owner}.mood) returns json language plpgsql as $f$
-        begin
-          begin
-            alter role ${owner} superuser;
-            return to_json('escalated as ' || current_user);
-          exception when insufficient_privilege then
-            return to_json('refused as ' || current_user);
-          end;
-        end $f$;
-        create cast (${owner}.mood as json) with function ${owner}.mood_to_json(${owner}.mood);
+        ${escalatingCast(owner)}
         create table ${owner}.moods (id int primary key, mood ${owner}.mood);
         insert into ${owner}.moods values (1, 'a'), (2, 'a');`),
     );

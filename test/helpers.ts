@@ -1,7 +1,9 @@
 // Test helpers: a database of one's own, conditions with deadlines, URLs on
 // the test server, example modules.
 import { randomBytes } from "node:crypto";
+import { createServer } from "node:http";
 import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -191,6 +193,20 @@ export async function enqueueManual(pool: pg.Pool, fn: string, payload: unknown)
   return rows[0]!.id;
 }
 
+/** Records `count` manual events for `fn` with payload {}, in one statement; returns their ids. */
+export async function enqueueManyManual(
+  pool: pg.Pool,
+  fn: string,
+  count: number,
+): Promise<string[]> {
+  const { rows } = await pool.query<{ id: string }>(
+    `insert into pgfn.events (function_name, source, payload)
+     select $1, 'manual', '{}'::jsonb from generate_series(1, $2) returning id`,
+    [fn, count],
+  );
+  return rows.map((row) => row.id);
+}
+
 /** The first finished run of an event, waiting for it. */
 export async function finishedRun(pool: pg.Pool, eventId: string, timeoutMs = 10_000) {
   return waitFor(
@@ -202,6 +218,29 @@ export async function finishedRun(pool: pg.Pool, eventId: string, timeoutMs = 10
         )
       ).rows[0],
     { timeoutMs, message: `a finished run of event ${eventId}` },
+  );
+}
+
+/** A local port nothing listens on: a fetch there is refused. */
+export async function closedLocalPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Waits until some run of function `fn` is running. */
+export async function waitForRunning(pool: pg.Pool, fn: string, timeoutMs = 10_000): Promise<void> {
+  await waitFor(
+    async () =>
+      (
+        await pool.query(
+          `select 1 from pgfn.function_runs where function_name = $1 and status = 'running'`,
+          [fn],
+        )
+      ).rowCount,
+    { timeoutMs, message: `a run of ${fn} to be running` },
   );
 }
 

@@ -55,6 +55,42 @@ async function sessionsOf(role: string): Promise<number> {
   return rows[0]!.n;
 }
 
+/**
+ * Runs, as `role`, a statement that ignores query cancels, and expects it
+ * to fail at its deadline and its backend to end on the server; `marker`
+ * tags the statement so that it is found (and ended, whatever happens).
+ */
+async function expectStubbornStatementStopped(role: string, marker: string): Promise<void> {
+  const stubborn = newExecutor();
+  try {
+    const error = await failure(
+      stubborn.query(
+        { role, deadline: Date.now() + 500 },
+        `do $$ begin loop begin perform pg_sleep(10);
+           exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
+        [],
+      ),
+    );
+    expect(error.message).toContain("did not answer before the invocation's deadline");
+    await waitFor(
+      async () =>
+        (
+          await db.pool.query(
+            "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+            [db.name, `%${marker}%`],
+          )
+        ).rows[0].gone,
+      { message: "the stubborn statement's backend to end" },
+    );
+  } finally {
+    await stubborn.end();
+    await db.pool.query(
+      "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
+      [db.name, `%${marker}%`],
+    );
+  }
+}
+
 beforeAll(async () => {
   db = await createTestDatabase("host_db_query");
   roles = await createTestRoles();
@@ -512,35 +548,7 @@ describe("limits", () => {
       alter function ${shadow}.pg_terminate_backend(integer) owner to ${shadow};
       alter role ${shadow} in database ${db.name} set search_path = ${shadow}, pg_catalog;
     `);
-    const marker = "stubborn_behind_a_shadow";
-    const stubborn = newExecutor();
-    try {
-      const error = await failure(
-        stubborn.query(
-          { role: shadow, deadline: Date.now() + 500 },
-          `do $$ begin loop begin perform pg_sleep(10);
-             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
-          [],
-        ),
-      );
-      expect(error.message).toContain("did not answer before the invocation's deadline");
-      await waitFor(
-        async () =>
-          (
-            await db.pool.query(
-              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
-              [db.name, `%${marker}%`],
-            )
-          ).rows[0].gone,
-        { message: "the stubborn statement's backend to end" },
-      );
-    } finally {
-      await stubborn.end();
-      await db.pool.query(
-        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
-        [db.name, `%${marker}%`],
-      );
-    }
+    await expectStubbornStatementStopped(shadow, "stubborn_behind_a_shadow");
   });
 
   it("stops such a statement even when the role's logins start as another role", async () => {
@@ -550,35 +558,7 @@ describe("limits", () => {
     const decoy = await roles.create("roledecoy", "nologin");
     await db.pool.query(`grant ${decoy} to ${starter}`);
     await db.pool.query(`alter role ${starter} in database ${db.name} set role = '${decoy}'`);
-    const marker = "stubborn_behind_a_default_role";
-    const stubborn = newExecutor();
-    try {
-      const error = await failure(
-        stubborn.query(
-          { role: starter, deadline: Date.now() + 500 },
-          `do $$ begin loop begin perform pg_sleep(10);
-             exception when query_canceled then null; end; end loop; end $$ -- ${marker}`,
-          [],
-        ),
-      );
-      expect(error.message).toContain("did not answer before the invocation's deadline");
-      await waitFor(
-        async () =>
-          (
-            await db.pool.query(
-              "select count(*)::int = 0 as gone from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
-              [db.name, `%${marker}%`],
-            )
-          ).rows[0].gone,
-        { message: "the stubborn statement's backend to end" },
-      );
-    } finally {
-      await stubborn.end();
-      await db.pool.query(
-        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query like $2 and pid <> pg_backend_pid()",
-        [db.name, `%${marker}%`],
-      );
-    }
+    await expectStubbornStatementStopped(starter, "stubborn_behind_a_default_role");
   });
 
   it("fails transient without running when the deadline has passed", async () => {

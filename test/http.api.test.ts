@@ -2,7 +2,7 @@
 // Postgres, one assertion per status code of docs/design.md sections 3 and 5.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { waitFor } from "./helpers.js";
+import { waitForRunning } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 import { api, INVOKE_TOKEN, startHttpDaemon, wasmBase64 } from "./httpHelpers.js";
 
@@ -285,15 +285,7 @@ describe("invoke", () => {
   it("429 when the function is at max_concurrency", async () => {
     await deploy("single", "spin", { timeout_ms: 3000, max_concurrency: 1 });
     const first = api(daemon, "POST", "/functions/v1/invoke/single", { json: {} });
-    await waitFor(
-      async () =>
-        (
-          await t.pool.query(
-            `select 1 from pgfn.function_runs where function_name = 'single' and status = 'running'`,
-          )
-        ).rowCount,
-      { message: "the first invocation to be running" },
-    );
+    await waitForRunning(t.pool, "single");
     const second = await api(daemon, "POST", "/functions/v1/invoke/single", { json: {} });
     expect(second.status).toBe(429);
     expect(second.body).toMatchObject({ code: "CONCURRENCY_LIMIT" });

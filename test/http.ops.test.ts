@@ -7,7 +7,7 @@ import type { Daemon } from "../src/daemon.js";
 import { checkReadiness } from "../src/http/health.js";
 import { startHttpServer } from "../src/http/server.js";
 import { silentLogger } from "../src/logger.js";
-import { enqueueManual, finishedRun, waitFor } from "./helpers.js";
+import { enqueueManual, finishedRun, waitFor, waitForRunning } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 import {
   ADMIN_TOKEN,
@@ -71,6 +71,10 @@ async function scrape(d: Daemon = daemon): Promise<string> {
   return r.text;
 }
 
+/** A second daemon on the database that serves HTTP only: no listener, no worker. */
+const startIdleDaemon = (daemonId: string) =>
+  startHttpDaemon(t.url, { listener: false, worker: false, sandboxThreads: 1, daemonId });
+
 const invoke = (name: string, json: unknown = {}) =>
   api(daemon, "POST", `/functions/v1/invoke/${name}`, { json, token: INVOKE_TOKEN });
 
@@ -129,12 +133,7 @@ describe("/metrics", () => {
 
   it("reads the breaker states from the database on each scrape", async () => {
     // Another daemon's registry is its own: it has recorded no runs.
-    const idle = await startHttpDaemon(t.url, {
-      listener: false,
-      worker: false,
-      sandboxThreads: 1,
-      daemonId: "idle",
-    });
+    const idle = await startIdleDaemon("idle");
     try {
       await t.pool.query(
         // Upserts: the failures above may already have given 'fail' a (closed) circuit.
@@ -153,12 +152,7 @@ describe("/metrics", () => {
   });
 
   it("the backlog gauge counts undispatched events", async () => {
-    const idle = await startHttpDaemon(t.url, {
-      listener: false,
-      worker: false,
-      sandboxThreads: 1,
-      daemonId: "idle2",
-    });
+    const idle = await startIdleDaemon("idle2");
     try {
       // Otherwise it would dispatch the events between the count and the scrape.
       await daemon.listener!.stop();
@@ -393,15 +387,7 @@ describe("slow clients and shutdown", () => {
 
   it("stop() lets an invocation in flight finish, then refuses new connections", async () => {
     const inFlight = invoke("busy", { millions: 1500 });
-    await waitFor(
-      async () =>
-        (
-          await t.pool.query(
-            `select 1 from pgfn.function_runs where function_name = 'busy' and status = 'running'`,
-          )
-        ).rowCount,
-      { message: "the busy invocation to be running" },
-    );
+    await waitForRunning(t.pool, "busy");
     const url = daemon.http!.url;
     const stopped = daemon.stop();
     const r = await inFlight;

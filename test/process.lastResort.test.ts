@@ -19,30 +19,22 @@ async function run(
   return { code, lines, text: stdout };
 }
 
+/** Matches the log line of the process's last-resort handler. */
+const processLogLine = (level: string, error: string) =>
+  expect.objectContaining({ level, operation: "process", error });
+
 describe("pgfn start's last-resort handlers", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
   it("log an unhandled rejection with its error and keep the process running", async () => {
     const r = await run("reject");
     expect(r.code).toBe(0);
-    expect(r.lines).toContainEqual(
-      expect.objectContaining({
-        level: "error",
-        operation: "process",
-        error: "a rejection nobody handles",
-      }),
-    );
+    expect(r.lines).toContainEqual(processLogLine("error", "a rejection nobody handles"));
     expect(r.text).toContain("still running");
   });
 
   it("log an uncaught exception and exit 1", async () => {
     const r = await run("throw");
     expect(r.code).toBe(1);
-    expect(r.lines).toContainEqual(
-      expect.objectContaining({
-        level: "fatal",
-        operation: "process",
-        error: "an exception nobody catches",
-      }),
-    );
+    expect(r.lines).toContainEqual(processLogLine("fatal", "an exception nobody catches"));
     expect(r.text).not.toContain("still running");
   });
 });

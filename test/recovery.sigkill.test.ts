@@ -137,16 +137,24 @@ async function expectAllRunOnce(killedAt: number) {
   return { recoveryMs, abandoned };
 }
 
-it("loses nothing when the only daemon is killed and another starts", async () => {
-  const a = daemon("victim");
+/**
+ * Inserts the events, kills `victim` with SIGKILL once 200 have run, and
+ * returns when it did.
+ */
+async function insertAllAndKillMidway(victim: ChildProcess): Promise<number> {
   await insertAll();
   await waitFor(async () => (await succeeded()) >= 200, {
     // Includes the daemon's start through tsx, slow on a loaded machine.
     timeoutMs: 90_000,
     message: "200 runs before the kill",
   });
-  a.kill("SIGKILL");
-  const killedAt = Date.now();
+  victim.kill("SIGKILL");
+  return Date.now();
+}
+
+it("loses nothing when the only daemon is killed and another starts", async () => {
+  const a = daemon("victim");
+  const killedAt = await insertAllAndKillMidway(a);
   expect(await succeeded()).toBeLessThan(EVENTS);
   daemon("rescuer");
   await expectAllRunOnce(killedAt);
@@ -155,14 +163,7 @@ it("loses nothing when the only daemon is killed and another starts", async () =
 it("loses nothing when one of two daemons is killed", async () => {
   const a = daemon("a");
   daemon("b");
-  await insertAll();
-  await waitFor(async () => (await succeeded()) >= 200, {
-    // Includes the daemon's start through tsx, slow on a loaded machine.
-    timeoutMs: 90_000,
-    message: "200 runs before the kill",
-  });
-  a.kill("SIGKILL");
-  const killedAt = Date.now();
+  const killedAt = await insertAllAndKillMidway(a);
   await expectAllRunOnce(killedAt);
   expect(await count(`select count(*)::int as n from pgfn.daemons where id = 'a'`)).toBe(0);
 }, 240_000);

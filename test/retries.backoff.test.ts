@@ -1,56 +1,30 @@
 // The backoff grows: each retry of an event waits up to twice as long as the
 // one before (full jitter under base * 2^(attempt-1)). The random source is
 // fixed just under 1, so every delay is its ceiling and can be measured.
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
 import { setRetryRandom } from "../src/worker/policy.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { closedLocalPort, enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
 const BASE_MS = 200;
 
-let t: TestDatabase;
-let daemon: Daemon | undefined;
+const t = useTestDatabase("retries_backoff");
 let restoreRandom: (() => void) | undefined;
 let closedPort: number;
-
-/** A local port nothing listens on: a fetch there is refused (transient, retried). */
-async function closedLocalPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 beforeAll(async () => {
   restoreRandom = setRetryRandom(() => 0.999999);
   closedPort = await closedLocalPort();
-  t = await createTestDatabase("retries_backoff");
-  await deployFunction(createDb(t.pool), {
-    name: "unreachable",
-    wasm: await readFile(exampleWasm("fetch")),
+  await t.deploy("unreachable", {
+    example: "fetch",
     allowedHosts: [`127.0.0.1:${closedPort}`],
     maxAttempts: 4,
     retryBaseMs: BASE_MS,
     retryMaxMs: 60_000,
   });
-  daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
+  await t.startDaemon({ pollIntervalMs: 100 });
 });
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
+afterAll(() => {
   restoreRandom?.();
 });
 

@@ -1,53 +1,22 @@
 // A host function's failure is retried only when trying again can help: a
 // refused connection is (transient), a host the function may not reach is not.
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import { readFile } from "node:fs/promises";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Daemon } from "../src/daemon.js";
-import { createDb } from "../src/db/database.js";
-import { deployFunction } from "../src/deploy.js";
-import {
-  createTestDatabase,
-  enqueueManual,
-  exampleWasm,
-  startTestDaemon,
-  waitFor,
-  type TestDatabase,
-} from "./helpers.js";
+import { beforeAll, expect, it } from "vitest";
+import { closedLocalPort, enqueueManual, waitFor } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
-let t: TestDatabase;
-let daemon: Daemon | undefined;
+const t = useTestDatabase("retries_host");
 let closedPort: number;
-
-/** A local port nothing listens on: a fetch there is refused. */
-async function closedLocalPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 beforeAll(async () => {
   closedPort = await closedLocalPort();
-  t = await createTestDatabase("retries_host");
-  const db = createDb(t.pool);
-  const wasm = await readFile(exampleWasm("fetch"));
-  const policy = { maxAttempts: 3, retryBaseMs: 0, retryMaxMs: 0 };
+  const policy = { example: "fetch", maxAttempts: 3, retryBaseMs: 0, retryMaxMs: 0 };
   // May fetch nothing: every http_fetch is refused, for good.
-  await deployFunction(db, { name: "fenced", wasm, ...policy });
-  await deployFunction(db, {
-    name: "refused",
-    wasm,
+  await t.deploy("fenced", policy);
+  await t.deploy("refused", {
     allowedHosts: [`127.0.0.1:${closedPort}`],
     ...policy,
   });
-  daemon = await startTestDaemon(t.url, { pollIntervalMs: 100 });
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await t?.drop();
+  await t.startDaemon({ pollIntervalMs: 100 });
 });
 
 /** The event's runs once its last one will not be retried. */

@@ -28,8 +28,11 @@ afterAll(async () => {
   await t?.pool.query(`drop owned by pgfn_wake_writer; drop role if exists pgfn_wake_writer`);
 });
 
-/** The notifications on pgfn_events that one insert by a plain role sends, ended by a sentinel. */
-async function notificationsOfInsert(): Promise<string[]> {
+/**
+ * The notifications on pgfn_events that `write` sends, writing as a plain
+ * role on a connection of its own; ended by a sentinel.
+ */
+async function notificationsOf(write: (writer: pg.Client) => Promise<void>): Promise<string[]> {
   const listener = new pg.Client({ connectionString: t.url });
   const writer = new pg.Client({ connectionString: t.url });
   await Promise.all([listener.connect(), writer.connect()]);
@@ -38,17 +41,24 @@ async function notificationsOfInsert(): Promise<string[]> {
   try {
     await listener.query("listen pgfn_events");
     await writer.query("set role pgfn_wake_writer");
-    await writer.query("begin");
-    await writer.query(`insert into public.orders (note) values ('a'), ('b')`);
-    await writer.query("commit");
+    await write(writer);
     // Notifications arrive in commit order: once the sentinel is here, the
-    // insert's NOTIFY, had there been one, is here too.
+    // writes' NOTIFYs, had there been any, are here too.
     await writer.query(`select pg_notify('pgfn_events', 'sentinel')`);
     await waitFor(async () => received.includes("sentinel"), { message: "the sentinel" });
     return received.filter((p) => p !== "sentinel");
   } finally {
     await Promise.all([listener.end(), writer.end()]);
   }
+}
+
+/** The notifications that one insert by a plain role sends. */
+function notificationsOfInsert(): Promise<string[]> {
+  return notificationsOf(async (writer) => {
+    await writer.query("begin");
+    await writer.query(`insert into public.orders (note) values ('a'), ('b')`);
+    await writer.query("commit");
+  });
 }
 
 /**
@@ -80,29 +90,18 @@ it("queues the wake-up check once per transaction, again in the next one and aft
   // session, the second's first event rolled back to a savepoint: each must
   // still send its notification.
   await t.pool.query(`update pgfn.listener_state set awake_until = null`);
-  await t.pool.query(`insert into pgfn.daemons (id) values ('wake-test-listener')`);
-  const listener = new pg.Client({ connectionString: t.url });
-  const writer = new pg.Client({ connectionString: t.url });
-  await Promise.all([listener.connect(), writer.connect()]);
-  const received: string[] = [];
-  listener.on("notification", (n) => received.push(n.payload ?? ""));
-  try {
-    await listener.query("listen pgfn_events");
-    await writer.query("set role pgfn_wake_writer");
-    await writer.query(`insert into public.orders (note) values ('first')`);
-    await writer.query("begin");
-    await writer.query("savepoint s");
-    await writer.query(`insert into public.orders (note) values ('taken back')`);
-    await writer.query("rollback to savepoint s");
-    await writer.query(`insert into public.orders (note) values ('second')`);
-    await writer.query("commit");
-    await writer.query(`select pg_notify('pgfn_events', 'sentinel')`);
-    await waitFor(async () => received.includes("sentinel"), { message: "the sentinel" });
-    expect(received.filter((p) => p !== "sentinel")).toEqual(["", ""]);
-  } finally {
-    await Promise.all([listener.end(), writer.end()]);
-    await t.pool.query(`delete from pgfn.daemons where id = 'wake-test-listener'`);
-  }
+  const notifications = await withDaemonRegistered(() =>
+    notificationsOf(async (writer) => {
+      await writer.query(`insert into public.orders (note) values ('first')`);
+      await writer.query("begin");
+      await writer.query("savepoint s");
+      await writer.query(`insert into public.orders (note) values ('taken back')`);
+      await writer.query("rollback to savepoint s");
+      await writer.query(`insert into public.orders (note) values ('second')`);
+      await writer.query("commit");
+    }),
+  );
+  expect(notifications).toEqual(["", ""]);
 });
 
 it("skips the NOTIFY while a listener is awake", async () => {

@@ -6,28 +6,21 @@
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDb, type Db } from "../src/db/database.js";
+import { beforeAll, describe, expect, it } from "vitest";
 import { getFunction } from "../src/db/functions.js";
-import { deployFunction } from "../src/deploy.js";
 import { toEventInput } from "../src/worker/eventInput.js";
 import { recordOutcome } from "../src/worker/outcome.js";
 import { RUN_TASK } from "../src/worker/tasks.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
 
 const SRC = fileURLToPath(new URL("../src/", import.meta.url));
 
-let t: TestDatabase;
-let db: Db;
+const t = useTestDatabase("contract");
 
 beforeAll(async () => {
-  t = await createTestDatabase("contract");
-  db = createDb(t.pool);
-  const wasm = await readFile(exampleWasm("echo"));
-  await deployFunction(db, { name: "echo", wasm, maxAttempts: 3 });
-  await deployFunction(db, { name: "solo", wasm, maxAttempts: 1 });
+  await t.deploy("echo", { maxAttempts: 3 });
+  await t.deploy("solo", { example: "echo", maxAttempts: 1 });
 });
-afterAll(() => t?.drop());
 
 /** A new event of `fn`; `dispatched`: as if a job had been made for it. */
 async function newEvent(fn: string, options: { dispatched?: boolean; ageDays?: number } = {}) {
@@ -243,17 +236,17 @@ describe("dead letters", () => {
     expect(reaped).toMatchObject({ last_run_id: run, error_code: "TIMEOUT" });
 
     // Then the daemon wakes up and records what the handler did.
-    const eventRow = await db
+    const eventRow = await t.db
       .selectFrom("pgfn.events")
       .selectAll()
       .where("id", "=", event)
       .executeTakeFirstOrThrow();
     const recorded = await recordOutcome(
-      db,
+      t.db,
       {
         event: eventRow,
         input: toEventInput(eventRow, 1),
-        fn: await getFunction(db, "solo"),
+        fn: await getFunction(t.db, "solo"),
         attempt: 1,
         sync: false,
       },
