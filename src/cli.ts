@@ -2,6 +2,7 @@
  * The `pgfn` command. Thin: parses argv, calls the modules, prints. Every
  * failure is one line on stderr and exit code 1, never a stack trace.
  */
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import type pg from "pg";
@@ -145,12 +146,20 @@ interface StartFlags {
   migrate?: boolean;
 }
 
+/** This package's version (package.json sits one level above src/ and dist/). */
+const PACKAGE_VERSION = (
+  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  }
+).version;
+
 export function buildProgram(): Command {
   const program = new Command()
     .name("pgfn")
     .description(
       "Committed Postgres rows run sandboxed WebAssembly handlers; every outcome is a row in pgfn.function_runs.",
     )
+    .version(PACKAGE_VERSION, "-V, --version", "print pgfn's version")
     // Usage errors look like every other error: one line, "pgfn: ...".
     .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) });
 
@@ -287,7 +296,7 @@ export function buildProgram(): Command {
     .command("runs")
     .description("Show the latest runs (from pgfn.function_runs), newest first.")
     .argument("[name]", "only this function's runs")
-    .option("-n, --limit <n>", "how many (default 20)", intOption("--limit"), 20)
+    .option("-n, --limit <n>", "how many", intOption("--limit"), 20)
     .option("--json", "print JSON lines instead of a table")
     .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
       const config = loadConfig();

@@ -1,5 +1,5 @@
 // The CLI as a user runs it: a child process, real exit codes, real output.
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -163,5 +163,16 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     const r = await pgfn(["--help"]);
     for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "retry", "dev"])
       expect(r.stdout).toContain(cmd);
+  });
+
+  it("--version prints the package's version; a default is said once", async () => {
+    const { version } = JSON.parse(
+      await readFile(new URL("../package.json", import.meta.url), "utf8"),
+    ) as { version: string };
+    const v = await pgfn(["--version"]);
+    expect(v.code).toBe(0);
+    expect(v.stdout.trim()).toBe(version);
+    const runs = await pgfn(["runs", "--help"]);
+    expect(runs.stdout).toMatch(/--limit <n>\s+how many \(default: 20\)\n/);
   });
 });
