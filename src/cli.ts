@@ -13,7 +13,7 @@ import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
-import { errorCodeOf, PgfnError, sqlState } from "./errors.js";
+import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
 import {
   cliFlag,
   columnSpec,
@@ -119,6 +119,15 @@ async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): P
   }
 }
 
+/** The database a connection string names, if it names one. */
+function databaseName(url: string): string | undefined {
+  try {
+    return decodeURIComponent(new URL(url).pathname.slice(1)) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** One line saying what went wrong, for any error. */
 export function describeError(error: unknown, config?: Config): string {
   if (error instanceof PgfnError) return error.message;
@@ -134,6 +143,14 @@ export function describeError(error: unknown, config?: Config): string {
     return `Cannot connect to Postgres at ${where} (${code}). Is the server running and DATABASE_URL right?`;
   }
   const state = sqlState(error);
+  // The two mistakes of a first run, with their fix.
+  if (state === SQLSTATE.INVALID_CATALOG_NAME) {
+    const name = config?.databaseUrl ? databaseName(config.databaseUrl) : undefined;
+    return `${e.message ?? "The database does not exist"}. Create it (\`createdb ${name ?? "NAME"}\`) or point DATABASE_URL at one that exists.`;
+  }
+  if (state === SQLSTATE.UNDEFINED_TABLE || state === SQLSTATE.INVALID_SCHEMA_NAME) {
+    return `${e.message ?? "A table is missing"}: pgfn is not installed in this database, or not completely. Run \`pgfn migrate\` first.`;
+  }
   if (state) return `Postgres error ${state}: ${e.message ?? String(error)}`;
   return e.message ?? String(error);
 }

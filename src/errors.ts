@@ -67,6 +67,8 @@ export const SQLSTATE = Object.freeze({
   DEADLOCK_DETECTED: "40P01",
   UNDEFINED_TABLE: "42P01",
   INVALID_SCHEMA_NAME: "3F000",
+  /** The database in the URL does not exist. */
+  INVALID_CATALOG_NAME: "3D000",
   /** Also what statement_timeout ends a statement with. */
   QUERY_CANCELED: "57014",
   ADMIN_SHUTDOWN: "57P01",

@@ -147,12 +147,22 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     );
   });
 
-  it("start refuses a database without the schema, naming the fix", async () => {
+  it("start and runs refuse a database without the schema, and a missing database, naming the fix", async () => {
     const empty = await createTestDatabase("cli_empty", { migrated: false });
     try {
       expectOneLineError(
         await pgfn(["start"], { DATABASE_URL: empty.url }),
         /schema is not current .* Run `pgfn migrate` first/,
+      );
+      expectOneLineError(
+        await pgfn(["runs"], { DATABASE_URL: empty.url }),
+        /^pgfn: relation "pgfn\.function_runs" does not exist: pgfn is not installed in this database, or not completely\. Run `pgfn migrate` first\.$/,
+      );
+      const missing = new URL(empty.url);
+      missing.pathname = "/pgfn_no_such_db";
+      expectOneLineError(
+        await pgfn(["runs"], { DATABASE_URL: missing.toString() }),
+        /^pgfn: database "pgfn_no_such_db" does not exist\. Create it \(`createdb pgfn_no_such_db`\) or point DATABASE_URL at one that exists\.$/,
       );
     } finally {
       await empty.drop();

@@ -38,8 +38,12 @@ describe("sqlState", () => {
 
 describe("describeError (the CLI's one line)", () => {
   it("names a Postgres error by its SQLSTATE", async () => {
-    expect(describeError(await failure("select * from pgfn_no_such_table"))).toBe(
-      'Postgres error 42P01: relation "pgfn_no_such_table" does not exist',
+    expect(describeError(await failure("select 1 / 0"))).toBe(
+      "Postgres error 22012: division by zero",
+    );
+    // A missing table is pgfn's schema missing: the CLI only reads its own.
+    expect(describeError(await failure("select * from pgfn.no_such_table"))).toBe(
+      'relation "pgfn.no_such_table" does not exist: pgfn is not installed in this database, or not completely. Run `pgfn migrate` first.',
     );
   });
 
