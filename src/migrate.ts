@@ -220,21 +220,30 @@ export async function migrationStatus(
   options: MigrationOptions = {},
 ): Promise<MigrationStatus> {
   const migrations = await readMigrations(options.dir ?? SQL_DIR);
-  const { rows } = await pool.query<{ exists: boolean }>(
-    "select to_regclass('pgfn.migrations') is not null as exists",
-  );
-  if (!rows[0]?.exists) return { pending: migrations.map((m) => m.name), changed: [] };
-  return compare(migrations, await appliedMigrations(pool));
+  const applied = await appliedIfAny(pool);
+  if (applied === undefined) return { pending: migrations.map((m) => m.name), changed: [] };
+  return compare(migrations, applied);
 }
 
 /**
- * Says what is missing, or nothing when the schema is current.
+ * Says what is missing, or nothing when the schema is current. By ids only,
+ * without reading the files: /readyz asks this on every probe.
  */
 export async function pendingMigrations(
   pool: pg.Pool,
   options: MigrationOptions = {},
 ): Promise<string[]> {
-  return [...(await migrationStatus(pool, options)).pending];
+  const migrations = await listMigrations(options.dir ?? SQL_DIR);
+  const applied = new Set((await appliedIfAny(pool))?.map((r) => r.id));
+  return migrations.filter((m) => !applied.has(m.id)).map((m) => m.name);
+}
+
+/** The applied migrations, or undefined before the first `migrate`. */
+async function appliedIfAny(pool: pg.Pool): Promise<AppliedRow[] | undefined> {
+  const { rows } = await pool.query<{ exists: boolean }>(
+    "select to_regclass('pgfn.migrations') is not null as exists",
+  );
+  return rows[0]?.exists ? appliedMigrations(pool) : undefined;
 }
 
 /**
