@@ -12,8 +12,6 @@ import { guardMemory } from "./sandbox/memoryGuard.js";
 /** The failure spec's limit for a module: 10 MiB. */
 export const MAX_WASM_BYTES = 10 * 1024 * 1024;
 
-export { FUNCTION_NAME };
-
 export type DeployRequest = Omit<DeployInput, "wasmSha256">;
 
 /** Checks a function name, with the same message everywhere. */
@@ -21,7 +19,7 @@ export function assertFunctionName(name: string): void {
   if (!FUNCTION_NAME.test(name)) {
     throw new PgfnError(
       "INVALID_REQUEST",
-      `Invalid function name "${name}": use ^[a-z][a-z0-9_-]{0,63}$ (a lowercase letter first, then letters, digits, _ or -).`,
+      `Invalid function name "${name}": use ${FUNCTION_NAME.source} (a lowercase letter first, then letters, digits, _ or -).`,
     );
   }
 }
