@@ -15,6 +15,7 @@ import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
 import {
+  FUNCTION_NAME,
   cliFlag,
   columnSpec,
   DEPLOY_COLUMNS,
@@ -246,7 +247,7 @@ export function buildProgram(): Command {
     .description(
       "Store a WebAssembly module as a function (validated first; nothing is stored on error).",
     )
-    .argument("<name>", "function name, ^[a-z][a-z0-9_-]{0,63}$")
+    .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
     .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)");
   for (const option of settingOptions) deploy.addOption(option);
   deploy

@@ -144,7 +144,7 @@ function pattern(re: RegExp, what: string): z.ZodString {
 
 const functionName = pattern(
   FUNCTION_NAME,
-  "must match ^[a-z][a-z0-9_-]{0,63}$ (a lowercase letter first, then letters, digits, _ or -)",
+  `must match ${FUNCTION_NAME.source} (a lowercase letter first, then letters, digits, _ or -)`,
 );
 
 /**
