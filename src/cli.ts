@@ -336,10 +336,24 @@ export function buildProgram(): Command {
       "Run a run's event again, as a new event (pgfn.retry); a running daemon picks it up.",
     )
     .argument("<run_id>", "the run to retry (function_runs.id)", intOption("RUN_ID"))
-    .action(async (runId: number) => {
+    .option(
+      "--force",
+      "retry even if the run's event was retried or replayed already (its handler runs once more)",
+    )
+    .action(async (runId: number, opts: { force?: boolean }) => {
       const config = loadConfig();
       if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
-      const eventId = await withPool(config, (pool) => retryRun(createDb(pool), runId));
+      const eventId = await withPool(config, (pool) =>
+        retryRun(createDb(pool), runId, { force: opts.force === true }),
+      ).catch((error: unknown) => {
+        if (sqlState(error) !== SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw error;
+        // Postgres' hint says how in SQL; here it is the flag.
+        throw new PgfnError(
+          "CONFLICT",
+          `${(error as Error).message}. To retry it once more anyway: pgfn retry ${runId} --force`,
+          { cause: error },
+        );
+      });
       console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 

@@ -38,6 +38,12 @@ export type CatchUp = "all" | "latest" | "none";
 export interface DatabaseEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: "database";
   readonly function: string;
   readonly schema: string;
@@ -52,6 +58,12 @@ export interface DatabaseEventInput {
 export interface ScheduleEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: "schedule";
   readonly function: string;
   /** The schedule's cron expression when the slot fired. */
@@ -69,6 +81,12 @@ export interface ScheduleEventInput {
 export interface PayloadEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: Exclude<EventSource, "database" | "schedule">;
   readonly function: string;
   readonly payload: unknown;

@@ -265,9 +265,18 @@ export async function abandonRun(
   return rows[0]?.abandoned ?? false;
 }
 
-/** Runs a run's event again as a new event (pgfn.retry); returns the new event's id. */
-export async function retryRun(db: Db, runId: number | string): Promise<string> {
-  const { rows } = await sql<{ id: string }>`select pgfn.retry(${runId}::bigint) as id`.execute(db);
+/**
+ * Runs a run's event again as a new event (pgfn.retry); returns the new
+ * event's id. Unless `force`, Postgres refuses (SQLSTATE
+ * OBJECT_NOT_IN_PREREQUISITE_STATE) a run whose event was run again already.
+ */
+export async function retryRun(
+  db: Db,
+  runId: number | string,
+  options: { readonly force?: boolean } = {},
+): Promise<string> {
+  const { rows } = await sql<{ id: string }>`
+    select pgfn.retry(${runId}::bigint, force => ${options.force ?? false}) as id`.execute(db);
   return rows[0]!.id;
 }
 
