@@ -48,13 +48,8 @@ async function callSql<T>(name: string, doing: string, call: () => Promise<T>): 
     if (state === SQLSTATE.NO_DATA_FOUND) throw notDeployed(name, error);
     if (state === SQLSTATE.INVALID_PARAMETER_VALUE) {
       const reason = (error as Error).message.replace(/^pgfn\.\w+: /, "");
-      throw new PgfnError(
-        "INVALID_REQUEST",
-        `Cannot ${doing}: ${reason}${/[.!?]$/.test(reason) ? "" : "."}`,
-        {
-          cause: error,
-        },
-      );
+      const stop = /[.!?]$/.test(reason) ? "" : ".";
+      throw new PgfnError("INVALID_REQUEST", `Cannot ${doing}: ${reason}${stop}`, { cause: error });
     }
     throw error;
   }
