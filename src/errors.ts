@@ -60,6 +60,10 @@ export function coerceError(error: unknown): PgfnError {
 export const SQLSTATE = Object.freeze({
   UNIQUE_VIOLATION: "23505",
   CHECK_VIOLATION: "23514",
+  /** What pgfn's SQL API raises for a bad argument: a cron, a time zone. */
+  INVALID_PARAMETER_VALUE: "22023",
+  /** What pgfn's SQL API raises for what is not there: a function, a run. */
+  NO_DATA_FOUND: "P0002",
   /** No such role, NOLOGIN, no pg_hba entry. */
   INVALID_AUTHORIZATION_SPECIFICATION: "28000",
   INVALID_PASSWORD: "28P01",

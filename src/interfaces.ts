@@ -28,11 +28,13 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
 export type Ordering = (typeof ORDERINGS)[number];
+/** The values of `pgfn.schedules.catch_up`. */
+export const CATCH_UPS = ["all", "latest", "none"] as const;
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.
  */
-export type CatchUp = "all" | "latest" | "none";
+export type CatchUp = (typeof CATCH_UPS)[number];
 
 /** What a handler receives for a row change (docs/design.md section 1). */
 export interface DatabaseEventInput {

@@ -351,6 +351,7 @@ describe("OpenAPI", () => {
     expect(doc.openapi).toBe("3.1.0");
     expect(Object.keys(doc.paths).sort()).toEqual(
       [
+        "/functions/v1/",
         "/functions/v1/deploy",
         "/functions/v1/invoke/{name}",
         "/functions/v1/{name}",

@@ -312,3 +312,51 @@ export async function listRuns(db: Db, options: ListRunsOptions = {}): Promise<R
     .limit(options.limit ?? 20)
     .execute();
 }
+
+/**
+ * How many of a function's latest runs `pgfn logs` reads lines from: a
+ * bound on the rows read when most runs logged nothing. (1000)
+ */
+export const LOG_RUNS_SCANNED = 1000;
+
+/** One line a handler logged, with the run that logged it. */
+export interface RunLogLine {
+  readonly runId: string;
+  /** When it was logged (the run's start for a line that does not say). */
+  readonly at: Date;
+  readonly level: string;
+  readonly message: string;
+}
+
+/**
+ * The last `limit` lines logged by the function's latest LOG_RUNS_SCANNED
+ * runs (src/sandbox/logs.ts, HandlerLog), oldest first.
+ */
+export async function listLogLines(
+  db: Db,
+  functionName: string,
+  limit: number,
+): Promise<RunLogLine[]> {
+  const { rows } = await sql<{ run_id: string; at: Date; level: string; message: string }>`
+    select r.id as run_id,
+           coalesce((l.line ->> 'at')::timestamptz, r.started_at) as at,
+           coalesce(l.line ->> 'level', 'info') as level,
+           coalesce(l.line ->> 'message', l.line #>> '{}') as message
+    from (
+      select id, started_at, logs from pgfn.function_runs
+      where function_name = ${functionName}
+      order by id desc
+      limit ${LOG_RUNS_SCANNED}
+    ) r
+    cross join lateral jsonb_array_elements(
+      case jsonb_typeof(r.logs) when 'array' then r.logs else '[]' end
+    ) with ordinality as l (line, n)
+    order by r.id desc, l.n desc
+    limit ${limit}`.execute(db);
+  return rows.reverse().map((r) => ({
+    runId: r.run_id,
+    at: r.at,
+    level: r.level,
+    message: r.message,
+  }));
+}
