@@ -172,11 +172,15 @@ describe.skipIf(!(await psqlVersion()))("deploy/postgres/pgfn-owner.sql", () => 
   afterAll(async () => {
     await daemon?.stop();
     await database?.drop();
-    // The database is gone, so the role owns nothing there and has no grants left.
+    // Once the database is gone the role owns nothing and has no grants left;
+    // a database kept for inspection keeps its owner too.
     const admin = new pg.Client({ connectionString: adminUrl() });
     await admin.connect();
     try {
-      await admin.query(`drop role if exists ${admin.escapeIdentifier(role)}`);
+      const { rowCount } = await admin.query(`select from pg_database where datname = $1`, [
+        database.name,
+      ]);
+      if (rowCount === 0) await admin.query(`drop role if exists ${admin.escapeIdentifier(role)}`);
     } finally {
       await admin.end();
     }
