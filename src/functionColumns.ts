@@ -265,7 +265,14 @@ export const FUNCTION_COLUMNS = {
   env: {
     sqlType: "jsonb",
     type: z.record(z.string(), z.string()),
-    input: z.record(envKey, storable()),
+    // A bad key's own message, quoted: the HTTP error names the key by its
+    // path, which shows a \u0000 in it as the bare character.
+    input: z.record(envKey, storable(), {
+      error: (issue) =>
+        issue.code === "invalid_key"
+          ? `key ${JSON.stringify(issue.input)} ${issue.issues[0]?.message ?? "is not valid"}`
+          : undefined,
+    }),
     default: {},
     setBy: "deploy",
     shown: true,
@@ -376,7 +383,15 @@ type Columns = typeof FUNCTION_COLUMNS;
  */
 export const ENV_CHANGES = {
   unset_env: {
-    input: z.array(envKey),
+    // Each bad key quoted in the message, as env's are: an HTTP error names
+    // an array element by its index only.
+    input: z.array(z.string("must be a string")).superRefine((keys, ctx) => {
+      for (const key of keys) {
+        const problem = envKey.safeParse(key).error?.issues[0]?.message;
+        if (problem)
+          ctx.addIssue({ code: "custom", message: `key ${JSON.stringify(key)} ${problem}` });
+      }
+    }),
     description: "env keys to remove (an update only: a deploy with update, or a PATCH)",
     cli: { flag: "--unset-env", value: "KEY" },
   },
