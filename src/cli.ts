@@ -104,9 +104,9 @@ function envChangeOptions(): { unset: Option; replace: Option } {
   return {
     unset: new Option(
       `${unset.cli.flag} <${unset.cli.value}>`,
-      `${unset.description} (repeatable)`,
+      `${unset.description} (with --update; repeatable)`,
     ).argParser(collect),
-    replace: new Option(replace.cli.flag, replace.description),
+    replace: new Option(replace.cli.flag, `${replace.description} (with --update)`),
   };
 }
 

@@ -307,7 +307,7 @@ export const FUNCTION_COLUMNS = {
     nullable: true,
     setBy: "deploy",
     shown: true,
-    description: "the function that receives terminal failures",
+    description: "the function that receives terminal failures: a deployed one, or itself",
     cli: { flag: "--on-error", value: "name" },
   },
   ordering: {
@@ -392,13 +392,13 @@ export const ENV_CHANGES = {
           ctx.addIssue({ code: "custom", message: `key ${JSON.stringify(key)} ${problem}` });
       }
     }),
-    description: "env keys to remove (an update only: a deploy with update, or a PATCH)",
+    description: "env keys to remove",
     cli: { flag: "--unset-env", value: "KEY" },
   },
   replace_env: {
     input: z.boolean("must be true or false"),
     description:
-      "replace the whole env with exactly the env given (none: an empty env) instead of merging into it (an update only)",
+      "replace the whole env with exactly the env given (none: an empty env) instead of merging into it",
     cli: { flag: "--replace-env" },
   },
 } as const;

@@ -39,8 +39,9 @@ function describeColumn(column: ColumnName, extra = ""): string {
   return `${text[0]!.toUpperCase()}${text.slice(1)}${range ? `; ${range}` : ""}.${extra}${byDefault === undefined ? "" : ` (Default: ${byDefault})`}`;
 }
 
+/** An env change's description, as a field's: on a deploy it needs update: true. */
 function sentence({ description: text }: { description: string }): string {
-  return `${text[0]!.toUpperCase()}${text.slice(1)}.`;
+  return `${text[0]!.toUpperCase()}${text.slice(1)}; on a deploy, with update: true.`;
 }
 
 /** Settings a deploy may set; absent means the default. */
