@@ -84,7 +84,7 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     updated_at: sql<Date>`now()`,
     ...settingColumns(input),
   };
-  const { env: _given, ...kept } = values;
+  const { env: _given, ...withoutEnv } = values;
   try {
     return await db.transaction().execute(async (trx) => {
       // Read only to say what happened; the row lock makes that exact, the
@@ -94,7 +94,9 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
         .insertInto("pgfn.functions")
         .values({ name: input.name, ...values })
         .$if(Boolean(input.update), (q) =>
-          q.onConflict((oc) => oc.column("name").doUpdateSet({ ...kept, ...envUpdate(input) })),
+          q.onConflict((oc) =>
+            oc.column("name").doUpdateSet({ ...withoutEnv, ...envUpdate(input) }),
+          ),
         )
         .returning([
           "name",
