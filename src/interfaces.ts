@@ -28,16 +28,24 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
 export type Ordering = (typeof ORDERINGS)[number];
+/** The values of `pgfn.schedules.catch_up`. */
+export const CATCH_UPS = ["all", "latest", "none"] as const;
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.
  */
-export type CatchUp = "all" | "latest" | "none";
+export type CatchUp = (typeof CATCH_UPS)[number];
 
 /** What a handler receives for a row change (docs/design.md section 1). */
 export interface DatabaseEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: "database";
   readonly function: string;
   readonly schema: string;
@@ -52,6 +60,12 @@ export interface DatabaseEventInput {
 export interface ScheduleEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: "schedule";
   readonly function: string;
   /** The schedule's cron expression when the slot fired. */
@@ -69,6 +83,12 @@ export interface ScheduleEventInput {
 export interface PayloadEventInput {
   readonly id: number;
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   readonly trigger: Exclude<EventSource, "database" | "schedule">;
   readonly function: string;
   readonly payload: unknown;
