@@ -11,21 +11,24 @@ import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
-import { deployFunction } from "./deploy.js";
+import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
 import {
   FUNCTION_NAME,
+  CLI_NAMES,
   cliFlag,
   columnSpec,
   DEPLOY_COLUMNS,
   defaultText,
+  ENV_CHANGES,
   isRepeatable,
   rangeTextOf,
   settingProblems,
   settingsByName,
   type DeployColumn,
   type DeploySettings,
+  type EnvChangeSettings,
 } from "./functionColumns.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { runView } from "./http/views.js";
@@ -88,9 +91,25 @@ function settingOption(column: DeployColumn): Option {
   return option;
 }
 
-/** The deploy settings among `pgfn deploy`'s parsed flags, checked, by column. */
-function deploySettingsOf(opts: Record<string, unknown>, options: readonly Option[]) {
-  const byColumn: Partial<Record<DeployColumn, unknown>> = {};
+/** `--unset-env KEY` (repeatable) and `--replace-env`, from their definition. */
+function envChangeOptions(): { unset: Option; replace: Option } {
+  const { unset_env: unset, replace_env: replace } = ENV_CHANGES;
+  return {
+    unset: new Option(
+      `${unset.cli.flag} <${unset.cli.value}>`,
+      `${unset.description} (with --update; repeatable)`,
+    ).argParser(collect),
+    replace: new Option(replace.cli.flag, `${replace.description} (with --update)`),
+  };
+}
+
+/** The deploy settings and env changes among `pgfn deploy`'s parsed flags, checked. */
+function deploySettingsOf(
+  opts: Record<string, unknown>,
+  options: readonly Option[],
+  envOptions: { unset: Option; replace: Option },
+) {
+  const byColumn: Partial<Record<DeployColumn | "unset_env" | "replace_env", unknown>> = {};
   DEPLOY_COLUMNS.forEach((column, i) => {
     const value = opts[options[i]!.attributeName()];
     if (value === undefined) return;
@@ -98,9 +117,11 @@ function deploySettingsOf(opts: Record<string, unknown>, options: readonly Optio
     byColumn[column] =
       columnSpec(column).sqlType === "jsonb" ? parsePairs(flag, value as string[]) : value;
   });
-  const problems = settingProblems(byColumn, (c) => cliFlag(c as DeployColumn).flag);
+  byColumn.unset_env = opts[envOptions.unset.attributeName()];
+  if (opts[envOptions.replace.attributeName()] === true) byColumn.replace_env = true;
+  const problems = settingProblems(byColumn, CLI_NAMES);
   if (problems.length > 0) throw new PgfnError("INVALID_REQUEST", `${problems.join("; ")}.`);
-  return settingsByName(byColumn) as DeploySettings;
+  return settingsByName(byColumn) as DeploySettings & EnvChangeSettings;
 }
 
 /** The database a connection string names, if it names one. */
@@ -225,19 +246,25 @@ export function buildProgram(): Command {
     });
 
   const settingOptions = DEPLOY_COLUMNS.map(settingOption);
+  const envOptions = envChangeOptions();
   const deploy = program
     .command("deploy")
     .description(
-      "Store a WebAssembly module as a function (validated first; nothing is stored on error).",
+      "Store a WebAssembly module as a function (validated first; nothing is stored on error). With --update, settings left out keep their values and --env merges into the stored env.",
     )
     .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
     .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)");
   for (const option of settingOptions) deploy.addOption(option);
   deploy
-    .option("--update", "replace the function if it exists")
+    .addOption(envOptions.unset)
+    .addOption(envOptions.replace)
+    .option(
+      "--update",
+      "replace the function's module if it exists; settings left out keep their values",
+    )
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {
       const config = loadConfig();
-      const settings = deploySettingsOf(opts, settingOptions);
+      const settings = deploySettingsOf(opts, settingOptions, envOptions);
       let wasm: Buffer;
       try {
         wasm = await readFile(file);
@@ -247,12 +274,19 @@ export function buildProgram(): Command {
           `Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}.`,
         );
       }
+      const url = requireDatabaseUrl(config);
       const result = await withPool(config, (pool) =>
-        deployFunction(createDb(pool), { ...settings, name, wasm, update: Boolean(opts.update) }),
+        deployFunction(
+          createDb(pool),
+          { ...settings, name, wasm, update: Boolean(opts.update) },
+          { names: CLI_NAMES, checkDbRole: checksDbRole(config.dbQueryUrl, url) },
+        ),
       );
       console.log(
         `${result.created ? "deployed" : "updated"} ${result.name} (sha256 ${result.wasmSha256}, ${wasm.byteLength} bytes)`,
       );
+      const env = describeEnvOutcome(result.env);
+      if (env) console.log(env);
     });
 
   program

@@ -7,17 +7,17 @@
 import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import type { Db } from "../db/database.js";
-import {
-  deleteFunction,
-  getFunction,
-  listFunctions,
-  RECENT_RUNS,
-  updateFunction,
-} from "../db/functions.js";
+import { deleteFunction, getFunction, listFunctions, RECENT_RUNS } from "../db/functions.js";
 import { listRuns } from "../db/runs.js";
-import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
+import {
+  assertFunctionName,
+  deployFunction,
+  MAX_WASM_BYTES,
+  patchFunction,
+  type DeployOptions,
+} from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
-import { settingsByName } from "../functionColumns.js";
+import { HTTP_NAMES, settingsByName } from "../functionColumns.js";
 import { invokeNow } from "../invokeNow.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";
@@ -55,6 +55,8 @@ declare module "fastify" {
 export interface FunctionsRoutesOptions {
   readonly db: Db;
   readonly executor: ExecutorDeps;
+  /** Whether deploy and PATCH judge db_role here (`checksDbRole`). (Default: true) */
+  readonly checkDbRole?: boolean;
 }
 
 const iso = (d: Date) => d.toISOString();
@@ -72,6 +74,10 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
 ) => {
   const app = fastify.withTypeProvider<ZodTypeProvider>();
   const { db, executor } = options;
+  const deployOptions: DeployOptions = {
+    names: HTTP_NAMES,
+    checkDbRole: options.checkDbRole ?? true,
+  };
 
   app.post(
     "/deploy",
@@ -86,12 +92,16 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     },
     async (request, reply) => {
       const b = request.body;
-      const result = await deployFunction(db, {
-        ...settingsByName(b),
-        name: b.name,
-        wasm: Buffer.from(b.wasm, "base64"),
-        update: b.update ?? false,
-      });
+      const result = await deployFunction(
+        db,
+        {
+          ...settingsByName(b),
+          name: b.name,
+          wasm: Buffer.from(b.wasm, "base64"),
+          update: b.update ?? false,
+        },
+        deployOptions,
+      );
       return reply.code(result.created ? 201 : 200).send({
         name: result.name,
         hash: result.wasmSha256,
@@ -140,6 +150,8 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       config: { scope: "admin" },
       schema: {
         summary: "Change settings (not the module: deploy with update: true for that).",
+        description:
+          "Settings left out keep their values. env merges into the stored env: the keys given are set, the others kept; unset_env removes keys, replace_env: true makes env exactly the env given (none: empty).",
         params: NameParams,
         body: PatchBody,
         response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
@@ -148,9 +160,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     async (request) => {
       const { name } = request.params;
       assertFunctionName(name);
-      const fn = await updateFunction(db, name, settingsByName(request.body));
-      if (!fn) throw notFound(name);
-      return functionView(fn);
+      const changed = await patchFunction(db, name, settingsByName(request.body), deployOptions);
+      if (!changed) throw notFound(name);
+      return functionView(changed.fn);
     },
   );
 

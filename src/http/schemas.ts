@@ -12,6 +12,7 @@ import {
   columnSpec,
   DEPLOY_COLUMNS,
   defaultText,
+  ENV_CHANGES,
   FUNCTION_COLUMNS,
   PATCH_COLUMNS,
   rangeTextOf,
@@ -39,6 +40,11 @@ function describeColumn(column: ColumnName, extra = ""): string {
   return `${text[0]!.toUpperCase()}${text.slice(1)}${range ? `; ${range}` : ""}.${extra}${byDefault === undefined ? "" : ` (Default: ${byDefault})`}`;
 }
 
+/** An env change's description, as a field's: on a deploy it needs update: true. */
+function sentence({ description: text }: { description: string }): string {
+  return `${text[0]!.toUpperCase()}${text.slice(1)}; on a deploy, with update: true.`;
+}
+
 /** Settings a deploy may set; absent means the default. */
 const deploySettings = Object.fromEntries(
   DEPLOY_COLUMNS.map((c) => [c, FUNCTION_COLUMNS[c].input.optional().describe(describeColumn(c))]),
@@ -58,6 +64,12 @@ const patchSettings = Object.fromEntries(
   [K in PatchColumn]: z.ZodOptional<
     Columns[K] extends { nullable: true } ? z.ZodNullable<Columns[K]["input"]> : Columns[K]["input"]
   >;
+};
+
+/** How an update changes env besides the keys it sets: unset_env, replace_env. */
+const envChanges = {
+  unset_env: ENV_CHANGES.unset_env.input.optional().describe(sentence(ENV_CHANGES.unset_env)),
+  replace_env: ENV_CHANGES.replace_env.input.optional().describe(sentence(ENV_CHANGES.replace_env)),
 };
 
 /** A column as GET shows it: timestamps as ISO strings. */
@@ -86,10 +98,13 @@ export const DeployBody = z
         "The module (an Extism plugin exporting `handle`), base64; at most 10 MiB decoded.",
       ),
     ...deploySettings,
+    ...envChanges,
     update: z
       .boolean()
       .optional()
-      .describe("Replace an existing function of this name instead of failing with 409."),
+      .describe(
+        "Replace an existing function of this name instead of failing with 409; settings left out keep their values, env merges.",
+      ),
   })
   .meta({ id: "DeployRequest" });
 
@@ -103,7 +118,9 @@ export const DeployResponse = z
   })
   .meta({ id: "DeployResponse" });
 
-export const PatchBody = z.strictObject(patchSettings).meta({ id: "PatchRequest" });
+export const PatchBody = z
+  .strictObject({ ...patchSettings, ...envChanges })
+  .meta({ id: "PatchRequest" });
 
 export const FunctionView = z
   .object({
