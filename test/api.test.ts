@@ -1,6 +1,6 @@
 // The package's public entry (src/index.ts, `import ... from "pgfn"`):
 // makeUtils() migrates, deploys and invokes; run() is a daemon inside the
-// caller's process.
+// caller's process. test/package.test.ts does the same from the packed tarball.
 import { readFile } from "node:fs/promises";
 import { expect, it } from "vitest";
 import { makeUtils, PgfnError, run, type Event, type Run } from "../src/index.js";

@@ -106,8 +106,17 @@ export function runTs(
 
 /** Runs `node ...args` to its end; see runTs. */
 export function runNode(args: readonly string[], options: RunOptions = {}): Promise<ChildResult> {
+  return runCommand(process.execPath, args, options);
+}
+
+/** Runs `command ...args` (no shell) to its end; see runTs. */
+export function runCommand(
+  command: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<ChildResult> {
   const deadlineMs = options.deadlineMs ?? CHILD_DEADLINE_MS;
-  const child = spawn(process.execPath, args, {
+  const child = spawn(command, args, {
     cwd: options.cwd ?? ROOT,
     env: childEnv(options.env),
     stdio: ["ignore", "pipe", "pipe"],
@@ -121,7 +130,7 @@ export function runNode(args: readonly string[], options: RunOptions = {}): Prom
       child.kill("SIGKILL");
       reject(
         new Error(
-          `\`node ${args.join(" ")}\` did not finish within ${deadlineMs} ms and was killed.` +
+          `\`${command === process.execPath ? "node" : command} ${args.join(" ")}\` did not finish within ${deadlineMs} ms and was killed.` +
             `\nstdout so far:\n${stdout}\nstderr so far:\n${stderr}`,
         ),
       );
