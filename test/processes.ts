@@ -82,12 +82,17 @@ function childEnv(overrides: ChildEnv = {}): NodeJS.ProcessEnv {
 export function startTs(
   script: string,
   args: readonly string[],
-  options: ChildOptions & { stdio?: StdioOptions } = {},
+  options: ChildOptions & {
+    stdio?: StdioOptions;
+    /** Lead a process group of its own, as a terminal's foreground job. (Default: false) */
+    detached?: boolean;
+  } = {},
 ): ChildProcess {
   return spawn(process.execPath, ["--import", "tsx", script, ...args], {
     cwd: options.cwd ?? ROOT,
     env: childEnv(options.env),
     stdio: options.stdio ?? "ignore",
+    detached: options.detached ?? false,
   });
 }
 
