@@ -1,5 +1,8 @@
 // `pgfn dev`, the README's first command: embedded Postgres, demo, runs shown.
 import { execFileSync } from "node:child_process";
+import { readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { runDev } from "../src/dev.js";
 import { waitFor } from "./helpers.js";
@@ -53,7 +56,14 @@ function postgresOn(port: string): string[] {
  */
 async function startDevInTerminal() {
   const child = startTs(PGFN_MAIN, ["dev"], {
-    env: { DATABASE_URL: undefined, PGFN_LOG_LEVEL: undefined, FORCE_COLOR: "0" },
+    env: {
+      DATABASE_URL: undefined,
+      PGFN_LOG_LEVEL: undefined,
+      FORCE_COLOR: "0",
+      // This file's own temporary directory (the leak guard's), not the
+      // machine's: pgfn dev makes its cluster there, and what it leaves is seen.
+      TMPDIR: tmpdir(),
+    },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
@@ -92,7 +102,7 @@ describe("pgfn dev in a terminal", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => 
     expect(postgresOn(port)).toEqual([]);
   });
 
-  it("a hard kill (SIGKILL) leaves no postgres running", async () => {
+  it("a hard kill (SIGKILL) leaves no postgres running and no cluster on disk", async () => {
     const { child, port, exited } = await startDevInTerminal();
     // pgfn alone: no hook of its own can run, so whatever stops postgres must be outside it.
     child.kill("SIGKILL");
@@ -101,5 +111,13 @@ describe("pgfn dev in a terminal", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => 
       timeoutMs: 30_000,
       message: `the embedded postgres on port ${port} to stop after pgfn dev was killed`,
     });
+    // pgfn dev's own directory stays (nothing of pgfn ran to remove it), but
+    // the supervisor removed the cluster in it, as far as its user may.
+    const left = (await readdir(tmpdir())).filter((name) => name.startsWith("pgfn-dev-"));
+    expect(left).toHaveLength(1);
+    const devDir = path.join(tmpdir(), left[0]!);
+    const data = await readdir(path.join(devDir, "data")).catch(() => []);
+    expect(data).toEqual([]);
+    await rm(devDir, { recursive: true, force: true });
   });
 });
