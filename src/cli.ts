@@ -5,10 +5,10 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
-import type pg from "pg";
+import { checkLimit, intOption, withPool } from "./cli/common.js";
+import { addManageCommands } from "./cli/manage.js";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon, startInvoker } from "./daemon.js";
-import { createPool } from "./db/pool.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
@@ -28,18 +28,11 @@ import {
   type DeploySettings,
 } from "./functionColumns.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
+import { runView } from "./http/views.js";
 import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
 import { waitForSignal } from "./signals.js";
-
-function intOption(name: string) {
-  return (value: string): number => {
-    if (!/^-?\d+$/.test(value))
-      throw new InvalidArgumentError(`${name} must be a whole number, got "${value}".`);
-    return Number(value);
-  };
-}
 
 function numberOption(name: string) {
   return (value: string): number => {
@@ -108,16 +101,6 @@ function deploySettingsOf(opts: Record<string, unknown>, options: readonly Optio
   const problems = settingProblems(byColumn, (c) => cliFlag(c as DeployColumn).flag);
   if (problems.length > 0) throw new PgfnError("INVALID_REQUEST", `${problems.join("; ")}.`);
   return settingsByName(byColumn) as DeploySettings;
-}
-
-/** Opens a pool on DATABASE_URL for one command and closes it afterwards. */
-async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
-  const pool = createPool(requireDatabaseUrl(config), 4, silentLogger());
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.end();
-  }
 }
 
 /** The database a connection string names, if it names one. */
@@ -279,7 +262,8 @@ export function buildProgram(): Command {
     )
     .argument("<name>", "function name")
     .argument("[json]", "the payload (JSON)", "{}")
-    .action(async (name: string, json: string) => {
+    .option("--json", "print the run as one JSON object (as the HTTP API shows runs)")
+    .action(async (name: string, json: string, opts: { json?: boolean }) => {
       const config = loadConfig();
       let payload: unknown;
       try {
@@ -296,9 +280,12 @@ export function buildProgram(): Command {
         logger: silentLogger(),
       });
       const run = await invokeNow(daemon.executor, name, payload).finally(() => daemon.stop());
-      console.log(formatRunLine(run));
-      if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
-      else process.exitCode = 1;
+      if (opts.json) console.log(JSON.stringify(runView(run)));
+      else {
+        console.log(formatRunLine(run));
+        if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
+      }
+      if (run.status !== "succeeded") process.exitCode = 1;
     });
 
   program
@@ -306,18 +293,20 @@ export function buildProgram(): Command {
     .description("Show the latest runs (from pgfn.function_runs), newest first.")
     .argument("[name]", "only this function's runs")
     .option("-n, --limit <n>", "how many", intOption("--limit"), 20)
-    .option("--json", "print JSON lines instead of a table")
+    .option(
+      "--json",
+      "print one JSON object per run (as the HTTP API shows runs) instead of a table",
+    )
     .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
       const config = loadConfig();
-      if (opts.limit < 1 || opts.limit > 10000)
-        throw new PgfnError("INVALID_REQUEST", "--limit must be between 1 and 10000.");
+      checkLimit(opts.limit);
       const runs = await withPool(config, (pool) =>
         listRuns(createDb(pool), {
           limit: opts.limit,
           ...(name !== undefined && { functionName: name }),
         }),
       );
-      if (opts.json) for (const run of runs) console.log(JSON.stringify(run));
+      if (opts.json) for (const run of runs) console.log(JSON.stringify(runView(run)));
       else console.log(formatRunsTable(runs));
     });
 
@@ -327,10 +316,24 @@ export function buildProgram(): Command {
       "Run a run's event again, as a new event (pgfn.retry); a running daemon picks it up.",
     )
     .argument("<run_id>", "the run to retry (function_runs.id)", intOption("RUN_ID"))
-    .action(async (runId: number) => {
+    .option(
+      "--force",
+      "retry even if the run's event was retried or replayed already (its handler runs once more)",
+    )
+    .action(async (runId: number, opts: { force?: boolean }) => {
       const config = loadConfig();
       if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
-      const eventId = await withPool(config, (pool) => retryRun(createDb(pool), runId));
+      const eventId = await withPool(config, (pool) =>
+        retryRun(createDb(pool), runId, { force: opts.force === true }),
+      ).catch((error: unknown) => {
+        if (sqlState(error) !== SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw error;
+        // Postgres' hint says how in SQL; here it is the flag.
+        throw new PgfnError(
+          "CONFLICT",
+          `${(error as Error).message}. To retry it once more anyway: pgfn retry ${runId} --force`,
+          { cause: error },
+        );
+      });
       console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 
@@ -343,6 +346,9 @@ export function buildProgram(): Command {
     .action(async (opts: { keepRunning: boolean }) => {
       await runDev({ keepRunning: opts.keepRunning });
     });
+
+  // functions, rm, enable, disable, schedule, unschedule, logs.
+  addManageCommands(program);
 
   return program;
 }

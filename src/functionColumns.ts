@@ -515,3 +515,15 @@ export function settingsByName<T extends Readonly<Partial<Record<PatchColumn, un
   }
   return settings as { [K in keyof T & PatchColumn as CamelCase<K>]: T[K] };
 }
+
+/** The runtime of every function until pgfn.functions has a `runtime` column. */
+export const DEFAULT_RUNTIME = "wasm";
+
+/**
+ * What runs a function: its `runtime` column once pgfn.functions has one
+ * (any query selecting INFO_COLUMNS then reads it), else DEFAULT_RUNTIME.
+ */
+export function runtimeOf(fn: object): string {
+  const runtime = (fn as { runtime?: unknown }).runtime;
+  return typeof runtime === "string" ? runtime : DEFAULT_RUNTIME;
+}

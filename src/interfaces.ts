@@ -28,11 +28,13 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
 export type Ordering = (typeof ORDERINGS)[number];
+/** The values of `pgfn.schedules.catch_up`. */
+export const CATCH_UPS = ["all", "latest", "none"] as const;
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.
  */
-export type CatchUp = "all" | "latest" | "none";
+export type CatchUp = (typeof CATCH_UPS)[number];
 
 /**
  * What every event a handler receives has, whatever its trigger
@@ -43,6 +45,12 @@ export interface EventBase {
   readonly id: number;
   /** Which attempt this is, from 1. */
   readonly attempt: number;
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
   /** The function the event is for. */
   readonly function: string;
   /** When the event was recorded (ISO 8601, UTC). */

@@ -1,6 +1,6 @@
 /** Queries on `pgfn.functions`. */
 import { sql, type Selectable, type Updateable } from "kysely";
-import type { Db, FunctionsTable } from "./database.js";
+import type { Db, FunctionsTable, SchedulesTable } from "./database.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
 import {
   columnSpec,
@@ -175,4 +175,59 @@ export async function updateFunction(
 export async function deleteFunction(db: Db, name: string): Promise<boolean> {
   const result = await db.deleteFrom("pgfn.functions").where("name", "=", name).executeTakeFirst();
   return result.numDeletedRows > 0n;
+}
+
+/**
+ * How many of a function's latest finished runs (attempts) its error rate is
+ * counted over, in `pgfn functions` and GET /functions/v1. A count, not a
+ * time window: the index on (function_name, id desc) reads exactly these
+ * rows, however busy the function, and a function idle for a week still
+ * shows how its last runs went. (100)
+ */
+export const RECENT_RUNS = 100;
+
+/** A function's latest finished runs: how many there are (up to RECENT_RUNS) and how many failed. */
+export interface RecentRuns {
+  /** Succeeded, failed or abandoned, at most RECENT_RUNS. */
+  readonly finished: number;
+  /** Failed or abandoned. */
+  readonly failed: number;
+}
+
+/** A function with what `pgfn functions` and GET /functions/v1 show beside its settings. */
+export interface FunctionSummary {
+  readonly fn: FunctionInfo;
+  readonly schedule: Selectable<SchedulesTable> | undefined;
+  readonly recent: RecentRuns;
+}
+
+/** Every function, by name, with its schedule and how its recent runs went. */
+export async function listFunctions(db: Db): Promise<FunctionSummary[]> {
+  const [functions, schedules, recent] = await Promise.all([
+    db.selectFrom("pgfn.functions").select(INFO_COLUMNS).orderBy("name").execute(),
+    db.selectFrom("pgfn.schedules").selectAll().execute(),
+    sql<{ name: string; finished: number; failed: number }>`
+      select f.name, r.finished, r.failed
+      from pgfn.functions f
+      cross join lateral (
+        select count(*)::int as finished,
+               count(*) filter (where last.status in ('failed', 'abandoned'))::int as failed
+        from (
+          select status from pgfn.function_runs
+          where function_name = f.name and status <> 'running'
+          order by id desc
+          limit ${RECENT_RUNS}
+        ) last
+      ) r`.execute(db),
+  ]);
+  const scheduleOf = new Map(schedules.map((s) => [s.function_name, s]));
+  const recentOf = new Map(recent.rows.map((r) => [r.name, r]));
+  return functions.map((fn) => ({
+    fn,
+    schedule: scheduleOf.get(fn.name),
+    recent: {
+      finished: recentOf.get(fn.name)?.finished ?? 0,
+      failed: recentOf.get(fn.name)?.failed ?? 0,
+    },
+  }));
 }

@@ -1,20 +1,24 @@
 /**
  * The functions API (docs/design.md section 5), under /functions/v1: deploy,
- * read, change, delete, invoke synchronously, list runs. Each route says
+ * list, read, change, delete, invoke synchronously, list runs. Each route says
  * which token it needs (`config.scope`, checked in server.ts before the body
  * is read).
  */
 import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
-import type { z } from "zod";
 import type { Db } from "../db/database.js";
-import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "../db/functions.js";
-import { listRuns, type Run } from "../db/runs.js";
+import {
+  deleteFunction,
+  getFunction,
+  listFunctions,
+  RECENT_RUNS,
+  updateFunction,
+} from "../db/functions.js";
+import { listRuns } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
-import { settingsByName, SHOWN_COLUMNS } from "../functionColumns.js";
+import { settingsByName } from "../functionColumns.js";
 import { invokeNow } from "../invokeNow.js";
-import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";
 import { errorBody } from "./errors.js";
@@ -23,12 +27,14 @@ import {
   DeployBody,
   DeployResponse,
   errors,
+  FunctionList,
   FunctionView,
   NameParams,
   PatchBody,
   RunsQuery,
   RunsResponse,
 } from "./schemas.js";
+import { functionListItem, functionView, runView } from "./views.js";
 
 /** A 10 MiB module as base64 (4 characters per 3 bytes), plus room for the settings. */
 export const DEPLOY_BODY_LIMIT = Math.ceil(MAX_WASM_BYTES / 3) * 4 + 1024 * 1024;
@@ -52,44 +58,6 @@ export interface FunctionsRoutesOptions {
 }
 
 const iso = (d: Date) => d.toISOString();
-const isoOrNull = (d: Date | null) => (d ? d.toISOString() : null);
-
-/** A function as GET shows it (FunctionView): its shown columns, timestamps as ISO strings. */
-function functionView(fn: FunctionInfo): z.input<typeof FunctionView> {
-  const view: Record<string, unknown> = {};
-  for (const column of SHOWN_COLUMNS) {
-    const value = fn[column];
-    view[column] = value instanceof Date ? iso(value) : value;
-  }
-  // An API key put in env must not come back out of a GET.
-  view.env = Object.fromEntries(
-    Object.entries(fn.env).map(([k, v]) => [k, SECRET_KEY.test(k) ? "[redacted]" : v]),
-  );
-  return view as z.input<typeof FunctionView>;
-}
-
-function runView(run: Run) {
-  return {
-    id: Number(run.id),
-    event_id: Number(run.event_id),
-    function_name: run.function_name,
-    wasm_sha256: run.wasm_sha256,
-    attempt: run.attempt,
-    status: run.status,
-    error_code: run.error_code,
-    http_status: run.http_status,
-    error_message: run.error_message,
-    result: (run.result ?? null) as never,
-    logs: (run.logs ?? []) as never,
-    duration_ms: run.duration_ms,
-    memory_peak_bytes: run.memory_peak_bytes === null ? null : Number(run.memory_peak_bytes),
-    started_at: iso(run.started_at),
-    finished_at: isoOrNull(run.finished_at),
-    will_retry: run.will_retry,
-    next_attempt_at: isoOrNull(run.next_attempt_at),
-    worker_id: run.worker_id,
-  };
-}
 
 function notFound(name: string): PgfnError {
   return new PgfnError(
@@ -132,6 +100,20 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
         updated_at: iso(result.updatedAt),
       });
     },
+  );
+
+  app.get(
+    "/",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary:
+          "Every function, by name: its settings, runtime, schedule and how its recent runs went.",
+        description: `recent_runs counts the function's latest ${RECENT_RUNS} finished runs (attempts); error_rate is the share of them that failed or were abandoned, null when there are none.`,
+        response: { 200: FunctionList, ...errors(401, 403) },
+      },
+    },
+    async () => ({ functions: (await listFunctions(db)).map(functionListItem) }),
   );
 
   app.get(

@@ -21,7 +21,8 @@ import {
   type PatchColumn,
   type ShownColumn,
 } from "../functionColumns.js";
-import { RUN_STATUSES } from "../interfaces.js";
+import { RECENT_RUNS } from "../db/functions.js";
+import { CATCH_UPS, RUN_STATUSES } from "../interfaces.js";
 
 type Columns = typeof FUNCTION_COLUMNS;
 
@@ -111,6 +112,38 @@ export const FunctionView = z
   })
   .meta({ id: "Function" });
 
+export const FunctionListItem = FunctionView.extend({
+  runtime: z.string().describe('What runs the function: "wasm" (an Extism plugin).'),
+  schedule: z
+    .object({
+      cron: z.string(),
+      timezone: z.string(),
+      catch_up: z.enum(CATCH_UPS),
+      next_run: timestamp.nullable().describe("The next slot; null until a daemon computed it."),
+      last_run: timestamp.nullable().describe("The last slot fired."),
+      error: z
+        .string()
+        .nullable()
+        .describe("Why the scheduler cannot use it (it does not fire); null when it can."),
+    })
+    .nullable()
+    .describe("Its schedule (pgfn.schedule), or null."),
+  recent_runs: z
+    .object({
+      finished: z.int().describe(`Finished runs counted: the latest ${RECENT_RUNS}, or fewer.`),
+      failed: z.int().describe("Of those, failed or abandoned."),
+      error_rate: z
+        .number()
+        .nullable()
+        .describe("failed / finished, to 4 decimal places; null without finished runs."),
+    })
+    .describe(`The function's latest ${RECENT_RUNS} finished runs (attempts).`),
+}).meta({ id: "FunctionSummary" });
+
+export const FunctionList = z
+  .object({ functions: z.array(FunctionListItem).describe("By name.") })
+  .meta({ id: "FunctionList" });
+
 export const DeleteResponse = z
   .object({ name: z.string(), deleted: z.literal(true) })
   .meta({ id: "DeleteResponse" });
@@ -128,7 +161,7 @@ export const RunView = z
     error_message: z.string().nullable(),
     result: z.json().nullable(),
     logs: z.json(),
-    duration_ms: z.number().nullable(),
+    duration_ms: z.number().nullable().describe("The handler's time, in ms, to 0.01 ms."),
     memory_peak_bytes: z.number().nullable(),
     started_at: timestamp,
     finished_at: timestamp.nullable(),

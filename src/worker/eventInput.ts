@@ -10,6 +10,8 @@ export function toEventInput(event: EventRow, attempt: number): EventInput {
   const common = {
     id: Number(event.id),
     attempt,
+    // A number from pgfn.begin_run's jsonb, a string from a query.
+    idempotency_key: Number(event.original_id ?? event.id),
     function: event.function_name,
     timestamp: event.created_at.toISOString(),
   };
