@@ -8,7 +8,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { checkLimit, intOption, withPool } from "./cli/common.js";
 import { addManageCommands } from "./cli/manage.js";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
-import { startDaemon } from "./daemon.js";
+import { startDaemon, startInvoker } from "./daemon.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
@@ -308,18 +308,9 @@ export function buildProgram(): Command {
           `The payload is not valid JSON: ${(error as Error).message}.`,
         );
       }
-      // A daemon with neither listener nor worker: the executor, the sandbox
-      // and the host functions, exactly as runs get them.
-      const daemon = await startDaemon({
+      const daemon = await startInvoker({
         connectionString: requireDatabaseUrl(config),
-        config: {
-          ...config,
-          listener: false,
-          worker: false,
-          scheduler: false,
-          sandboxThreads: 1,
-          daemonId: `cli-${process.pid}`,
-        },
+        config: { ...config, daemonId: `cli-${process.pid}` },
         logger: silentLogger(),
       });
       const run = await invokeNow(daemon.executor, name, payload).finally(() => daemon.stop());

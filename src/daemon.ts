@@ -234,3 +234,23 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     throw error;
   }
 }
+
+/**
+ * A daemon that takes no work of its own (no listener, worker, scheduler or
+ * HTTP API), for synchronous invocations (`pgfn invoke`, `makeUtils().invoke`):
+ * the executor, the sandbox and the host functions, exactly as runs get them.
+ */
+export function startInvoker(
+  options: Pick<DaemonOptions, "connectionString" | "config" | "logger">,
+): Promise<Daemon> {
+  return startDaemon({
+    ...options,
+    config: {
+      ...options.config,
+      listener: false,
+      worker: false,
+      scheduler: false,
+      sandboxThreads: 1,
+    },
+  });
+}

