@@ -183,7 +183,17 @@ export function buildProgram(): Command {
     )
     .version(PACKAGE_VERSION, "-V, --version", "print pgfn's version")
     // Usage errors look like every other error: one line, "pgfn: ...".
-    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) });
+    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) })
+    // The first thing a new user needs: how to point pgfn at a database.
+    .addHelpText(
+      "after",
+      `
+Environment:
+  DATABASE_URL  the Postgres to use, e.g. postgres://user@localhost:5432/app
+                (all commands but dev, which starts its own Postgres without it)
+  PGFN_*        the rest, e.g. PGFN_HTTP_PORT, PGFN_ADMIN_TOKEN, PGFN_LOG_LEVEL;
+                each variable is in the README, section "Configuration"`,
+    );
 
   program
     .command("migrate")

@@ -213,6 +213,9 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     const r = await pgfn(["--help"]);
     for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "retry", "dev"])
       expect(r.stdout).toContain(cmd);
+    // How to point pgfn at a database, and where the rest is documented.
+    expect(r.stdout).toMatch(/^ {2}DATABASE_URL {2}the Postgres to use, e\.g\. postgres:\/\//m);
+    expect(r.stdout).toMatch(/README, section "Configuration"/);
   });
 
   it("--version prints the package's version; a default is said once", async () => {
