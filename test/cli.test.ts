@@ -159,6 +159,10 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       /^pgfn: --limit must be a whole number between 1 and 10000 \(got 0\)\.$/,
     );
     expectOneLineError(
+      await pgfn(["runs", "-n", "all"]),
+      /^pgfn: --limit must be a whole number between 1 and 10000 \(got "all"\)\.$/,
+    );
+    expectOneLineError(
       await pgfn(["deploy", "envbad", exampleWasm("echo"), "--env", "NOEQUALS"]),
       /--env takes KEY=VALUE/,
     );
