@@ -4,9 +4,9 @@
  * what they gave. zod's own words ("Invalid key in record", "expected number,
  * received NaN") and our internal names never reach them.
  *
- * Our schemas' own messages are predicates ("must be a whole number between
- * 1000 and 300000"); zod's defaults are not, and are worded here from the
- * issue instead.
+ * Our schemas' own messages follow the name, lowercase ("must be a whole
+ * number between 1000 and 300000"); zod's defaults start with a capital
+ * ("Invalid input: ...") and are worded here from the issue instead.
  */
 import type { z } from "zod";
 
