@@ -4,8 +4,8 @@
  */
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { Command, InvalidArgumentError, Option } from "commander";
-import { checkLimit, intOption, withPool } from "./cli/common.js";
+import { Command, Option } from "commander";
+import { intOption, LIMIT_RANGE, withPool } from "./cli/common.js";
 import { addManageCommands } from "./cli/manage.js";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon, startInvoker } from "./daemon.js";
@@ -37,12 +37,13 @@ import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
 import { waitForSignal } from "./signals.js";
 
-function numberOption(name: string) {
-  return (value: string): number => {
-    if (value.trim() === "" || !Number.isFinite(Number(value)))
-      throw new InvalidArgumentError(`${name} must be a number, got "${value}".`);
-    return Number(value);
-  };
+/**
+ * A setting's number flag: a number is passed on as one, anything else as
+ * the text typed, for the setting's own check to refuse with its range
+ * ("--timeout-ms must be a whole number between 1000 and 300000 (got "abc")").
+ */
+function settingNumber(value: string): number | string {
+  return /^\s*-?\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value;
 }
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -84,8 +85,7 @@ function settingOption(column: DeployColumn): Option {
   const help = notes ? `${spec.description} (${notes})` : spec.description;
   const option = new Option(`${flag} <${value}>`, help);
   if (isRepeatable(column)) return option.argParser(collect);
-  if (spec.sqlType === "integer") return option.argParser(intOption(flag));
-  if (spec.sqlType === "real") return option.argParser(numberOption(flag));
+  if (spec.sqlType === "integer" || spec.sqlType === "real") return option.argParser(settingNumber);
   if (spec.sqlType === "boolean")
     return option.choices(["true", "false"]).argParser((v) => v === "true");
   return option;
@@ -183,7 +183,17 @@ export function buildProgram(): Command {
     )
     .version(PACKAGE_VERSION, "-V, --version", "print pgfn's version")
     // Usage errors look like every other error: one line, "pgfn: ...".
-    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) });
+    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, "pgfn: ")) })
+    // The first thing a new user needs: how to point pgfn at a database.
+    .addHelpText(
+      "after",
+      `
+Environment:
+  DATABASE_URL  the Postgres to use, e.g. postgres://user@localhost:5432/app
+                (all commands but dev, which starts its own Postgres without it)
+  PGFN_*        the rest, e.g. PGFN_HTTP_PORT, PGFN_ADMIN_TOKEN, PGFN_LOG_LEVEL;
+                each variable is in the README, section "Configuration"`,
+    );
 
   program
     .command("migrate")
@@ -326,14 +336,13 @@ export function buildProgram(): Command {
     .command("runs")
     .description("Show the latest runs (from pgfn.function_runs), newest first.")
     .argument("[name]", "only this function's runs")
-    .option("-n, --limit <n>", "how many", intOption("--limit"), 20)
+    .option("-n, --limit <n>", "how many", intOption("--limit", LIMIT_RANGE), 20)
     .option(
       "--json",
       "print one JSON object per run (as the HTTP API shows runs) instead of a table",
     )
     .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
       const config = loadConfig();
-      checkLimit(opts.limit);
       const runs = await withPool(config, (pool) =>
         listRuns(createDb(pool), {
           limit: opts.limit,
@@ -356,7 +365,8 @@ export function buildProgram(): Command {
     )
     .action(async (runId: number, opts: { force?: boolean }) => {
       const config = loadConfig();
-      if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
+      if (runId < 1)
+        throw new PgfnError("INVALID_REQUEST", `RUN_ID must be a run id, over 0 (got ${runId}).`);
       const eventId = await withPool(config, (pool) =>
         retryRun(createDb(pool), runId, { force: opts.force === true }),
       ).catch((error: unknown) => {

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { z } from "zod";
 import { PgfnError } from "./errors.js";
+import { describeIssue, numberMessage } from "./problems.js";
 import { DEFAULT_DB_QUERY_MAX_BYTES } from "./sandbox/host/dbQuery.js";
 
 /** Shortest bearer token accepted: a short one can be guessed. */
@@ -19,10 +20,34 @@ function splitTokens(value: string): string[] {
     .filter(Boolean);
 }
 
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/**
+ * A whole number in a range. Every way it can be wrong (not a number, a
+ * sign, a fraction, out of range) gets the same message, which gives the
+ * range: "must be a whole number between 0 and 65535".
+ */
+const int = (min: number, max: number) => {
+  const message = numberMessage({ min, max }, true);
+  return z
+    .string()
+    .trim()
+    .regex(/^\d+$/, message)
+    .transform(Number)
+    .pipe(z.number().min(min, message).max(max, message));
+};
 const bool = z
-  .enum(["true", "false", "1", "0", "yes", "no", "on", "off"])
+  .enum(["true", "false", "1", "0", "yes", "no", "on", "off"], {
+    error: "must be true or false (or 1/0, yes/no, on/off)",
+  })
   .transform((v) => ["true", "1", "yes", "on"].includes(v));
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+
+/** Variables whose value a message must not quote: tokens, URLs that may hold a password. */
+const SECRET_VARIABLES: ReadonlySet<string> = new Set([
+  "DATABASE_URL",
+  "PGFN_DB_QUERY_URL",
+  "PGFN_ADMIN_TOKEN",
+  "PGFN_INVOKE_TOKENS",
+]);
 
 const schema = z.object({
   /** Postgres to use. Required except for `pgfn dev`, which starts its own. */
@@ -123,10 +148,10 @@ const schema = z.object({
    */
   PGFN_WORKER_ID: z
     .string()
-    .regex(/^[A-Za-z0-9_.:-]{1,128}$/, "may only contain letters, digits and _.:-")
+    .regex(/^[A-Za-z0-9_.:-]{1,128}$/, "must be 1 to 128 letters, digits and _.:-")
     .optional(),
   PGFN_LOG_LEVEL: z
-    .enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"])
+    .enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` })
     .default("info"),
   /** Run the listener (NOTIFY -> dispatch) in `pgfn start`. (Default: true) */
   PGFN_LISTENER: bool.default(true),
@@ -189,7 +214,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   );
   const parsed = schema.safeParse(present);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+    // Each by the variable's name, with the value as it was set (a secret's left out).
+    const problems = parsed.error.issues.map((issue) => {
+      const variable = String(issue.path[0]);
+      return describeIssue(issue, present, () => variable, {
+        showValue: !SECRET_VARIABLES.has(variable),
+      });
+    });
     throw new PgfnError("INVALID_REQUEST", `Invalid configuration: ${problems.join("; ")}.`);
   }
   const e = parsed.data;

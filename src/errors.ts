@@ -29,9 +29,11 @@ export type RunErrorCode = (typeof RUN_ERROR_CODES)[number];
 
 /**
  * Codes only an HTTP request is refused with: no or a wrong token, an invoke
- * token on a manage route, an unknown route. No run ever ends with one.
+ * token on a manage route, an unknown route, a body that is not JSON
+ * (another content-type, or none). No run ever ends with one.
  */
-export type RequestErrorCode = "UNAUTHORIZED" | "FORBIDDEN" | "NOT_FOUND";
+export type RequestErrorCode =
+  "UNAUTHORIZED" | "FORBIDDEN" | "NOT_FOUND" | "UNSUPPORTED_MEDIA_TYPE";
 
 /** Every code of the failure model. */
 export type ErrorCode = RunErrorCode | RequestErrorCode;

@@ -19,6 +19,12 @@
 import { z } from "zod";
 import { unstorableString } from "./db/jsonb.js";
 import { ORDERINGS, RUN_STATUSES } from "./interfaces.js";
+import {
+  describeIssue,
+  numberMessage,
+  rangeWords,
+  type Range as ProblemRange,
+} from "./problems.js";
 
 /** A function's name; also what `on_error` names. */
 export const FUNCTION_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
@@ -46,12 +52,7 @@ export type SqlType =
   | "timestamp with time zone";
 
 /** A number column's check constraint: min..max, both inclusive unless said. */
-export interface Range {
-  readonly min?: number;
-  /** `> min` rather than `>= min`. (Default: false) */
-  readonly minExclusive?: boolean;
-  readonly max?: number;
-}
+export type Range = ProblemRange;
 
 /** One column of pgfn.functions. */
 export interface ColumnSpec {
@@ -89,16 +90,16 @@ export interface ColumnSpec {
 const WHOLE = "must be a whole number";
 const NUMBER = "must be a number";
 
+/** "1000..300000", "at least 1": the compact form, for help and descriptions. */
 function rangeText(r: Range): string {
-  const low = r.min === undefined ? undefined : `${r.minExclusive ? "over" : "at least"} ${r.min}`;
-  if (r.max === undefined) return `must be ${low}`;
-  if (low === undefined) return `must be at most ${r.max}`;
-  return r.minExclusive ? `must be ${low} and at most ${r.max}` : `must be ${r.min}..${r.max}`;
+  if (r.min !== undefined && r.max !== undefined && !r.minExclusive) return `${r.min}..${r.max}`;
+  return rangeWords(r);
 }
 
-function ranged(schema: z.ZodNumber, r: Range): z.ZodNumber {
-  const message = rangeText(r);
-  let s = schema;
+/** Every way a number can be wrong (not a number, a fraction, out of range) gets one message. */
+function ranged(schema: (message: string) => z.ZodNumber, r: Range, whole: boolean): z.ZodNumber {
+  const message = numberMessage(r, whole);
+  let s = schema(message);
   if (r.min !== undefined) s = r.minExclusive ? s.gt(r.min, message) : s.min(r.min, message);
   if (r.max !== undefined) s = s.max(r.max, message);
   return s;
@@ -109,7 +110,7 @@ function integer<const R extends Range>(range: R) {
   return {
     sqlType: "integer",
     type: z.int(WHOLE),
-    input: ranged(z.int(WHOLE), range),
+    input: ranged(z.int, range, true),
     range,
   } as const;
 }
@@ -119,7 +120,7 @@ function real<const R extends Range>(range: R) {
   return {
     sqlType: "real",
     type: z.number(NUMBER),
-    input: ranged(z.number(NUMBER), range),
+    input: ranged(z.number, range, false),
     range,
   } as const;
 }
@@ -265,14 +266,12 @@ export const FUNCTION_COLUMNS = {
   env: {
     sqlType: "jsonb",
     type: z.record(z.string(), z.string()),
-    // A bad key's own message, quoted: the HTTP error names the key by its
-    // path, which shows a \u0000 in it as the bare character.
-    input: z.record(envKey, storable(), {
-      error: (issue) =>
-        issue.code === "invalid_key"
-          ? `key ${JSON.stringify(issue.input)} ${issue.issues[0]?.message ?? "is not valid"}`
-          : undefined,
-    }),
+    // A bad key is worded from the key's own issue (src/problems.ts).
+    input: z.record(
+      envKey,
+      storable(),
+      'must be an object of names to strings, e.g. {"API_URL": "https://..."}',
+    ),
     default: {},
     setBy: "deploy",
     shown: true,
@@ -285,6 +284,7 @@ export const FUNCTION_COLUMNS = {
     type: z.array(z.string()),
     input: z.array(
       pattern(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be a host name, optionally with :port"),
+      "must be an array of host names",
     ),
     default: [],
     setBy: "deploy",
@@ -511,7 +511,7 @@ export function defaultText(column: ColumnName): string | undefined {
 export function rangeTextOf(column: ColumnName): string | undefined {
   const range = columnSpec(column).range;
   if (!range) return undefined;
-  return rangeText(range).replace(/^must be /, "");
+  return rangeText(range);
 }
 
 /** What a deploy or PATCH takes besides the name and module: settings, env changes, update. */
@@ -531,24 +531,6 @@ export const CLI_NAMES: Naming = (name) => {
   return cliFlag(name as DeployColumn).flag;
 };
 
-/**
- * One problem with a value, in the user's terms: "--env key \"1A\" must be
- * an identifier ...", "allowed_hosts \"a b\" must be a host name ...". A
- * value of an object is not quoted: env values may be secrets.
- */
-function describeIssue(name: string, value: unknown, issue: z.core.$ZodIssue): string {
-  const [at] = issue.path;
-  if (issue.code === "invalid_key") {
-    return `${name} key ${JSON.stringify(at)} ${issue.issues[0]?.message ?? issue.message}`;
-  }
-  if (at !== undefined) {
-    if (!Array.isArray(value)) return `${name} value of ${String(at)} ${issue.message}`;
-    const element = (value as unknown[])[at as number];
-    return `${name} ${JSON.stringify(element) ?? String(element)} ${issue.message}`;
-  }
-  return `${name} ${issue.message}${typeof value === "number" ? ` (got ${value})` : ""}`;
-}
-
 /** Settings and env changes, by column or field name. */
 type ByColumn = Readonly<Partial<Record<PatchColumn | EnvChangeName, unknown>>>;
 
@@ -564,7 +546,8 @@ function inputOf(name: PatchColumn | EnvChangeName): { input: z.ZodType; nullabl
 
 /**
  * Each problem with the given settings and env changes, named by `nameOf`
- * (a flag, a field): "--timeout-ms must be 1000..300000 (got 999999)".
+ * (a flag, a field): "--timeout-ms must be a whole number between 1000 and
+ * 300000 (got 50)".
  */
 export function settingProblems(settings: ByColumn, nameOf: Naming): string[] {
   const problems: string[] = [];
@@ -575,8 +558,13 @@ export function settingProblems(settings: ByColumn, nameOf: Naming): string[] {
     if (value === null && spec.nullable) continue;
     const result = spec.input.safeParse(value);
     if (result.success) continue;
-    for (const issue of result.error.issues)
-      problems.push(describeIssue(nameOf(name), value, issue));
+    // A repeated flag names each value by the flag (its position means
+    // nothing to the user); an env value by its key.
+    const at = (path: readonly PropertyKey[]) =>
+      path.length === 0 || Array.isArray(value)
+        ? nameOf(name)
+        : `${nameOf(name)} ${String(path[0])}`;
+    for (const issue of result.error.issues) problems.push(describeIssue(issue, value, at));
   }
   return problems;
 }

@@ -108,7 +108,10 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
         ])
       ).rows,
     ).toEqual([{ replay_of: failed.event_id, original_id: failed.event_id }]);
-    expectOneLineError(await pgfn(["retry", "abc"]), /RUN_ID must be a whole number, got "abc"/);
+    expectOneLineError(
+      await pgfn(["retry", "abc"]),
+      /^pgfn: RUN_ID must be a whole number \(got "abc"\)\.$/,
+    );
     expectOneLineError(await pgfn(["retry", "999999"]), /there is no run 999999/);
   });
 
@@ -141,7 +144,23 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     );
     expectOneLineError(
       await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "999999"]),
-      /--timeout-ms must be 1000\.\.300000 \(got 999999\)/,
+      /^pgfn: --timeout-ms must be a whole number between 1000 and 300000 \(got 999999\)\.$/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "slow", exampleWasm("echo"), "--timeout-ms", "soon"]),
+      /^pgfn: --timeout-ms must be a whole number between 1000 and 300000 \(got "soon"\)\.$/,
+    );
+    expectOneLineError(
+      await pgfn(["deploy", "envkey", exampleWasm("echo"), "--env", "bad key=v"]),
+      /^pgfn: --env key "bad key" must be an identifier \(letters, digits and _, not a digit first\)\.$/,
+    );
+    expectOneLineError(
+      await pgfn(["runs", "-n", "0"]),
+      /^pgfn: --limit must be a whole number between 1 and 10000 \(got 0\)\.$/,
+    );
+    expectOneLineError(
+      await pgfn(["runs", "-n", "all"]),
+      /^pgfn: --limit must be a whole number between 1 and 10000 \(got "all"\)\.$/,
     );
     expectOneLineError(
       await pgfn(["deploy", "envbad", exampleWasm("echo"), "--env", "NOEQUALS"]),
@@ -158,8 +177,12 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       /PGFN_WORKER_CONCURRENCY/,
     );
     expectOneLineError(
+      await pgfn(["runs"], { PGFN_HTTP_PORT: "abc" }),
+      /^pgfn: Invalid configuration: PGFN_HTTP_PORT must be a whole number between 0 and 65535 \(got "abc"\)\.$/,
+    );
+    expectOneLineError(
       await pgfn(["runs"], { DATABASE_URL: "mysql://nope" }),
-      /DATABASE_URL: must be a postgres/,
+      /^pgfn: Invalid configuration: DATABASE_URL must be a postgres:\/\/ or postgresql:\/\/ URL\.$/,
     );
     expectOneLineError(await pgfn(["runs"], { DATABASE_URL: "" }), /DATABASE_URL is not set/);
     expectOneLineError(
@@ -194,6 +217,9 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     const r = await pgfn(["--help"]);
     for (const cmd of ["migrate", "start", "deploy", "invoke", "runs", "retry", "dev"])
       expect(r.stdout).toContain(cmd);
+    // How to point pgfn at a database, and where the rest is documented.
+    expect(r.stdout).toMatch(/^ {2}DATABASE_URL {2}the Postgres to use, e\.g\. postgres:\/\//m);
+    expect(r.stdout).toMatch(/README, section "Configuration"/);
   });
 
   it("--version prints the package's version; a default is said once", async () => {

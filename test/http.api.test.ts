@@ -185,7 +185,7 @@ describe("invoke", () => {
     expect(r.body).toMatchObject({ trigger: "http", payload: null });
   });
 
-  it("404 for a function that does not exist, 400 for a bad name or a non-JSON body", async () => {
+  it("404 for a function that does not exist, 400 for a bad name or broken JSON, 415 for a body of another type", async () => {
     const missing = await api(daemon, "POST", "/functions/v1/invoke/nonexistent", { json: {} });
     expect(missing.status).toBe(404);
     expect(missing.body).toMatchObject({ code: "FUNCTION_NOT_FOUND", error: "Function not found" });
@@ -196,8 +196,8 @@ describe("invoke", () => {
       body: "hello",
       contentType: "text/plain",
     });
-    expect(text.status).toBe(400);
-    expect(text.body).toMatchObject({ code: "INVALID_REQUEST" });
+    expect(text.status).toBe(415);
+    expect(text.body).toMatchObject({ code: "UNSUPPORTED_MEDIA_TYPE" });
     const broken = await api(daemon, "POST", "/functions/v1/invoke/echo", { body: "{" });
     expect(broken.status).toBe(400);
   });

@@ -15,7 +15,7 @@ import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
 import { formatFunctionsTable, formatLogLines } from "../format.js";
 import { functionListItem } from "../http/views.js";
 import { CATCH_UPS } from "../interfaces.js";
-import { checkLimit, intOption, withPool } from "./common.js";
+import { intOption, LIMIT_RANGE, withPool } from "./common.js";
 
 /** `pgfn logs` without -n. (50) */
 const DEFAULT_LOG_LINES = 50;
@@ -206,13 +206,12 @@ export function addManageCommands(program: Command): void {
     .option(
       "-n, --limit <n>",
       "how many lines, the latest",
-      intOption("--limit"),
+      intOption("--limit", LIMIT_RANGE),
       DEFAULT_LOG_LINES,
     )
     .option("--json", "print one JSON object per line: run_id, at, level, message")
     .action(async (name: string, opts: { limit: number; json?: boolean }) => {
       assertFunctionName(name);
-      checkLimit(opts.limit);
       const lines = await withDb(async (db) => {
         const found = await listLogLines(db, name, opts.limit);
         // The runs of a deleted function keep their logs: only a name with

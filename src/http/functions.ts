@@ -87,7 +87,11 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       schema: {
         summary: "Deploy a function (201), or replace it with update: true (200).",
         body: DeployBody,
-        response: { 200: DeployResponse, 201: DeployResponse, ...errors(400, 401, 403, 409, 413) },
+        response: {
+          200: DeployResponse,
+          201: DeployResponse,
+          ...errors(400, 401, 403, 409, 413, 415),
+        },
       },
     },
     async (request, reply) => {
@@ -154,7 +158,7 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
           "Settings left out keep their values. env merges into the stored env: the keys given are set, the others kept; unset_env removes keys, replace_env: true makes env exactly the env given (none: empty).",
         params: NameParams,
         body: PatchBody,
-        response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
+        response: { 200: FunctionView, ...errors(400, 401, 403, 404, 415) },
       },
     },
     async (request) => {
@@ -225,7 +229,7 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
         description:
           "The handler receives {trigger: 'http', payload: <body>, ...}. Its JSON output is the 200 body. Failures answer with the failure model's status: 500 FUNCTION_ERROR / HOST_FUNCTION_ERROR, 504 TIMEOUT, 507 MEMORY_EXCEEDED, 429 CONCURRENCY_LIMIT. The run is recorded in pgfn.function_runs either way (headers x-pgfn-run-id, x-pgfn-event-id); a failure's message is the run's own for PGFN_ADMIN_TOKEN, and a generic one naming the run for an invoke token. A body containing \\u0000 or a lone surrogate (\\ud800) is a 400: Postgres jsonb cannot store it.",
         params: NameParams,
-        response: errors(400, 401, 403, 404, 413, 429, 500, 503, 504, 507),
+        response: errors(400, 401, 403, 404, 413, 415, 429, 500, 503, 504, 507),
       },
     },
     async (request, reply) => {

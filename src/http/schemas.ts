@@ -24,6 +24,7 @@ import {
 } from "../functionColumns.js";
 import { RECENT_RUNS } from "../db/functions.js";
 import { CATCH_UPS, RUN_STATUSES } from "../interfaces.js";
+import { numberMessage } from "../problems.js";
 
 type Columns = typeof FUNCTION_COLUMNS;
 
@@ -188,12 +189,23 @@ export const RunView = z
   })
   .meta({ id: "Run" });
 
+/** Runs per page, at most. */
+const RUNS_PAGE = { min: 1, max: 1000 } as const;
+const RUNS_PAGE_MESSAGE = numberMessage(RUNS_PAGE, true);
+const RUN_ID_MESSAGE = "must be a run id (a whole number over 0)";
+
 export const RunsQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(1000).default(50).describe("(Default: 50)"),
+  limit: z.coerce
+    .number(RUNS_PAGE_MESSAGE)
+    .int(RUNS_PAGE_MESSAGE)
+    .min(RUNS_PAGE.min, RUNS_PAGE_MESSAGE)
+    .max(RUNS_PAGE.max, RUNS_PAGE_MESSAGE)
+    .default(50)
+    .describe("(Default: 50)"),
   before: z.coerce
-    .number()
-    .int()
-    .positive()
+    .number(RUN_ID_MESSAGE)
+    .int(RUN_ID_MESSAGE)
+    .positive(RUN_ID_MESSAGE)
     .optional()
     .describe("Only runs with a smaller id: pass the previous page's next_before."),
 });

@@ -7,19 +7,18 @@
 import fastify, { LogController, type FastifyError } from "fastify";
 import fastifySwagger from "@fastify/swagger";
 import {
-  hasZodFastifySchemaValidationErrors,
   jsonSchemaTransform,
   jsonSchemaTransformObject,
   serializerCompiler,
-  validatorCompiler,
 } from "fastify-type-provider-zod";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import { coerceError, PgfnError, type ErrorCode } from "../errors.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import { createAuthenticator, type AuthOptions } from "./auth.js";
-import { errorBody, fromFastifyError, HTTP_STATUS } from "./errors.js";
+import { errorBody, fromFastifyError, HTTP_STATUS, invalidInput } from "./errors.js";
 import { functionsRoutes, INVOKE_BODY_LIMIT } from "./functions.js";
 import type { Readiness } from "./health.js";
 
@@ -85,7 +84,14 @@ export async function buildApp(options: HttpServerOptions) {
     forceCloseConnections: "idle",
     return503OnClosing: true,
   });
-  app.setValidatorCompiler(validatorCompiler);
+  // Validation fails with a PgfnError worded from the zod issues and the
+  // data itself, so a 400 names the field the caller sent and what they sent
+  // (fastify-type-provider-zod's compiler keeps only zod's messages).
+  app.setValidatorCompiler<z.ZodType>(({ schema, httpPart }) => (data) => {
+    const result = schema.safeParse(data);
+    if (result.success) return { value: result.data };
+    return { error: invalidInput(httpPart, schema, result.error, data) };
+  });
   app.setSerializerCompiler(serializerCompiler);
   // Invoke payloads are JSON; a text/plain body is a client mistake, not a string payload.
   app.removeContentTypeParser("text/plain");
@@ -138,11 +144,13 @@ export async function buildApp(options: HttpServerOptions) {
     let message: string;
     if (caught instanceof PgfnError) {
       ({ code, message } = caught);
-    } else if (hasZodFastifySchemaValidationErrors(caught)) {
-      code = "INVALID_REQUEST";
-      message = `Invalid request: ${caught.message}.`;
     } else {
-      const error = fromFastifyError(caught as FastifyError) ?? coerceError(caught);
+      const error =
+        fromFastifyError(caught as FastifyError, {
+          method: request.method,
+          url: request.url,
+          contentType: request.headers["content-type"],
+        }) ?? coerceError(caught);
       ({ code, message } = error);
     }
     if (code === "INTERNAL") {
