@@ -370,6 +370,13 @@ Environment:
       const eventId = await withPool(config, (pool) =>
         retryRun(createDb(pool), runId, { force: opts.force === true }),
       ).catch((error: unknown) => {
+        // Said as the CLI's own words: no "Postgres error P0002: pgfn.retry: ...".
+        if (sqlState(error) === SQLSTATE.NO_DATA_FOUND)
+          throw new PgfnError(
+            "INVALID_REQUEST",
+            `there is no run ${runId} (\`pgfn runs\` lists the latest runs).`,
+            { cause: error },
+          );
         if (sqlState(error) !== SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw error;
         // Postgres' hint says how in SQL; here it is the flag.
         throw new PgfnError(

@@ -112,7 +112,10 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       await pgfn(["retry", "abc"]),
       /^pgfn: RUN_ID must be a whole number \(got "abc"\)\.$/,
     );
-    expectOneLineError(await pgfn(["retry", "999999"]), /there is no run 999999/);
+    expectOneLineError(
+      await pgfn(["retry", "999999"]),
+      /^pgfn: there is no run 999999 \(`pgfn runs` lists the latest runs\)\.$/,
+    );
   });
 
   it("each bad input is one line and exit code 1", async () => {
