@@ -28,12 +28,24 @@ beforeAll(async () => {
 });
 
 async function scheduleFromBase(fn: string, cron: string): Promise<void> {
-  await t.pool.query(`select pgfn.schedule($1, $2)`, [fn, cron]);
-  // As if created just before BASE, so that BASE is its first slot.
-  await t.pool.query(`update pgfn.schedules set active_since = $2 where function_name = $1`, [
-    fn,
-    new Date(BASE - 30_000),
-  ]);
+  // As if created just before BASE, so that BASE is its first slot. One
+  // transaction: a scheduler that saw the schedule with the real clock's
+  // active_since would owe it every slot up to the daemon's 2029 clock.
+  const client = await t.pool.connect();
+  try {
+    await client.query("begin");
+    await client.query(`select pgfn.schedule($1, $2)`, [fn, cron]);
+    await client.query(`update pgfn.schedules set active_since = $2 where function_name = $1`, [
+      fn,
+      new Date(BASE - 30_000),
+    ]);
+    await client.query("commit");
+  } catch (error) {
+    await client.query("rollback");
+    throw error;
+  } finally {
+    client.release();
+  }
 }
 
 describe("a scheduled function in a running daemon", () => {
