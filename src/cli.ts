@@ -11,6 +11,7 @@ import { startDaemon } from "./daemon.js";
 import { createPool } from "./db/pool.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
+import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
 import { deployFunction } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
@@ -245,30 +246,41 @@ export function buildProgram(): Command {
   const deploy = program
     .command("deploy")
     .description(
-      "Store a WebAssembly module as a function (validated first; nothing is stored on error).",
+      "Store a WebAssembly module or a TypeScript/JavaScript handler as a function (validated first; nothing is stored on error).",
     )
     .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
-    .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)");
+    .argument(
+      "<file>",
+      `the .wasm file (Extism plugin exporting \`handle\`), or a ${JAVASCRIPT_EXTENSIONS.join("/")} file whose default export (or \`handle\`) is (event, ctx) => result`,
+    );
   for (const option of settingOptions) deploy.addOption(option);
   deploy
     .option("--update", "replace the function if it exists")
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {
       const config = loadConfig();
       const settings = deploySettingsOf(opts, settingOptions);
-      let wasm: Buffer;
+      let bytes: Buffer;
       try {
-        wasm = await readFile(file);
+        bytes = await readFile(file);
       } catch (error) {
         throw new PgfnError(
           "INVALID_REQUEST",
           `Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}.`,
         );
       }
+      const code = isJavaScriptFile(file)
+        ? { source: bytes.toString("utf8"), fileName: file }
+        : { wasm: bytes };
       const result = await withPool(config, (pool) =>
-        deployFunction(createDb(pool), { ...settings, name, wasm, update: Boolean(opts.update) }),
+        deployFunction(createDb(pool), {
+          ...settings,
+          name,
+          ...code,
+          update: Boolean(opts.update),
+        }),
       );
       console.log(
-        `${result.created ? "deployed" : "updated"} ${result.name} (sha256 ${result.wasmSha256}, ${wasm.byteLength} bytes)`,
+        `${result.created ? "deployed" : "updated"} ${result.name} (${code.wasm ? "" : "JavaScript, "}sha256 ${result.wasmSha256}, ${bytes.byteLength} bytes)`,
       );
     });
 

@@ -2,6 +2,7 @@
 import { sql, type Selectable, type Updateable } from "kysely";
 import type { Db, FunctionsTable } from "./database.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
+import type { Runtime } from "../interfaces.js";
 import {
   columnSpec,
   INFO_COLUMNS,
@@ -41,8 +42,13 @@ export async function getWasm(
 
 export interface DeployInput extends DeploySettings {
   readonly name: string;
+  /** The module, or for runtime js the compiled script. */
   readonly wasm: Uint8Array;
   readonly wasmSha256: string;
+  /** (Default: "wasm") */
+  readonly runtime?: Runtime;
+  /** For runtime js: the file as deployed. */
+  readonly source?: string;
   /** Replace an existing function of this name instead of failing with CONFLICT. */
   readonly update?: boolean;
 }
@@ -63,6 +69,9 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
   const values = {
     wasm: Buffer.from(input.wasm),
     wasm_sha256: input.wasmSha256,
+    // Both, always: a redeploy may change the runtime.
+    runtime: input.runtime ?? "wasm",
+    source: input.source ?? null,
     updated_at: sql<Date>`now()`,
     ...settingColumns(input),
   };
