@@ -118,10 +118,20 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     },
     async (request, reply) => {
       const b = request.body;
+      if ((b.wasm === undefined) === (b.source === undefined)) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          "Give the function's code in exactly one of wasm (an Extism module, base64) and source (a TypeScript or JavaScript handler).",
+        );
+      }
+      const code =
+        b.source !== undefined
+          ? { source: b.source, fileName: b.file_name ?? "handler.ts" }
+          : { wasm: Buffer.from(b.wasm!, "base64") };
       const result = await deployFunction(db, {
         ...settingsByName(b),
         name: b.name,
-        wasm: Buffer.from(b.wasm, "base64"),
+        ...code,
         update: b.update ?? false,
       });
       return reply.code(result.created ? 201 : 200).send({

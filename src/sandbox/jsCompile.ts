@@ -14,6 +14,9 @@ import { build, stop, type BuildFailure, type Message, type Plugin } from "esbui
 /** File endings deployed as a JavaScript handler; any other file is a WebAssembly module. */
 export const JAVASCRIPT_EXTENSIONS = [".ts", ".mts", ".js", ".mjs"] as const;
 
+/** A file name that deploys as a JavaScript handler. */
+export const JAVASCRIPT_FILE = /\.(ts|mts|js|mjs)$/i;
+
 /** The global the compiled script leaves the handler's module exports in. */
 export const HANDLER_GLOBAL = "__pgfn_handler";
 
@@ -22,7 +25,7 @@ export const PGFN_MODULE = "pgfn";
 
 /** Whether a file name ends like a JavaScript handler. */
 export function isJavaScriptFile(name: string): boolean {
-  return JAVASCRIPT_EXTENSIONS.some((ext) => name.toLowerCase().endsWith(ext));
+  return JAVASCRIPT_FILE.test(name);
 }
 
 /** What the sandbox's engine understands; QuickJS has ES2023, with margin. */
