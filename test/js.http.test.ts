@@ -21,13 +21,13 @@ const handle: Handler = (event, ctx) => ({ hello: (event as { payload?: { name?:
 export default handle;
 `;
 
-it("deploys a .ts source (201), shows runtime js, and invokes it", async () => {
+it("deploys a .ts source (201), shows it and runtime js, and invokes it", async () => {
   const deployed = await api(daemon, "POST", "/functions/v1/deploy", {
     json: { name: "hello", source: HELLO, file_name: "hello.ts", env: { GREETING: "hi" } },
   });
   expect(deployed.status, deployed.text).toBe(201);
   const shown = await api(daemon, "GET", "/functions/v1/hello");
-  expect(shown.body).toMatchObject({ name: "hello", runtime: "js" });
+  expect(shown.body).toMatchObject({ name: "hello", runtime: "js", source: HELLO });
   const invoked = await api(daemon, "POST", "/functions/v1/invoke/hello", {
     token: INVOKE_TOKEN,
     json: { name: "Ada" },

@@ -40,6 +40,16 @@ export async function getWasm(
   return row?.wasm;
 }
 
+/** A js function's file as deployed; null for a wasm function, undefined for none of that name. */
+export async function getSource(db: Db, name: string): Promise<string | null | undefined> {
+  const row = await db
+    .selectFrom("pgfn.functions")
+    .select("source")
+    .where("name", "=", name)
+    .executeTakeFirst();
+  return row?.source;
+}
+
 export interface DeployInput extends DeploySettings {
   readonly name: string;
   /** The module, or for runtime js the compiled script. */

@@ -8,7 +8,13 @@ import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import type { Db } from "../db/database.js";
-import { deleteFunction, getFunction, updateFunction, type FunctionInfo } from "../db/functions.js";
+import {
+  deleteFunction,
+  getFunction,
+  getSource,
+  updateFunction,
+  type FunctionInfo,
+} from "../db/functions.js";
 import { listRuns, type Run } from "../db/runs.js";
 import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
@@ -149,7 +155,8 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     {
       config: { scope: "admin" },
       schema: {
-        summary: "A function's settings and last run (not its module).",
+        summary:
+          "A function's settings and last run, and a js function's source (not a wasm module).",
         params: NameParams,
         response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
       },
@@ -158,7 +165,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       assertFunctionName(request.params.name);
       const fn = await getFunction(db, request.params.name);
       if (!fn) throw notFound(request.params.name);
-      return functionView(fn);
+      // Read apart from the settings (up to 10 MB): only a js function has one.
+      const source = fn.runtime === "js" ? await getSource(db, fn.name) : null;
+      return { ...functionView(fn), source: source ?? null };
     },
   );
 

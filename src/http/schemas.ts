@@ -123,6 +123,10 @@ export const FunctionView = z
   .object({
     ...shownColumns,
     env: shownColumns.env.describe('Secret-looking keys show "[redacted]".'),
+    source: columnSpec("source")
+      .type.nullable()
+      .optional()
+      .describe(describeColumn("source", " Shown by GET, not by PATCH.")),
   })
   .meta({ id: "Function" });
 
