@@ -126,6 +126,21 @@ describe("the engine", () => {
     expect(next.memoryPeakBytes).toBeLessThanOrEqual(16 << 20);
   });
 
+  it("survives a handler that calls the glue's host functions itself, with junk", async () => {
+    const r = await run(
+      `const g = globalThis;
+g.__pgfn_log("nonsense", "x");
+g.__pgfn_host({}, 5);
+g.__pgfn_fail("{not json");
+g.__pgfn_done("not json {");
+export default () => 1;`,
+    );
+    expect(r).toMatchObject({
+      ok: false,
+      error: { code: "FUNCTION_ERROR", message: "handler output is not JSON: not json {" },
+    });
+  });
+
   it("redacts the env's secrets from messages and logs", async () => {
     const r = await run(
       `export default (e, ctx) => { ctx.log.warn("key " + ctx.env.API_KEY); throw new Error("bad key " + ctx.env.API_KEY); }`,

@@ -168,11 +168,11 @@ const GLUE = `
       body: init && init.body !== undefined ? String(init.body) : undefined,
     }))),
     retryAfter: (ms, message) => {
-      retry("after", Number(ms));
+      retry("after", String(Number(ms)));
       return new Error(message === undefined ? "the handler asked to be retried after " + ms + " ms" : String(message));
     },
     noRetry: (message) => {
-      retry("never", 0);
+      retry("never", "0");
       return new Error(message === undefined ? "the handler asked not to be retried" : String(message));
     },
   });
@@ -255,9 +255,19 @@ export async function invokeJavaScript(
   const runtime = e.quickjs.newRuntime();
   const context = runtime.newContext();
   try {
+    // The handler's top-level code runs before the glue takes these off the
+    // global object and may call them with anything: each takes strings
+    // only, and whatever it cannot use ends in an error reply or is ignored.
     const define = (name: string, fn: (...args: string[]) => string | void) => {
       const handle = context.newFunction(name, (...args: QuickJSHandle[]) => {
-        const result = fn(...args.map((a) => context.getString(a)));
+        let result: string | void;
+        try {
+          result = fn(
+            ...args.map((a) => (context.typeof(a) === "string" ? context.getString(a) : "")),
+          );
+        } catch {
+          return undefined;
+        }
         return result === undefined ? undefined : context.newString(result);
       });
       context.setProp(context.global, name, handle);
@@ -281,21 +291,34 @@ export async function invokeJavaScript(
           },
         } satisfies HostReply);
       }
+      let argument: unknown;
+      try {
+        argument = JSON.parse(payload!);
+      } catch {
+        return JSON.stringify({
+          ok: false,
+          error: { message: `${name}: the argument is not JSON`, transient: false },
+        } satisfies HostReply);
+      }
       const reply: HostReply = options.callHost
-        ? options.callHost(name!, JSON.parse(payload!))
+        ? options.callHost(name!, argument)
         : { ok: false, error: { message: `${name} is not available here`, transient: false } };
       return JSON.stringify(reply);
     });
     define("__pgfn_log", (level, message) => {
-      const at = level as "debug" | "info" | "warn" | "error";
-      logger[at](message);
+      if (level === "debug" || level === "info" || level === "warn" || level === "error")
+        logger[level](message!);
     });
     define("__pgfn_done", (result) => {
       settled ??= { ok: true, json: result! };
     });
     define("__pgfn_fail", (failure) => {
-      const f = JSON.parse(failure!) as { message: string; stack?: string };
-      settled ??= { ok: false, ...f };
+      const f = JSON.parse(failure!) as { message?: unknown; stack?: unknown };
+      settled ??= {
+        ok: false,
+        message: String(f.message),
+        ...(typeof f.stack === "string" && { stack: f.stack }),
+      };
     });
     define("__pgfn_retry", (kind, ms) => {
       options.onRetry?.(
@@ -364,7 +387,11 @@ export async function invokeJavaScript(
   if (bytes > MAX_OUTPUT_BYTES) {
     return failed(`The handler's output is ${bytes} bytes; at most ${MAX_OUTPUT_BYTES} are kept.`);
   }
-  return finish({ ok: true, output: JSON.parse(result.json) });
+  try {
+    return finish({ ok: true, output: JSON.parse(result.json) });
+  } catch {
+    return failed(`handler output is not JSON: ${result.json.slice(0, 200)}`);
+  }
 }
 
 /** An exception that escaped the glue: the handler's script threw while loading. */
