@@ -40,6 +40,7 @@ const h: Handler = (event, ctx) => { throw ctx.retryAfter(60_000, "mail API thro
 export default h;`,
   "never.js": `export default (event, ctx) => { throw ctx.noRetry("the address is invalid"); };`,
   "spin.js": `export default async () => { for (;;) await null; };`,
+  "busy.js": `export default () => { for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
@@ -69,7 +70,7 @@ beforeAll(async () => {
       name,
       source,
       fileName: file,
-      maxAttempts: name === "spin" || name === "bomb" ? 1 : 3,
+      maxAttempts: ["spin", "busy", "bomb"].includes(name) ? 1 : 3,
       // The bomb fills 32 MB a string at a time: seconds on a loaded machine.
       timeoutMs: name === "bomb" ? 20_000 : 1000,
       memoryLimitMb: name === "bomb" ? 32 : 128,
@@ -150,7 +151,7 @@ describe("runs", () => {
     }
   });
 
-  it("stops a loop in a promise chain at its timeout while other functions are served", async () => {
+  it("stops a loop, in a promise chain or not, at its timeout while other functions are served", async () => {
     const spinning = enqueueManual(t.pool, "spin", {});
     const echoes = [];
     for (let i = 0; i < 5; i++) echoes.push(await run("echo", { i }));
@@ -161,6 +162,10 @@ describe("runs", () => {
     expect(spin).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
     expect(spin.duration_ms).toBeGreaterThanOrEqual(1000);
     expect(spin.duration_ms).toBeLessThan(1100);
+    // And a synchronous one.
+    const busy = await run("busy");
+    expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
+    expect(busy.duration_ms).toBeLessThan(1100);
   });
 
   it("fails a handler that grows past memory_limit_mb as MEMORY_EXCEEDED; the next run is served", async () => {
