@@ -2,7 +2,16 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules", "dist", ".pgfn", "examples/**/*.ts", "bench/results"] },
+  {
+    ignores: [
+      "node_modules",
+      "dist",
+      ".pgfn",
+      "examples/**/*.ts",
+      "assemblyscript/**/*.ts",
+      "bench/results",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

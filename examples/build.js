@@ -7,10 +7,27 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** Names of the examples: folders holding an index.ts, except the shared lib/. */
+/**
+ * The asc flags a handler using pgfn's AssemblyScript library is built with,
+ * as README "Writing a handler" gives them.
+ */
+export const HANDLER_FLAGS = [
+  // -Os: half the compile time of -O3 and a smaller module; these handlers
+  // are not compute-bound.
+  "-Os",
+  // No garbage collector: an instance lives for one call, then goes.
+  "--runtime",
+  "stub",
+  // AssemblyScript's default abort imports env.abort, which Extism does not
+  // provide; the library's global pgfnAbort reports the message instead.
+  "--use",
+  "abort=pgfnAbort",
+];
+
+/** Names of the examples: folders holding an index.ts. */
 export function exampleNames() {
   return readdirSync(here, { withFileTypes: true })
-    .filter((d) => d.isDirectory() && d.name !== "lib")
+    .filter((d) => d.isDirectory())
     .filter((d) => existsSync(path.join(here, d.name, "index.ts")))
     .map((d) => d.name)
     .sort();
@@ -36,17 +53,7 @@ export async function buildExamples({ quiet = false } = {}) {
         path.join(here, name, "index.ts"),
         "--outFile",
         examplePath(name),
-        // -Os: half the compile time of -O3 and a smaller module; these
-        // handlers are not compute-bound.
-        "-Os",
-        // No garbage collector: an instance lives for one call, then goes.
-        "--runtime",
-        "stub",
-        // AssemblyScript's default abort imports env.abort, which Extism does
-        // not provide; ours reports the message (as-pdk README: --use abort=).
-        // The path is relative to --baseDir.
-        "--use",
-        "abort=examples/lib/pgfn/pgfnAbort",
+        ...HANDLER_FLAGS,
         "--baseDir",
         path.dirname(here),
       ],

@@ -5,42 +5,38 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
-import type pg from "pg";
+import { checkLimit, intOption, withPool } from "./cli/common.js";
+import { addManageCommands } from "./cli/manage.js";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
-import { startDaemon } from "./daemon.js";
-import { createPool } from "./db/pool.js";
+import { startDaemon, startInvoker } from "./daemon.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
-import { deployFunction } from "./deploy.js";
+import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
 import {
   FUNCTION_NAME,
+  CLI_NAMES,
   cliFlag,
   columnSpec,
   DEPLOY_COLUMNS,
   defaultText,
+  ENV_CHANGES,
   isRepeatable,
   rangeTextOf,
   settingProblems,
   settingsByName,
   type DeployColumn,
   type DeploySettings,
+  type EnvChangeSettings,
 } from "./functionColumns.js";
 import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
+import { runView } from "./http/views.js";
 import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
 import { migrate } from "./migrate.js";
 import { waitForSignal } from "./signals.js";
-
-function intOption(name: string) {
-  return (value: string): number => {
-    if (!/^-?\d+$/.test(value))
-      throw new InvalidArgumentError(`${name} must be a whole number, got "${value}".`);
-    return Number(value);
-  };
-}
 
 function numberOption(name: string) {
   return (value: string): number => {
@@ -96,9 +92,25 @@ function settingOption(column: DeployColumn): Option {
   return option;
 }
 
-/** The deploy settings among `pgfn deploy`'s parsed flags, checked, by column. */
-function deploySettingsOf(opts: Record<string, unknown>, options: readonly Option[]) {
-  const byColumn: Partial<Record<DeployColumn, unknown>> = {};
+/** `--unset-env KEY` (repeatable) and `--replace-env`, from their definition. */
+function envChangeOptions(): { unset: Option; replace: Option } {
+  const { unset_env: unset, replace_env: replace } = ENV_CHANGES;
+  return {
+    unset: new Option(
+      `${unset.cli.flag} <${unset.cli.value}>`,
+      `${unset.description} (with --update; repeatable)`,
+    ).argParser(collect),
+    replace: new Option(replace.cli.flag, `${replace.description} (with --update)`),
+  };
+}
+
+/** The deploy settings and env changes among `pgfn deploy`'s parsed flags, checked. */
+function deploySettingsOf(
+  opts: Record<string, unknown>,
+  options: readonly Option[],
+  envOptions: { unset: Option; replace: Option },
+) {
+  const byColumn: Partial<Record<DeployColumn | "unset_env" | "replace_env", unknown>> = {};
   DEPLOY_COLUMNS.forEach((column, i) => {
     const value = opts[options[i]!.attributeName()];
     if (value === undefined) return;
@@ -106,19 +118,11 @@ function deploySettingsOf(opts: Record<string, unknown>, options: readonly Optio
     byColumn[column] =
       columnSpec(column).sqlType === "jsonb" ? parsePairs(flag, value as string[]) : value;
   });
-  const problems = settingProblems(byColumn, (c) => cliFlag(c as DeployColumn).flag);
+  byColumn.unset_env = opts[envOptions.unset.attributeName()];
+  if (opts[envOptions.replace.attributeName()] === true) byColumn.replace_env = true;
+  const problems = settingProblems(byColumn, CLI_NAMES);
   if (problems.length > 0) throw new PgfnError("INVALID_REQUEST", `${problems.join("; ")}.`);
-  return settingsByName(byColumn) as DeploySettings;
-}
-
-/** Opens a pool on DATABASE_URL for one command and closes it afterwards. */
-async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
-  const pool = createPool(requireDatabaseUrl(config), 4, silentLogger());
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.end();
-  }
+  return settingsByName(byColumn) as DeploySettings & EnvChangeSettings;
 }
 
 /** The database a connection string names, if it names one. */
@@ -243,10 +247,11 @@ export function buildProgram(): Command {
     });
 
   const settingOptions = DEPLOY_COLUMNS.map(settingOption);
+  const envOptions = envChangeOptions();
   const deploy = program
     .command("deploy")
     .description(
-      "Store a WebAssembly module or a TypeScript/JavaScript handler as a function (validated first; nothing is stored on error).",
+      "Store a WebAssembly module or a TypeScript/JavaScript handler as a function (validated first; nothing is stored on error). With --update, settings left out keep their values and --env merges into the stored env.",
     )
     .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
     .argument(
@@ -255,10 +260,15 @@ export function buildProgram(): Command {
     );
   for (const option of settingOptions) deploy.addOption(option);
   deploy
-    .option("--update", "replace the function if it exists")
+    .addOption(envOptions.unset)
+    .addOption(envOptions.replace)
+    .option(
+      "--update",
+      "replace the function's module if it exists; settings left out keep their values",
+    )
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {
       const config = loadConfig();
-      const settings = deploySettingsOf(opts, settingOptions);
+      const settings = deploySettingsOf(opts, settingOptions, envOptions);
       let bytes: Buffer;
       try {
         bytes = await readFile(file);
@@ -271,17 +281,19 @@ export function buildProgram(): Command {
       const code = isJavaScriptFile(file)
         ? { source: bytes.toString("utf8"), fileName: file }
         : { wasm: bytes };
+      const url = requireDatabaseUrl(config);
       const result = await withPool(config, (pool) =>
-        deployFunction(createDb(pool), {
-          ...settings,
-          name,
-          ...code,
-          update: Boolean(opts.update),
-        }),
+        deployFunction(
+          createDb(pool),
+          { ...settings, name, ...code, update: Boolean(opts.update) },
+          { names: CLI_NAMES, checkDbRole: checksDbRole(config.dbQueryUrl, url) },
+        ),
       );
       console.log(
         `${result.created ? "deployed" : "updated"} ${result.name} (${code.wasm ? "" : "JavaScript, "}sha256 ${result.wasmSha256}, ${bytes.byteLength} bytes)`,
       );
+      const env = describeEnvOutcome(result.env);
+      if (env) console.log(env);
     });
 
   program
@@ -291,7 +303,8 @@ export function buildProgram(): Command {
     )
     .argument("<name>", "function name")
     .argument("[json]", "the payload (JSON)", "{}")
-    .action(async (name: string, json: string) => {
+    .option("--json", "print the run as one JSON object (as the HTTP API shows runs)")
+    .action(async (name: string, json: string, opts: { json?: boolean }) => {
       const config = loadConfig();
       let payload: unknown;
       try {
@@ -302,24 +315,18 @@ export function buildProgram(): Command {
           `The payload is not valid JSON: ${(error as Error).message}.`,
         );
       }
-      // A daemon with neither listener nor worker: the executor, the sandbox
-      // and the host functions, exactly as runs get them.
-      const daemon = await startDaemon({
+      const daemon = await startInvoker({
         connectionString: requireDatabaseUrl(config),
-        config: {
-          ...config,
-          listener: false,
-          worker: false,
-          scheduler: false,
-          sandboxThreads: 1,
-          daemonId: `cli-${process.pid}`,
-        },
+        config: { ...config, daemonId: `cli-${process.pid}` },
         logger: silentLogger(),
       });
       const run = await invokeNow(daemon.executor, name, payload).finally(() => daemon.stop());
-      console.log(formatRunLine(run));
-      if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
-      else process.exitCode = 1;
+      if (opts.json) console.log(JSON.stringify(runView(run)));
+      else {
+        console.log(formatRunLine(run));
+        if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
+      }
+      if (run.status !== "succeeded") process.exitCode = 1;
     });
 
   program
@@ -327,18 +334,20 @@ export function buildProgram(): Command {
     .description("Show the latest runs (from pgfn.function_runs), newest first.")
     .argument("[name]", "only this function's runs")
     .option("-n, --limit <n>", "how many", intOption("--limit"), 20)
-    .option("--json", "print JSON lines instead of a table")
+    .option(
+      "--json",
+      "print one JSON object per run (as the HTTP API shows runs) instead of a table",
+    )
     .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
       const config = loadConfig();
-      if (opts.limit < 1 || opts.limit > 10000)
-        throw new PgfnError("INVALID_REQUEST", "--limit must be between 1 and 10000.");
+      checkLimit(opts.limit);
       const runs = await withPool(config, (pool) =>
         listRuns(createDb(pool), {
           limit: opts.limit,
           ...(name !== undefined && { functionName: name }),
         }),
       );
-      if (opts.json) for (const run of runs) console.log(JSON.stringify(run));
+      if (opts.json) for (const run of runs) console.log(JSON.stringify(runView(run)));
       else console.log(formatRunsTable(runs));
     });
 
@@ -348,10 +357,24 @@ export function buildProgram(): Command {
       "Run a run's event again, as a new event (pgfn.retry); a running daemon picks it up.",
     )
     .argument("<run_id>", "the run to retry (function_runs.id)", intOption("RUN_ID"))
-    .action(async (runId: number) => {
+    .option(
+      "--force",
+      "retry even if the run's event was retried or replayed already (its handler runs once more)",
+    )
+    .action(async (runId: number, opts: { force?: boolean }) => {
       const config = loadConfig();
       if (runId < 1) throw new PgfnError("INVALID_REQUEST", "RUN_ID must be a positive run id.");
-      const eventId = await withPool(config, (pool) => retryRun(createDb(pool), runId));
+      const eventId = await withPool(config, (pool) =>
+        retryRun(createDb(pool), runId, { force: opts.force === true }),
+      ).catch((error: unknown) => {
+        if (sqlState(error) !== SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw error;
+        // Postgres' hint says how in SQL; here it is the flag.
+        throw new PgfnError(
+          "CONFLICT",
+          `${(error as Error).message}. To retry it once more anyway: pgfn retry ${runId} --force`,
+          { cause: error },
+        );
+      });
       console.log(`run ${runId}: its event runs again as event ${eventId}`);
     });
 
@@ -364,6 +387,9 @@ export function buildProgram(): Command {
     .action(async (opts: { keepRunning: boolean }) => {
       await runDev({ keepRunning: opts.keepRunning });
     });
+
+  // functions, rm, enable, disable, schedule, unschedule, logs.
+  addManageCommands(program);
 
   return program;
 }

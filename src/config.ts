@@ -239,3 +239,23 @@ export function requireDatabaseUrl(config: Config): string {
   }
   return config.databaseUrl;
 }
+
+/**
+ * The configuration of pgfn started from code (`run`, `makeUtils`): the
+ * PGFN_* settings of `env`, for `connectionString`. DATABASE_URL is not
+ * read: an application's own DATABASE_URL may point elsewhere.
+ */
+export function loadConfigFor(
+  connectionString: string,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): Config {
+  if (typeof connectionString !== "string" || !/^postgres(ql)?:\/\//.test(connectionString)) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      "connectionString must be a postgres:// or postgresql:// URL.",
+    );
+  }
+  const { DATABASE_URL: _ignored, ...settings } = env;
+  const config = loadConfig(settings);
+  return Object.freeze({ ...config, databaseUrl: connectionString });
+}

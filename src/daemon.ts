@@ -11,6 +11,7 @@ import { createDb, type Db } from "./db/database.js";
 import { createPool, currentRole } from "./db/pool.js";
 import type { EventRow } from "./db/events.js";
 import type { Run } from "./db/runs.js";
+import { checksDbRole } from "./deploy.js";
 import { checkReadiness } from "./http/health.js";
 import { startHttpServer, type HttpServer } from "./http/server.js";
 import { Dispatcher } from "./listener/dispatcher.js";
@@ -173,6 +174,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         ...(options.http.host !== undefined && { host: options.http.host }),
         db,
         executor,
+        checkDbRole: checksDbRole(config.dbQueryUrl, options.connectionString),
         auth: { adminToken: config.adminToken, invokeTokens: config.invokeTokens },
         metrics: metrics.registry,
         readiness: () => checkReadiness({ pool, ...parts, logger }),
@@ -231,4 +233,24 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     await pool.end().catch(() => undefined);
     throw error;
   }
+}
+
+/**
+ * A daemon that takes no work of its own (no listener, worker, scheduler or
+ * HTTP API), for synchronous invocations (`pgfn invoke`, `makeUtils().invoke`):
+ * the executor, the sandbox and the host functions, exactly as runs get them.
+ */
+export function startInvoker(
+  options: Pick<DaemonOptions, "connectionString" | "config" | "logger">,
+): Promise<Daemon> {
+  return startDaemon({
+    ...options,
+    config: {
+      ...options.config,
+      listener: false,
+      worker: false,
+      scheduler: false,
+      sandboxThreads: 1,
+    },
+  });
 }

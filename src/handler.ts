@@ -14,23 +14,16 @@
  * };
  * export default handle;
  */
-import type { DatabaseEventInput, PayloadEventInput, ScheduleEventInput } from "./interfaces.js";
-
-/** A committed row: `old` and `new` typed as the table's rows. */
-export type RowEvent<Row = Record<string, unknown>> = Omit<DatabaseEventInput, "old" | "new"> & {
-  readonly old: Row | null;
-  readonly new: Row | null;
-};
+import type { Event, RowEvent } from "./interfaces.js";
 
 /**
- * Every event a handler can receive, told apart by `trigger`. The events
- * without a row say so (`new?: undefined`), so `if (!event.new)` needs no
- * narrowing first.
+ * Every event a handler can receive (Event<Row>, told apart by `trigger`),
+ * with the events that carry no row saying so (`new?: undefined`), so that
+ * `if (!event.new)` needs no narrowing first.
  */
 export type HandlerEvent<Row = Record<string, unknown>> =
   | RowEvent<Row>
-  | (ScheduleEventInput & { readonly old?: undefined; readonly new?: undefined })
-  | (PayloadEventInput & { readonly old?: undefined; readonly new?: undefined });
+  | (Exclude<Event<Row>, RowEvent<Row>> & { readonly old?: undefined; readonly new?: undefined });
 
 /** Extra fields of a log line, shown after its message as JSON. */
 export type LogFields = Readonly<Record<string, unknown>>;

@@ -32,32 +32,53 @@ export type Ordering = (typeof ORDERINGS)[number];
 export const RUNTIMES = ["wasm", "js"] as const;
 /** `pgfn.functions.runtime`: what runs the function. */
 export type Runtime = (typeof RUNTIMES)[number];
+/** The values of `pgfn.schedules.catch_up`. */
+export const CATCH_UPS = ["all", "latest", "none"] as const;
 /**
  * `pgfn.schedules.catch_up`: which slots missed while no scheduler ran fire
  * when one comes back: every one, the most recent one, or none.
  */
-export type CatchUp = "all" | "latest" | "none";
+export type CatchUp = (typeof CATCH_UPS)[number];
 
-/** What a handler receives for a row change (docs/design.md section 1). */
-export interface DatabaseEventInput {
+/**
+ * What every event a handler receives has, whatever its trigger
+ * (docs/design.md section 1).
+ */
+export interface EventBase {
+  /** The event's id (`pgfn.events.id`): the same on every attempt. */
   readonly id: number;
+  /** Which attempt this is, from 1. */
   readonly attempt: number;
-  readonly trigger: "database";
+  /**
+   * The same for an event and every replay or retry of it (pgfn.replay,
+   * pgfn.retry, pgfn retry): the original event's id. `id` is new for each
+   * replay; use this as the key of an effect that must happen once.
+   */
+  readonly idempotency_key: number;
+  /** The function the event is for. */
   readonly function: string;
-  readonly schema: string;
-  readonly table: string;
-  readonly operation: Operation;
-  readonly old: Record<string, unknown> | null;
-  readonly new: Record<string, unknown> | null;
+  /** When the event was recorded (ISO 8601, UTC). */
   readonly timestamp: string;
 }
 
-/** What a handler receives for a slot of its schedule (`pgfn.schedule`). */
-export interface ScheduleEventInput {
-  readonly id: number;
-  readonly attempt: number;
+/**
+ * A row change on an attached table. `Row` is the table's row as JSON
+ * (`to_jsonb`): dates as strings, bigints as numbers.
+ */
+export interface RowEvent<Row = Record<string, unknown>> extends EventBase {
+  readonly trigger: "database";
+  readonly schema: string;
+  readonly table: string;
+  readonly operation: Operation;
+  /** The row before an UPDATE or DELETE; null for INSERT. */
+  readonly old: Row | null;
+  /** The row after an INSERT or UPDATE; null for DELETE. */
+  readonly new: Row | null;
+}
+
+/** A slot of the function's schedule (`pgfn.schedule`). */
+export interface ScheduleEvent extends EventBase {
   readonly trigger: "schedule";
-  readonly function: string;
   /** The schedule's cron expression when the slot fired. */
   readonly cron: string;
   /** The time zone the cron expression is read in. */
@@ -66,17 +87,48 @@ export interface ScheduleEventInput {
   readonly scheduled_time: string;
   /** When the scheduler fired it: later than scheduled_time when caught up after downtime. */
   readonly actual_time: string;
-  readonly timestamp: string;
 }
 
-/** What a handler receives when invoked by hand, over HTTP or by another source. */
-export interface PayloadEventInput {
-  readonly id: number;
-  readonly attempt: number;
-  readonly trigger: Exclude<EventSource, "database" | "schedule">;
-  readonly function: string;
+/** An invocation over HTTP (`POST /functions/v1/invoke/:name`): the request's JSON body. */
+export interface HttpEvent extends EventBase {
+  readonly trigger: "http";
   readonly payload: unknown;
-  readonly timestamp: string;
 }
 
-export type EventInput = DatabaseEventInput | ScheduleEventInput | PayloadEventInput;
+/** An invocation by hand (`pgfn invoke`, `makeUtils().invoke`, `pgfn.invoke_async` in SQL). */
+export interface ManualEvent extends EventBase {
+  readonly trigger: "manual";
+  readonly payload: unknown;
+}
+
+/**
+ * What a function's `on_error` handler receives when an event of that
+ * function became a dead letter: the event, its last run and the error.
+ */
+export interface ErrorHandlerEvent extends EventBase {
+  readonly trigger: "error_handler";
+  readonly payload: {
+    /** The event that failed, as its handler received it on the last attempt. */
+    readonly event: Event;
+    readonly run: {
+      readonly id: number;
+      readonly attempt: number;
+      readonly status: RunStatus;
+      readonly error_code: string | null;
+      readonly http_status: number | null;
+      readonly error_message: string | null;
+      readonly duration_ms: number | null;
+    };
+    readonly error: { readonly code: string | null; readonly message: string | null };
+  };
+}
+
+/**
+ * The JSON a handler receives, one per attempt, told apart by `trigger`.
+ * `Row` types the rows of row events.
+ */
+export type Event<Row = Record<string, unknown>> =
+  RowEvent<Row> | ScheduleEvent | HttpEvent | ManualEvent | ErrorHandlerEvent;
+
+/** The event as the worker builds it, for any table. */
+export type EventInput = Event;

@@ -87,6 +87,27 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       newEvent,
     ]);
     expect(replay.rows).toEqual([{ replay_of: failed.event_id }]);
+
+    // A second retry of the same run would run the handler once more: refused, unless forced.
+    const again = await pgfn(["retry", failed.id]);
+    expectOneLineError(
+      again,
+      new RegExp(
+        `^pgfn: run ${failed.id} was already retried: its event ${failed.event_id} was run again as event ${newEvent}, created \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d UTC\\. To retry it once more anyway: pgfn retry ${failed.id} --force$`,
+      ),
+    );
+    expect(again.stdout).toBe("");
+    const forced = await pgfn(["retry", failed.id, "--force"]);
+    expect(forced.code, forced.stderr).toBe(0);
+    const [, forcedEvent] =
+      forced.stdout.match(/^run \d+: its event runs again as event (\d+)$/m) ?? [];
+    expect(
+      (
+        await t.pool.query(`select replay_of, original_id from pgfn.events where id = $1`, [
+          forcedEvent,
+        ])
+      ).rows,
+    ).toEqual([{ replay_of: failed.event_id, original_id: failed.event_id }]);
     expectOneLineError(await pgfn(["retry", "abc"]), /RUN_ID must be a whole number, got "abc"/);
     expectOneLineError(await pgfn(["retry", "999999"]), /there is no run 999999/);
   });

@@ -70,6 +70,7 @@ describe("a committed row becomes a recorded run", () => {
     expect(insert1).toEqual({
       id: Number(runs[0].event_id),
       attempt: 1,
+      idempotency_key: Number(runs[0].event_id),
       trigger: "database",
       function: "echo",
       schema: "public",

@@ -208,6 +208,29 @@ describe("psql operations", () => {
     expect((await t.pool.query(`select pgfn.retry_dead_letters('echo') as n`)).rows[0].n).toBe(0);
   });
 
+  it("a retry's and a replay's handler get a new id and the original's idempotency_key", async () => {
+    const original = await enqueueManual(t.pool, "echo", { order: 7 });
+    const [first] = await settled(original, 1);
+    expect(first.result).toMatchObject({ id: Number(original), idempotency_key: Number(original) });
+    const retried = (await t.pool.query(`select pgfn.retry($1) as id`, [first.id])).rows[0].id;
+    // A replay of the retry, and a forced second replay of the original.
+    const replayed = (await t.pool.query(`select pgfn.replay($1) as id`, [retried])).rows[0].id;
+    const forced = (await t.pool.query(`select pgfn.replay($1, force => true) as id`, [original]))
+      .rows[0].id;
+    for (const id of [retried, replayed, forced]) {
+      const [run] = await settled(id, 1);
+      expect(run.result).toEqual({
+        id: Number(id),
+        attempt: 1,
+        idempotency_key: Number(original),
+        trigger: "manual",
+        function: "echo",
+        payload: { order: 7 },
+        timestamp: expect.any(String),
+      });
+    }
+  });
+
   it("work queued while no daemon runs waits for one: invoke_async, retry, replay", async () => {
     await daemon!.stop();
     daemon = undefined;

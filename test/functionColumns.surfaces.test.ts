@@ -16,22 +16,40 @@ import {
   rangeTextOf,
   type ColumnName,
 } from "../src/functionColumns.js";
-import { createTestDatabase, exampleWasm, type TestDatabase } from "./helpers.js";
+import {
+  createTestDatabase,
+  createTestRoles,
+  exampleWasm,
+  type TestDatabase,
+  type TestRoles,
+} from "./helpers.js";
 import { api, startHttpDaemon } from "./httpHelpers.js";
 
 let t: TestDatabase;
 let daemon: Daemon;
+let roles: TestRoles;
+/** A role db_query may use: deploy checks that db_role names one. */
+let sampleRole: string;
 beforeAll(async () => {
   t = await createTestDatabase("surfaces");
+  roles = await createTestRoles();
+  sampleRole = await roles.create("sample");
+  // What on_error names: deploy checks that it is deployed.
+  await deployFunction(createDb(t.pool), {
+    name: "sample-x",
+    wasm: await readFile(exampleWasm("echo")),
+  });
   daemon = await startHttpDaemon(t.url, { listener: false, worker: false, scheduler: false });
 });
 afterAll(async () => {
   await daemon?.stop();
   await t?.drop();
+  await roles?.drop();
 });
 
 /** A valid value for the setting, other than its default. */
 function sample(column: ColumnName): unknown {
+  if (column === "db_role") return sampleRole;
   const spec = columnSpec(column);
   switch (spec.sqlType) {
     case "integer":

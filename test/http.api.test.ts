@@ -170,6 +170,10 @@ describe("invoke", () => {
     });
     const runId = r.headers.get("x-pgfn-run-id");
     expect(runId).toMatch(/^\d+$/);
+    expect(r.body).toMatchObject({
+      id: Number(r.headers.get("x-pgfn-event-id")),
+      idempotency_key: Number(r.headers.get("x-pgfn-event-id")),
+    });
     const run = await t.pool.query(
       `select r.status, e.source from pgfn.function_runs r join pgfn.events e on e.id = r.event_id where r.id = $1`,
       [runId],
@@ -349,6 +353,7 @@ describe("OpenAPI", () => {
     expect(doc.openapi).toBe("3.1.0");
     expect(Object.keys(doc.paths).sort()).toEqual(
       [
+        "/functions/v1/",
         "/functions/v1/deploy",
         "/functions/v1/invoke/{name}",
         "/functions/v1/{name}",

@@ -82,12 +82,17 @@ function childEnv(overrides: ChildEnv = {}): NodeJS.ProcessEnv {
 export function startTs(
   script: string,
   args: readonly string[],
-  options: ChildOptions & { stdio?: StdioOptions } = {},
+  options: ChildOptions & {
+    stdio?: StdioOptions;
+    /** Lead a process group of its own, as a terminal's foreground job. (Default: false) */
+    detached?: boolean;
+  } = {},
 ): ChildProcess {
   return spawn(process.execPath, ["--import", "tsx", script, ...args], {
     cwd: options.cwd ?? ROOT,
     env: childEnv(options.env),
     stdio: options.stdio ?? "ignore",
+    detached: options.detached ?? false,
   });
 }
 
@@ -106,8 +111,17 @@ export function runTs(
 
 /** Runs `node ...args` to its end; see runTs. */
 export function runNode(args: readonly string[], options: RunOptions = {}): Promise<ChildResult> {
+  return runCommand(process.execPath, args, options);
+}
+
+/** Runs `command ...args` (no shell) to its end; see runTs. */
+export function runCommand(
+  command: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<ChildResult> {
   const deadlineMs = options.deadlineMs ?? CHILD_DEADLINE_MS;
-  const child = spawn(process.execPath, args, {
+  const child = spawn(command, args, {
     cwd: options.cwd ?? ROOT,
     env: childEnv(options.env),
     stdio: ["ignore", "pipe", "pipe"],
@@ -121,7 +135,7 @@ export function runNode(args: readonly string[], options: RunOptions = {}): Prom
       child.kill("SIGKILL");
       reject(
         new Error(
-          `\`node ${args.join(" ")}\` did not finish within ${deadlineMs} ms and was killed.` +
+          `\`${command === process.execPath ? "node" : command} ${args.join(" ")}\` did not finish within ${deadlineMs} ms and was killed.` +
             `\nstdout so far:\n${stdout}\nstderr so far:\n${stderr}`,
         ),
       );

@@ -66,6 +66,7 @@ describe("a scheduled function in a running daemon", () => {
     expect(run.result).toMatchObject({
       id: Number(run.event_id),
       attempt: 1,
+      idempotency_key: Number(run.event_id),
       trigger: "schedule",
       function: "tick",
       cron: "* * * * *",

@@ -21,8 +21,8 @@ const PUBLIC_FUNCTIONS: Readonly<Record<string, string>> = {
   enable: "name text",
   disable: "name text",
   invoke_async: "name text, payload jsonb DEFAULT '{}'::jsonb",
-  replay: "event_id bigint",
-  retry: "run_id bigint",
+  replay: "event_id bigint, force boolean DEFAULT false",
+  retry: "run_id bigint, force boolean DEFAULT false",
   retry_dead_letters:
     "function_name text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone",
   prune: "older_than interval",
@@ -202,8 +202,9 @@ describe("named and positional calls", () => {
     const byEvent = await value<string>(`pgfn.replay(event_id => $1)`, [replayed.eventId]);
     const retried = await deadLetter("named");
     const byRun = await value<string>(`pgfn.retry(run_id => $1)`, [retried.runId]);
-    const positional = await value<string>(`pgfn.retry($1)`, [retried.runId]);
-    const again = await value<string>(`pgfn.replay($1)`, [replayed.eventId]);
+    // A second time is refused unless forced (test/sql.refusals.test.ts).
+    const positional = await value<string>(`pgfn.retry($1, true)`, [retried.runId]);
+    const again = await value<string>(`pgfn.replay($1, force => true)`, [replayed.eventId]);
     const { rows } = await t.pool.query(
       `select id, replay_of from pgfn.events where id = any ($1) order by id`,
       [[byEvent, byRun, positional, again]],

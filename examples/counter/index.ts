@@ -1,6 +1,6 @@
 // Returns how many times this instance was called: always 1, since every
 // invocation gets a fresh instance.
-import { output } from "../lib/pgfn";
+import { output } from "../../assemblyscript";
 
 let calls: i32 = 0;
 

@@ -1,21 +1,21 @@
 // The `pgfn dev` demo: greets a new (or updated) user.
-import { fail, input, logInfo, numberField, output, quote, stringField } from "../lib/pgfn";
+import { event, fail, logInfo, output, quote } from "../../assemblyscript";
 
 export function handle(): i32 {
-  const event = input();
-  const operation = stringField(event, "operation");
-  const newAt = event.indexOf('"new"');
-  if (operation === null || newAt < 0) return fail("expected a database event with a new row");
-  const email = stringField(event, "email", newAt);
-  const name = stringField(event, "name", newAt);
+  const e = event();
+  const operation = e.getString("operation");
+  const row = e.getObject("new");
+  if (operation === null || row === null) return fail("expected a database event with a new row");
+  const email = row.getString("email");
+  const name = row.getString("name");
   const who = email !== null ? email : name !== null ? name : "friend";
-  const id = numberField(event, "id");
+  const id = e.get("id");
   logInfo("greeting " + who);
   output(
     '{"ok":true,"greeting":' +
       quote("Welcome, " + who + "!") +
       ',"event_id":' +
-      (id !== null ? id : "null") +
+      (id !== null ? id.toString() : "null") +
       ',"operation":' +
       quote(operation) +
       "}",

@@ -2,7 +2,7 @@
 // tests and benchmarks, so it does no more work than a call must.
 import { Host } from "@extism/as-pdk";
 // For pgfnAbort, which build.js makes AssemblyScript's abort.
-import "../lib/pgfn";
+import "../../assemblyscript";
 
 export function handle(): i32 {
   Host.output(Host.input());

@@ -1,19 +1,10 @@
 // The README's handler: greets a new user and records it with db_query.
-import {
-  dbQuery,
-  env,
-  fail,
-  input,
-  logInfo,
-  output,
-  quote,
-  replyOk,
-  stringField,
-} from "../lib/pgfn";
+// (A project of your own imports "pgfn/assemblyscript" instead.)
+import { dbQuery, env, event, fail, logInfo, output, quote, replyOk } from "../../assemblyscript";
 
 export function handle(): i32 {
-  const event = input(); // the event JSON
-  const email = stringField(event, "email", event.indexOf('"new"'));
+  const row = event().getObject("new"); // the new row; null for a DELETE
+  const email = row !== null ? row.getString("email") : null; // null if absent or null
   if (email === null) return fail("no email in the new row"); // FUNCTION_ERROR
   logInfo("greeting " + email); // into function_runs.logs and the daemon's log
   const reply = dbQuery("insert into greetings (email) values ($1)", "[" + quote(email) + "]");

@@ -1,5 +1,5 @@
 // Never returns: used to test the timeout (TIMEOUT, the instance killed).
-import "../lib/pgfn";
+import "../../assemblyscript";
 
 let spins: i64 = 0;
 

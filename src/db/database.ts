@@ -34,6 +34,10 @@ export interface EventsTable {
   old: Json | null;
   new: Json | null;
   payload: Json | null;
+  /** A replay's event it copies (pgfn.replay); null otherwise. */
+  replay_of: ColumnType<string | null, never, never>;
+  /** A replay's original event, where its chain of replays started; null otherwise. */
+  original_id: ColumnType<string | null, never, never>;
   created_at: Generated<Date>;
   dispatched_at: Timestamp | null;
 }

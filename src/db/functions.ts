@@ -1,16 +1,17 @@
 /** Queries on `pgfn.functions`. */
-import { sql, type Selectable, type Updateable } from "kysely";
-import type { Db, FunctionsTable } from "./database.js";
+import { sql, type RawBuilder, type Selectable, type Updateable } from "kysely";
+import type { Db, FunctionsTable, SchedulesTable } from "./database.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
 import type { Runtime } from "../interfaces.js";
 import {
+  camelCase,
   columnSpec,
   INFO_COLUMNS,
-  settingsByColumn,
+  PATCH_COLUMNS,
   TIMESTAMP_COLUMNS,
   type DeploySettings,
+  type EnvChangeSettings,
   type InfoColumn,
-  type PatchColumn,
   type PatchSettings,
 } from "../functionColumns.js";
 
@@ -50,7 +51,7 @@ export async function getSource(db: Db, name: string): Promise<string | null | u
   return row?.source;
 }
 
-export interface DeployInput extends DeploySettings {
+export interface DeployInput extends DeploySettings, EnvChangeSettings {
   readonly name: string;
   /** The module, or for runtime js the compiled script. */
   readonly wasm: Uint8Array;
@@ -63,17 +64,34 @@ export interface DeployInput extends DeploySettings {
   readonly update?: boolean;
 }
 
+/** What a deploy or PATCH did to env, by key; never the values (they may be secrets). */
+export interface EnvOutcome {
+  /** Keys given, in the order given. */
+  readonly set: readonly string[];
+  /** Keys stored before and still there, not given. */
+  readonly kept: readonly string[];
+  /** Keys stored before and gone now. */
+  readonly removed: readonly string[];
+  /** Keys asked to be removed that were not there. */
+  readonly absent: readonly string[];
+}
+
 export interface DeployResult {
   readonly name: string;
   readonly wasmSha256: string;
   readonly created: boolean;
   readonly createdAt: Date;
   readonly updatedAt: Date;
+  readonly env: EnvOutcome;
 }
+
+type Env = Record<string, string>;
 
 /**
  * Stores a function. Options not given keep their defaults on create and
- * their current values on update. CONFLICT if it exists and `update` is not set.
+ * their current values on update; on update env given merges into the
+ * stored env unless `replaceEnv`, and `unsetEnv` removes keys. CONFLICT if
+ * it exists and `update` is not set.
  */
 export async function upsertFunction(db: Db, input: DeployInput): Promise<DeployResult> {
   const values = {
@@ -85,29 +103,39 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     updated_at: sql<Date>`now()`,
     ...settingColumns(input),
   };
+  const { env: _given, ...withoutEnv } = values;
   try {
-    const row = await db
-      .insertInto("pgfn.functions")
-      .values({ name: input.name, ...values })
-      .$if(Boolean(input.update), (q) =>
-        q.onConflict((oc) => oc.column("name").doUpdateSet(values)),
-      )
-      .returning([
-        "name",
-        "wasm_sha256",
-        "created_at",
-        "updated_at",
-        // xmax = 0 only for a freshly inserted row.
-        sql<boolean>`(xmax = 0)`.as("created"),
-      ])
-      .executeTakeFirstOrThrow();
-    return {
-      name: row.name,
-      wasmSha256: row.wasm_sha256,
-      created: row.created,
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    };
+    return await db.transaction().execute(async (trx) => {
+      // Read only to say what happened; the row lock makes that exact, the
+      // merge itself is SQL (envUpdate), as atomic as any other update.
+      const before = input.update ? await lockedEnv(trx, input.name) : undefined;
+      const row = await trx
+        .insertInto("pgfn.functions")
+        .values({ name: input.name, ...values })
+        .$if(Boolean(input.update), (q) =>
+          q.onConflict((oc) =>
+            oc.column("name").doUpdateSet({ ...withoutEnv, ...envUpdate(input) }),
+          ),
+        )
+        .returning([
+          "name",
+          "wasm_sha256",
+          "created_at",
+          "updated_at",
+          "env",
+          // xmax = 0 only for a freshly inserted row.
+          sql<boolean>`(xmax = 0)`.as("created"),
+        ])
+        .executeTakeFirstOrThrow();
+      return {
+        name: row.name,
+        wasmSha256: row.wasm_sha256,
+        created: row.created,
+        createdAt: row.created_at,
+        updatedAt: row.updated_at,
+        env: envOutcome(before, row.env, input),
+      };
+    });
   } catch (error) {
     if (sqlState(error) === SQLSTATE.UNIQUE_VIOLATION) {
       throw new PgfnError(
@@ -137,13 +165,15 @@ function refusedSettings(name: string, error: unknown): PgfnError | undefined {
 }
 
 /** Settings that can change without a new module (`PATCH /functions/v1/:name`). */
-export type FunctionPatch = PatchSettings;
+export type FunctionPatch = PatchSettings & EnvChangeSettings;
 
-/** The columns a deploy or a patch sets: only the settings it names. */
+/** The columns a deploy or a patch sets: only the settings it names, env as given. */
 function settingColumns(s: FunctionPatch): Updateable<FunctionsTable> {
   const values: Record<string, unknown> = {};
-  for (const [column, value] of Object.entries(settingsByColumn(s))) {
-    const { sqlType } = columnSpec(column as PatchColumn);
+  for (const column of PATCH_COLUMNS) {
+    const value = (s as Record<string, unknown>)[camelCase(column)];
+    if (value === undefined) continue;
+    const { sqlType } = columnSpec(column);
     // jsonb as JSON text: pg would send an array as a Postgres array.
     values[column] =
       sqlType === "jsonb"
@@ -153,6 +183,44 @@ function settingColumns(s: FunctionPatch): Updateable<FunctionsTable> {
           : value;
   }
   return values as Updateable<FunctionsTable>;
+}
+
+/**
+ * env of an update, computed by Postgres from the stored row: the keys
+ * given merge in (`||`) after `unsetEnv` is removed (`-`), or replace it all.
+ * In one statement, so that two updates at once each keep the other's keys.
+ */
+function envUpdate(s: FunctionPatch): { env?: RawBuilder<string> } {
+  // Typed as the column is written (JSON text; see settingColumns).
+  const given = JSON.stringify(s.env ?? {});
+  if (s.replaceEnv) return { env: sql<string>`${given}::jsonb` };
+  if (s.env === undefined && !s.unsetEnv?.length) return {};
+  // Qualified: in an upsert, a bare env could also be the proposed row's (excluded.env).
+  const stored = sql.ref("functions.env");
+  return { env: sql<string>`(${stored} - ${[...(s.unsetEnv ?? [])]}::text[]) || ${given}::jsonb` };
+}
+
+/** The stored env, its row locked until the transaction ends; undefined when there is no row. */
+async function lockedEnv(trx: Db, name: string): Promise<Env | undefined> {
+  const row = await trx
+    .selectFrom("pgfn.functions")
+    .select("env")
+    .where("name", "=", name)
+    .forUpdate()
+    .executeTakeFirst();
+  return row?.env;
+}
+
+function envOutcome(before: Env | undefined, after: Env, change: FunctionPatch): EnvOutcome {
+  const given = Object.keys(change.env ?? {});
+  const old = Object.keys(before ?? {});
+  const now = Object.keys(after);
+  return {
+    set: given,
+    kept: now.filter((k) => !given.includes(k)).sort(),
+    removed: old.filter((k) => !now.includes(k)).sort(),
+    absent: (change.unsetEnv ?? []).filter((k) => !old.includes(k)),
+  };
 }
 
 /**
@@ -174,14 +242,31 @@ export async function updateFunction(
   name: string,
   patch: FunctionPatch,
 ): Promise<FunctionInfo | undefined> {
-  const values = settingColumns(patch);
+  return (await changeFunction(db, name, patch))?.fn;
+}
+
+/**
+ * Applies `patch` (env given merges in, as in a deploy with update) and
+ * says what happened to env; undefined when there is no such function.
+ */
+export async function changeFunction(
+  db: Db,
+  name: string,
+  patch: FunctionPatch,
+): Promise<{ fn: FunctionInfo; env: EnvOutcome } | undefined> {
+  const { env: _given, ...values } = settingColumns(patch);
   try {
-    return await db
-      .updateTable("pgfn.functions")
-      .set({ ...values, updated_at: sql<Date>`now()` })
-      .where("name", "=", name)
-      .returning(INFO_COLUMNS)
-      .executeTakeFirst();
+    return await db.transaction().execute(async (trx) => {
+      const before = await lockedEnv(trx, name);
+      if (before === undefined) return undefined;
+      const fn = await trx
+        .updateTable("pgfn.functions")
+        .set({ ...values, ...envUpdate(patch), updated_at: sql<Date>`now()` })
+        .where("name", "=", name)
+        .returning(INFO_COLUMNS)
+        .executeTakeFirstOrThrow();
+      return { fn, env: envOutcome(before, fn.env, patch) };
+    });
   } catch (error) {
     throw refusedSettings(name, error) ?? error;
   }
@@ -194,4 +279,59 @@ export async function updateFunction(
 export async function deleteFunction(db: Db, name: string): Promise<boolean> {
   const result = await db.deleteFrom("pgfn.functions").where("name", "=", name).executeTakeFirst();
   return result.numDeletedRows > 0n;
+}
+
+/**
+ * How many of a function's latest finished runs (attempts) its error rate is
+ * counted over, in `pgfn functions` and GET /functions/v1. A count, not a
+ * time window: the index on (function_name, id desc) reads exactly these
+ * rows, however busy the function, and a function idle for a week still
+ * shows how its last runs went. (100)
+ */
+export const RECENT_RUNS = 100;
+
+/** A function's latest finished runs: how many there are (up to RECENT_RUNS) and how many failed. */
+export interface RecentRuns {
+  /** Succeeded, failed or abandoned, at most RECENT_RUNS. */
+  readonly finished: number;
+  /** Failed or abandoned. */
+  readonly failed: number;
+}
+
+/** A function with what `pgfn functions` and GET /functions/v1 show beside its settings. */
+export interface FunctionSummary {
+  readonly fn: FunctionInfo;
+  readonly schedule: Selectable<SchedulesTable> | undefined;
+  readonly recent: RecentRuns;
+}
+
+/** Every function, by name, with its schedule and how its recent runs went. */
+export async function listFunctions(db: Db): Promise<FunctionSummary[]> {
+  const [functions, schedules, recent] = await Promise.all([
+    db.selectFrom("pgfn.functions").select(INFO_COLUMNS).orderBy("name").execute(),
+    db.selectFrom("pgfn.schedules").selectAll().execute(),
+    sql<{ name: string; finished: number; failed: number }>`
+      select f.name, r.finished, r.failed
+      from pgfn.functions f
+      cross join lateral (
+        select count(*)::int as finished,
+               count(*) filter (where last.status in ('failed', 'abandoned'))::int as failed
+        from (
+          select status from pgfn.function_runs
+          where function_name = f.name and status <> 'running'
+          order by id desc
+          limit ${RECENT_RUNS}
+        ) last
+      ) r`.execute(db),
+  ]);
+  const scheduleOf = new Map(schedules.map((s) => [s.function_name, s]));
+  const recentOf = new Map(recent.rows.map((r) => [r.name, r]));
+  return functions.map((fn) => ({
+    fn,
+    schedule: scheduleOf.get(fn.name),
+    recent: {
+      finished: recentOf.get(fn.name)?.finished ?? 0,
+      failed: recentOf.get(fn.name)?.failed ?? 0,
+    },
+  }));
 }

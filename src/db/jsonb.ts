@@ -68,7 +68,14 @@ export function unstorableJson(value: unknown): string | undefined {
   return undefined;
 }
 
-function unstorableString(text: string): string | undefined {
+/**
+ * Why Postgres cannot store `text`, in words for a message, or undefined
+ * when it can.
+ *
+ * @example
+ * unstorableString("a\u0000b") // "\\u0000 (a NUL character)"
+ */
+export function unstorableString(text: string): string | undefined {
   const found = UNSTORABLE.exec(text)?.[0];
   if (found === undefined) return undefined;
   if (found === "\u0000") return "\\u0000 (a NUL character)";

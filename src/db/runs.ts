@@ -265,9 +265,18 @@ export async function abandonRun(
   return rows[0]?.abandoned ?? false;
 }
 
-/** Runs a run's event again as a new event (pgfn.retry); returns the new event's id. */
-export async function retryRun(db: Db, runId: number | string): Promise<string> {
-  const { rows } = await sql<{ id: string }>`select pgfn.retry(${runId}::bigint) as id`.execute(db);
+/**
+ * Runs a run's event again as a new event (pgfn.retry); returns the new
+ * event's id. Unless `force`, Postgres refuses (SQLSTATE
+ * OBJECT_NOT_IN_PREREQUISITE_STATE) a run whose event was run again already.
+ */
+export async function retryRun(
+  db: Db,
+  runId: number | string,
+  options: { readonly force?: boolean } = {},
+): Promise<string> {
+  const { rows } = await sql<{ id: string }>`
+    select pgfn.retry(${runId}::bigint, force => ${options.force ?? false}) as id`.execute(db);
   return rows[0]!.id;
 }
 
@@ -302,4 +311,52 @@ export async function listRuns(db: Db, options: ListRunsOptions = {}): Promise<R
     .orderBy("id", "desc")
     .limit(options.limit ?? 20)
     .execute();
+}
+
+/**
+ * How many of a function's latest runs `pgfn logs` reads lines from: a
+ * bound on the rows read when most runs logged nothing. (1000)
+ */
+export const LOG_RUNS_SCANNED = 1000;
+
+/** One line a handler logged, with the run that logged it. */
+export interface RunLogLine {
+  readonly runId: string;
+  /** When it was logged (the run's start for a line that does not say). */
+  readonly at: Date;
+  readonly level: string;
+  readonly message: string;
+}
+
+/**
+ * The last `limit` lines logged by the function's latest LOG_RUNS_SCANNED
+ * runs (src/sandbox/logs.ts, HandlerLog), oldest first.
+ */
+export async function listLogLines(
+  db: Db,
+  functionName: string,
+  limit: number,
+): Promise<RunLogLine[]> {
+  const { rows } = await sql<{ run_id: string; at: Date; level: string; message: string }>`
+    select r.id as run_id,
+           coalesce((l.line ->> 'at')::timestamptz, r.started_at) as at,
+           coalesce(l.line ->> 'level', 'info') as level,
+           coalesce(l.line ->> 'message', l.line #>> '{}') as message
+    from (
+      select id, started_at, logs from pgfn.function_runs
+      where function_name = ${functionName}
+      order by id desc
+      limit ${LOG_RUNS_SCANNED}
+    ) r
+    cross join lateral jsonb_array_elements(
+      case jsonb_typeof(r.logs) when 'array' then r.logs else '[]' end
+    ) with ordinality as l (line, n)
+    order by r.id desc, l.n desc
+    limit ${limit}`.execute(db);
+  return rows.reverse().map((r) => ({
+    runId: r.run_id,
+    at: r.at,
+    level: r.level,
+    message: r.message,
+  }));
 }

@@ -1,26 +1,30 @@
 /**
  * The functions API (docs/design.md section 5), under /functions/v1: deploy,
- * read, change, delete, invoke synchronously, list runs. Each route says
+ * list, read, change, delete, invoke synchronously, list runs. Each route says
  * which token it needs (`config.scope`, checked in server.ts before the body
  * is read).
  */
 import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
-import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import {
   deleteFunction,
   getFunction,
   getSource,
-  updateFunction,
-  type FunctionInfo,
+  listFunctions,
+  RECENT_RUNS,
 } from "../db/functions.js";
-import { listRuns, type Run } from "../db/runs.js";
-import { assertFunctionName, deployFunction, MAX_WASM_BYTES } from "../deploy.js";
+import { listRuns } from "../db/runs.js";
+import {
+  assertFunctionName,
+  deployFunction,
+  MAX_WASM_BYTES,
+  patchFunction,
+  type DeployOptions,
+} from "../deploy.js";
 import { PgfnError, type ErrorCode } from "../errors.js";
-import { settingsByName, SHOWN_COLUMNS } from "../functionColumns.js";
+import { HTTP_NAMES, settingsByName } from "../functionColumns.js";
 import { invokeNow } from "../invokeNow.js";
-import { SECRET_KEY } from "../sandbox/host/redact.js";
 import type { ExecutorDeps } from "../worker/execute.js";
 import type { Scope } from "./auth.js";
 import { errorBody } from "./errors.js";
@@ -29,12 +33,14 @@ import {
   DeployBody,
   DeployResponse,
   errors,
+  FunctionList,
   FunctionView,
   NameParams,
   PatchBody,
   RunsQuery,
   RunsResponse,
 } from "./schemas.js";
+import { functionListItem, functionView, runView } from "./views.js";
 
 /** A 10 MiB module as base64 (4 characters per 3 bytes), plus room for the settings. */
 export const DEPLOY_BODY_LIMIT = Math.ceil(MAX_WASM_BYTES / 3) * 4 + 1024 * 1024;
@@ -55,47 +61,11 @@ declare module "fastify" {
 export interface FunctionsRoutesOptions {
   readonly db: Db;
   readonly executor: ExecutorDeps;
+  /** Whether deploy and PATCH judge db_role here (`checksDbRole`). (Default: true) */
+  readonly checkDbRole?: boolean;
 }
 
 const iso = (d: Date) => d.toISOString();
-const isoOrNull = (d: Date | null) => (d ? d.toISOString() : null);
-
-/** A function as GET shows it (FunctionView): its shown columns, timestamps as ISO strings. */
-function functionView(fn: FunctionInfo): z.input<typeof FunctionView> {
-  const view: Record<string, unknown> = {};
-  for (const column of SHOWN_COLUMNS) {
-    const value = fn[column];
-    view[column] = value instanceof Date ? iso(value) : value;
-  }
-  // An API key put in env must not come back out of a GET.
-  view.env = Object.fromEntries(
-    Object.entries(fn.env).map(([k, v]) => [k, SECRET_KEY.test(k) ? "[redacted]" : v]),
-  );
-  return view as z.input<typeof FunctionView>;
-}
-
-function runView(run: Run) {
-  return {
-    id: Number(run.id),
-    event_id: Number(run.event_id),
-    function_name: run.function_name,
-    wasm_sha256: run.wasm_sha256,
-    attempt: run.attempt,
-    status: run.status,
-    error_code: run.error_code,
-    http_status: run.http_status,
-    error_message: run.error_message,
-    result: (run.result ?? null) as never,
-    logs: (run.logs ?? []) as never,
-    duration_ms: run.duration_ms,
-    memory_peak_bytes: run.memory_peak_bytes === null ? null : Number(run.memory_peak_bytes),
-    started_at: iso(run.started_at),
-    finished_at: isoOrNull(run.finished_at),
-    will_retry: run.will_retry,
-    next_attempt_at: isoOrNull(run.next_attempt_at),
-    worker_id: run.worker_id,
-  };
-}
 
 function notFound(name: string): PgfnError {
   return new PgfnError(
@@ -110,6 +80,10 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
 ) => {
   const app = fastify.withTypeProvider<ZodTypeProvider>();
   const { db, executor } = options;
+  const deployOptions: DeployOptions = {
+    names: HTTP_NAMES,
+    checkDbRole: options.checkDbRole ?? true,
+  };
 
   app.post(
     "/deploy",
@@ -134,12 +108,11 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
         b.source !== undefined
           ? { source: b.source, fileName: b.file_name ?? "handler.ts" }
           : { wasm: Buffer.from(b.wasm!, "base64") };
-      const result = await deployFunction(db, {
-        ...settingsByName(b),
-        name: b.name,
-        ...code,
-        update: b.update ?? false,
-      });
+      const result = await deployFunction(
+        db,
+        { ...settingsByName(b), name: b.name, ...code, update: b.update ?? false },
+        deployOptions,
+      );
       return reply.code(result.created ? 201 : 200).send({
         name: result.name,
         hash: result.wasmSha256,
@@ -148,6 +121,20 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
         updated_at: iso(result.updatedAt),
       });
     },
+  );
+
+  app.get(
+    "/",
+    {
+      config: { scope: "admin" },
+      schema: {
+        summary:
+          "Every function, by name: its settings, runtime, schedule and how its recent runs went.",
+        description: `recent_runs counts the function's latest ${RECENT_RUNS} finished runs (attempts); error_rate is the share of them that failed or were abandoned, null when there are none.`,
+        response: { 200: FunctionList, ...errors(401, 403) },
+      },
+    },
+    async () => ({ functions: (await listFunctions(db)).map(functionListItem) }),
   );
 
   app.get(
@@ -177,6 +164,8 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       config: { scope: "admin" },
       schema: {
         summary: "Change settings (not the module: deploy with update: true for that).",
+        description:
+          "Settings left out keep their values. env merges into the stored env: the keys given are set, the others kept; unset_env removes keys, replace_env: true makes env exactly the env given (none: empty).",
         params: NameParams,
         body: PatchBody,
         response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
@@ -185,9 +174,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     async (request) => {
       const { name } = request.params;
       assertFunctionName(name);
-      const fn = await updateFunction(db, name, settingsByName(request.body));
-      if (!fn) throw notFound(name);
-      return functionView(fn);
+      const changed = await patchFunction(db, name, settingsByName(request.body), deployOptions);
+      if (!changed) throw notFound(name);
+      return functionView(changed.fn);
     },
   );
 

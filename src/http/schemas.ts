@@ -13,6 +13,7 @@ import {
   columnSpec,
   DEPLOY_COLUMNS,
   defaultText,
+  ENV_CHANGES,
   FUNCTION_COLUMNS,
   PATCH_COLUMNS,
   rangeTextOf,
@@ -22,7 +23,8 @@ import {
   type PatchColumn,
   type ShownColumn,
 } from "../functionColumns.js";
-import { RUN_STATUSES } from "../interfaces.js";
+import { RECENT_RUNS } from "../db/functions.js";
+import { CATCH_UPS, RUN_STATUSES } from "../interfaces.js";
 
 type Columns = typeof FUNCTION_COLUMNS;
 
@@ -37,6 +39,11 @@ function describeColumn(column: ColumnName, extra = ""): string {
   const byDefault = defaultText(column);
   const text = columnSpec(column).description;
   return `${text[0]!.toUpperCase()}${text.slice(1)}${range ? `; ${range}` : ""}.${extra}${byDefault === undefined ? "" : ` (Default: ${byDefault})`}`;
+}
+
+/** An env change's description, as a field's: on a deploy it needs update: true. */
+function sentence({ description: text }: { description: string }): string {
+  return `${text[0]!.toUpperCase()}${text.slice(1)}; on a deploy, with update: true.`;
 }
 
 /** Settings a deploy may set; absent means the default. */
@@ -58,6 +65,12 @@ const patchSettings = Object.fromEntries(
   [K in PatchColumn]: z.ZodOptional<
     Columns[K] extends { nullable: true } ? z.ZodNullable<Columns[K]["input"]> : Columns[K]["input"]
   >;
+};
+
+/** How an update changes env besides the keys it sets: unset_env, replace_env. */
+const envChanges = {
+  unset_env: ENV_CHANGES.unset_env.input.optional().describe(sentence(ENV_CHANGES.unset_env)),
+  replace_env: ENV_CHANGES.replace_env.input.optional().describe(sentence(ENV_CHANGES.replace_env)),
 };
 
 /** A column as GET shows it: timestamps as ISO strings. */
@@ -100,10 +113,13 @@ export const DeployBody = z
         "The source's file name: its ending says TypeScript (.ts, .mts) or JavaScript (.js, .mjs), and errors name it. (Default: handler.ts)",
       ),
     ...deploySettings,
+    ...envChanges,
     update: z
       .boolean()
       .optional()
-      .describe("Replace an existing function of this name instead of failing with 409."),
+      .describe(
+        "Replace an existing function of this name instead of failing with 409; settings left out keep their values, env merges.",
+      ),
   })
   .meta({ id: "DeployRequest" });
 
@@ -117,7 +133,9 @@ export const DeployResponse = z
   })
   .meta({ id: "DeployResponse" });
 
-export const PatchBody = z.strictObject(patchSettings).meta({ id: "PatchRequest" });
+export const PatchBody = z
+  .strictObject({ ...patchSettings, ...envChanges })
+  .meta({ id: "PatchRequest" });
 
 export const FunctionView = z
   .object({
@@ -129,6 +147,38 @@ export const FunctionView = z
       .describe(describeColumn("source", " Shown by GET, not by PATCH.")),
   })
   .meta({ id: "Function" });
+
+export const FunctionListItem = FunctionView.extend({
+  runtime: z.string().describe('What runs the function: "wasm" (an Extism plugin).'),
+  schedule: z
+    .object({
+      cron: z.string(),
+      timezone: z.string(),
+      catch_up: z.enum(CATCH_UPS),
+      next_run: timestamp.nullable().describe("The next slot; null until a daemon computed it."),
+      last_run: timestamp.nullable().describe("The last slot fired."),
+      error: z
+        .string()
+        .nullable()
+        .describe("Why the scheduler cannot use it (it does not fire); null when it can."),
+    })
+    .nullable()
+    .describe("Its schedule (pgfn.schedule), or null."),
+  recent_runs: z
+    .object({
+      finished: z.int().describe(`Finished runs counted: the latest ${RECENT_RUNS}, or fewer.`),
+      failed: z.int().describe("Of those, failed or abandoned."),
+      error_rate: z
+        .number()
+        .nullable()
+        .describe("failed / finished, to 4 decimal places; null without finished runs."),
+    })
+    .describe(`The function's latest ${RECENT_RUNS} finished runs (attempts).`),
+}).meta({ id: "FunctionSummary" });
+
+export const FunctionList = z
+  .object({ functions: z.array(FunctionListItem).describe("By name.") })
+  .meta({ id: "FunctionList" });
 
 export const DeleteResponse = z
   .object({ name: z.string(), deleted: z.literal(true) })
@@ -147,7 +197,7 @@ export const RunView = z
     error_message: z.string().nullable(),
     result: z.json().nullable(),
     logs: z.json(),
-    duration_ms: z.number().nullable(),
+    duration_ms: z.number().nullable().describe("The handler's time, in ms, to 0.01 ms."),
     memory_peak_bytes: z.number().nullable(),
     started_at: timestamp,
     finished_at: timestamp.nullable(),

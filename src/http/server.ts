@@ -40,6 +40,8 @@ export interface HttpServerOptions {
   readonly host?: string;
   readonly db: Db;
   readonly executor: ExecutorDeps;
+  /** Whether deploy and PATCH judge db_role here (deploy.ts, `checksDbRole`). (Default: true) */
+  readonly checkDbRole?: boolean;
   readonly auth: AuthOptions;
   readonly metrics: Registry;
   readonly readiness: () => Promise<Readiness>;
@@ -191,7 +193,11 @@ export async function buildApp(options: HttpServerOptions) {
   await app.register(
     async (api) => {
       api.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
-      await api.register(functionsRoutes, { db: options.db, executor: options.executor });
+      await api.register(functionsRoutes, {
+        db: options.db,
+        executor: options.executor,
+        ...(options.checkDbRole !== undefined && { checkDbRole: options.checkDbRole }),
+      });
     },
     { prefix: "/functions/v1" },
   );

@@ -12,7 +12,7 @@
  * - a trap (unreachable, out-of-bounds access, AssemblyScript's abort): the
  *   WebAssembly RuntimeError is thrown as is and whatever error_set said is
  *   lost, so a handler's abort logs its message at error level just before
- *   trapping (examples/lib/pgfn.ts) and we report that line.
+ *   trapping (assemblyscript/host.ts) and we report that line.
  * - the export's return code is ignored by Extism: returning 1 without
  *   error_set counts as success.
  *

@@ -3,13 +3,15 @@
  * from the outbox row (docs/design.md section 1).
  */
 import type { EventRow } from "../db/events.js";
-import type { EventInput, Operation } from "../interfaces.js";
+import type { ErrorHandlerEvent, EventInput, Operation } from "../interfaces.js";
 
 /** The JSON a handler receives (docs/design.md section 1). */
 export function toEventInput(event: EventRow, attempt: number): EventInput {
   const common = {
     id: Number(event.id),
     attempt,
+    // A number from pgfn.begin_run's jsonb, a string from a query.
+    idempotency_key: Number(event.original_id ?? event.id),
     function: event.function_name,
     timestamp: event.created_at.toISOString(),
   };
@@ -37,6 +39,11 @@ export function toEventInput(event: EventRow, attempt: number): EventInput {
       scheduled_time: text(payload.scheduled_time),
       actual_time: text(payload.actual_time) || common.timestamp,
     };
+  }
+  if (event.source === "error_handler") {
+    // Written by the worker when an event became a dead letter (worker/outcome.ts).
+    const payload = event.payload as ErrorHandlerEvent["payload"];
+    return { ...common, trigger: "error_handler", payload };
   }
   return { ...common, trigger: event.source, payload: event.payload ?? null };
 }

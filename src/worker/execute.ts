@@ -24,6 +24,7 @@ import {
   type StartRunResult,
 } from "../db/runs.js";
 import { coerceError, PgfnError } from "../errors.js";
+import { roundMs } from "../format.js";
 import { HTTP_STATUS } from "../http/errors.js";
 import type { ModuleCache } from "../sandbox/module.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
@@ -424,7 +425,7 @@ function logRun(logger: Logger, run: Run): void {
     event_id: run.event_id,
     attempt: run.attempt,
     status: run.status,
-    duration_ms: run.duration_ms,
+    duration_ms: run.duration_ms === null ? null : roundMs(run.duration_ms),
     ...(run.error_code && { error: { code: run.error_code, message: run.error_message } }),
   };
   if (run.status === "succeeded") logger.info(line, "run succeeded");

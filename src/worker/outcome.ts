@@ -15,7 +15,7 @@ import { addRetryJob, deadLetter } from "../db/jobs.js";
 import { storableText, unstorableJson } from "../db/jsonb.js";
 import { finishRun, type FinishRunInput, type Run } from "../db/runs.js";
 import { HTTP_STATUS } from "../http/errors.js";
-import type { EventInput } from "../interfaces.js";
+import type { ErrorHandlerEvent, EventInput } from "../interfaces.js";
 import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
 import type { InvokeOutcome } from "../sandbox/invocation.js";
 import { MAX_MESSAGE_CHARS } from "../sandbox/logs.js";
@@ -143,7 +143,7 @@ export async function recordOutcome(
 }
 
 /** What an error handler receives: the event that failed, its last run and the error. */
-function errorHandlerPayload(input: EventInput, run: Run) {
+function errorHandlerPayload(input: EventInput, run: Run): ErrorHandlerEvent["payload"] {
   return {
     event: input,
     run: {

@@ -179,6 +179,7 @@ export function loginFailure(role: string, error: unknown): HostFunctionError | 
 
 interface RoleFacts {
   session_user: string;
+  canlogin: boolean;
   superuser: boolean;
   createrole: boolean;
   replication: boolean;
@@ -196,35 +197,29 @@ interface RoleFacts {
   functions_writers: string[];
 }
 
+/** What runs the facts query: a pg client, or one connection of a Kysely database. */
+export interface RoleQueryable {
+  query<R>(text: string, values: readonly unknown[]): Promise<{ rows: R[] }>;
+}
+
 /**
- * Refuses (throws a non-transient HostFunctionError naming the fix) a
- * connection whose role is, or can become, something handler SQL must never
- * be: a superuser, a role that can grant itself any role (CREATEROLE), one
- * with REPLICATION (logical decoding from SQL), a member of a built-in role
- * with file, program, signal or all-data access, the owner of pgfn's or
- * graphile-worker's objects (every function's env, the job queue), a role
- * that may create objects in those schemas, the daemon's own role, or a role
- * that may read the env of `pgfn.functions` (or of a view showing it, like
- * `pgfn.function_info`) or write `pgfn.functions`.
- * Run on every new connection, before any handler SQL.
+ * The facts about `role` that db_query judges it by, read through `client`
+ * (one connection: the search_path set here must be the one the query sees),
+ * or undefined when there is no such role.
  */
-export async function checkRoleIsSafe(
-  client: pg.ClientBase,
+async function roleFacts(
+  client: RoleQueryable,
   role: string,
   daemonRole: string | undefined,
-): Promise<void> {
+): Promise<RoleFacts | undefined> {
   // The role may have set its own search_path (alter role ... set
   // search_path) to a schema of its own with a pg_has_role or pg_roles that
   // says "no": resolve every name in pg_catalog while checking.
-  await client.query("set search_path = pg_catalog, pg_temp");
-  // session_user, not current_user: the role may have set itself a default
-  // role (alter role ... set role), so that a login starts as one of its
-  // member roles; handler SQL can switch back with RESET ROLE at any time.
-  let rows: RoleFacts[];
+  await client.query("set search_path = pg_catalog, pg_temp", []);
   try {
-    ({ rows } = await client.query<RoleFacts>(
-      `with me as (select oid, rolsuper, rolcreaterole, rolreplication from pg_roles
-                   where rolname = session_user),
+    const { rows } = await client.query<RoleFacts>(
+      `with me as (select oid, rolcanlogin, rolsuper, rolcreaterole, rolreplication from pg_roles
+                   where rolname = $4::text),
             schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
             owners as (
               select nspowner as owner from schemas
@@ -238,7 +233,7 @@ export async function checkRoleIsSafe(
             -- to a role it is a NOINHERIT member of and use that role's.
             reach as (select r.oid, r.rolname from pg_roles r, me
                       where pg_has_role(me.oid, r.oid, 'MEMBER'))
-       select session_user::text as session_user,
+       select session_user::text as session_user, me.rolcanlogin as canlogin,
               me.rolsuper as superuser, me.rolcreaterole as createrole,
               me.rolreplication as replication,
               array(select rolname::text from pg_roles r
@@ -284,89 +279,151 @@ export async function checkRoleIsSafe(
                        or has_any_column_privilege(reach.oid, f.oid, 'UPDATE')
                     order by 1) as functions_writers
        from me`,
-      [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null],
-    ));
+      [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null, role],
+    );
+    return rows[0];
   } finally {
-    await client.query("reset search_path");
+    await client.query("reset search_path", []);
   }
-  const facts = rows[0];
+}
+
+/** Why db_query refuses a role, and the fix, in words that follow its name. */
+export interface RoleRefusal {
+  /** "is a superuser", "has CREATEROLE (it could grant itself other roles)", ... */
+  readonly why: string;
+  /** A sentence naming the fix, often the SQL to run. */
+  readonly fix: string;
+}
+
+/**
+ * Why db_query must not run handler SQL as the role `facts` describe: it
+ * is, or can become, a superuser, a role that can grant itself any role
+ * (CREATEROLE), one with REPLICATION (logical decoding from SQL), a member
+ * of a built-in role with file, program, signal or all-data access, the
+ * owner of pgfn's or graphile-worker's objects (every function's env, the
+ * job queue), a role that may create objects in those schemas, the daemon's
+ * own role, or a role that may read the env of `pgfn.functions` (or of a
+ * view showing it, like `pgfn.function_info`) or write `pgfn.functions`.
+ * Undefined when none of these holds.
+ */
+function refusalOf(
+  role: string,
+  f: RoleFacts,
+  daemonRole: string | undefined,
+): RoleRefusal | undefined {
   const id = sqlIdent(role);
-  const refuse = (why: string, fix: string): never => {
-    throw new HostFunctionError(
-      `db_query refused: db_role "${role}" ${why}, so handler SQL could reach far more than the function needs. ${fix}`,
-      false,
-    );
-  };
-  if (!facts || facts.session_user !== role) {
-    refuse("is not the user the connection logged in as", "Check PGFN_DB_QUERY_URL.");
-  }
-  const f = facts!;
   if (f.superuser) {
-    refuse(
-      "is a superuser",
-      `Give the function a role of its own with only the grants it needs (see the README, "db_query roles"), or run: alter role ${id} nosuperuser;`,
-    );
+    return {
+      why: "is a superuser",
+      fix: `Give the function a role of its own with only the grants it needs (see the README, "db_query roles"), or run: alter role ${id} nosuperuser;`,
+    };
   }
   if (f.superusers_reached.length > 0) {
-    refuse(
-      `is a member of superuser role ${list(f.superusers_reached)}`,
-      `Revoke that membership (revoke ${f.superusers_reached.map((r) => sqlIdent(r)).join(", ")} from ${id}; or the role that passes it on).`,
-    );
+    return {
+      why: `is a member of superuser role ${list(f.superusers_reached)}`,
+      fix: `Revoke that membership (revoke ${f.superusers_reached.map((r) => sqlIdent(r)).join(", ")} from ${id}; or the role that passes it on).`,
+    };
   }
   if (f.createrole) {
-    refuse(
-      "has CREATEROLE (it could grant itself other roles)",
-      `Run: alter role ${id} nocreaterole;`,
-    );
+    return {
+      why: "has CREATEROLE (it could grant itself other roles)",
+      fix: `Run: alter role ${id} nocreaterole;`,
+    };
   }
   if (f.daemon_reached) {
-    refuse(
-      `is, or is a member of, the role the daemon connects as ("${daemonRole}")`,
-      'Give the function a role of its own (see the README, "db_query roles").',
-    );
+    return {
+      why: `is, or is a member of, the role the daemon connects as ("${daemonRole}")`,
+      fix: 'Give the function a role of its own (see the README, "db_query roles").',
+    };
   }
   if (f.owners_reached.length > 0) {
-    refuse(
-      `is, or is a member of, ${list(f.owners_reached)}, which owns pgfn's or graphile-worker's objects (every function's env, the job queue)`,
-      "Give the function a role of its own that is not a member of that owner.",
-    );
+    return {
+      why: `is, or is a member of, ${list(f.owners_reached)}, which owns pgfn's or graphile-worker's objects (every function's env, the job queue)`,
+      fix: "Give the function a role of its own that is not a member of that owner.",
+    };
   }
   if (f.builtins_reached.length > 0) {
-    refuse(
-      `is a member of ${list(f.builtins_reached)} (server files, programs or every table)`,
-      `Revoke it: revoke ${f.builtins_reached.join(", ")} from ${id};`,
-    );
+    return {
+      why: `is a member of ${list(f.builtins_reached)} (server files, programs or every table)`,
+      fix: `Revoke it: revoke ${f.builtins_reached.join(", ")} from ${id};`,
+    };
   }
   if (f.replication) {
-    refuse(
-      "has REPLICATION (logical decoding reads every change in the database, other functions' env included)",
-      `Run: alter role ${id} noreplication;`,
-    );
+    return {
+      why: "has REPLICATION (logical decoding reads every change in the database, other functions' env included)",
+      fix: `Run: alter role ${id} noreplication;`,
+    };
   }
   if (f.creates_in.length > 0) {
-    refuse(
-      `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
-      `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${idents(f.creates_holders)};`,
-    );
+    return {
+      why: `may create objects in schema ${list(f.creates_in)} (where pgfn's own functions look names up)`,
+      fix: `Revoke it: revoke create on schema ${f.creates_in.join(", ")} from ${idents(f.creates_holders)};`,
+    };
   }
   if (f.functions_writers.length > 0) {
-    refuse(
-      "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
-      `Revoke it: revoke insert, update on pgfn.functions from ${idents(f.functions_writers)};`,
-    );
+    return {
+      why: "may insert into or update pgfn.functions (deploy code, or point a function at another db_role)",
+      fix: `Revoke it: revoke insert, update on pgfn.functions from ${idents(f.functions_writers)};`,
+    };
   }
   if (f.reads_env.length > 0) {
-    refuse(
-      `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
-      `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${idents(f.env_holders)};`,
-    );
+    return {
+      why: `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
+      fix: `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${idents(f.env_holders)};`,
+    };
   }
+  return undefined;
+}
+
+/** The sentence db_query refuses a role with; deploy quotes it. */
+export function refusalText(role: string, refusal: RoleRefusal): string {
+  return `db_role "${role}" ${refusal.why}, so handler SQL could reach far more than the function needs. ${refusal.fix}`;
+}
+
+/**
+ * Refuses (throws a non-transient HostFunctionError naming the fix) a
+ * connection whose role db_query must not use (see `refusalOf`), or that is
+ * not logged in as `role`. Run on every new connection, before any handler
+ * SQL.
+ */
+export async function checkRoleIsSafe(
+  client: pg.ClientBase,
+  role: string,
+  daemonRole: string | undefined,
+): Promise<void> {
+  const facts = await roleFacts(client, role, daemonRole);
+  // session_user, not current_user: the role may have set itself a default
+  // role (alter role ... set role), so that a login starts as one of its
+  // member roles; handler SQL can switch back with RESET ROLE at any time.
+  // The facts are the session user's, then.
+  const refusal: RoleRefusal | undefined =
+    !facts || facts.session_user !== role
+      ? { why: "is not the user the connection logged in as", fix: "Check PGFN_DB_QUERY_URL." }
+      : refusalOf(role, facts, daemonRole);
+  if (refusal)
+    throw new HostFunctionError(`db_query refused: ${refusalText(role, refusal)}`, false);
+}
+
+/**
+ * What deploy says about a db_role before storing it, or undefined when
+ * db_query could use it: the role does not exist, cannot log in (db_query
+ * logs in as it), or would be refused at run time, for the same reason.
+ * The facts are read through `client` (one connection, as `daemonRole`).
+ */
+export async function dbRoleProblem(
+  client: RoleQueryable,
+  role: string,
+  daemonRole: string | undefined,
+): Promise<"missing" | "nologin" | RoleRefusal | undefined> {
+  const facts = await roleFacts(client, role, daemonRole);
+  if (!facts) return "missing";
+  return refusalOf(role, facts, daemonRole) ?? (facts.canlogin ? undefined : "nologin");
 }
 
 const list = (names: readonly string[]) => names.map((n) => `"${n}"`).join(", ");
 const idents = (names: readonly string[]) => names.map((n) => sqlIdent(n)).join(", ");
 
 /** An identifier as a person would type it: bare when Postgres would not need quotes. */
-function sqlIdent(name: string): string {
+export function sqlIdent(name: string): string {
   return /^[a-z_][a-z0-9_]*$/.test(name) ? name : pg.escapeIdentifier(name);
 }

@@ -1,13 +1,28 @@
-// A small helper over the Extism AssemblyScript PDK for pgfn handlers.
-// Handlers export `handle(): i32`: read the event with `input()`, answer with
-// `output(json)` and return 0, or return `fail(message)`.
+// pgfn's library for AssemblyScript handlers, over the Extism AssemblyScript
+// PDK (README "Writing a handler"). A handler exports `handle(): i32`: read
+// the event with `event()`, answer with `output(json)` and return 0, or
+// return `fail(message)`.
 import { Config, Host, LogLevel, Memory } from "@extism/as-pdk";
 import { error_set, length } from "@extism/as-pdk/lib/env";
 import { pgfn_db_query, pgfn_http_fetch, pgfn_no_retry, pgfn_retry_after } from "./host";
+import { Json, quote } from "./json";
 
-/** The event JSON pgfn passed in. */
+export { Json, JsonKind, quote } from "./json";
+// Compiled into every handler that imports this library, so the abort flag
+// always finds it.
+export { pgfnAbort } from "./host";
+
+/** The event JSON pgfn passed in, as text. */
 export function input(): string {
   return Host.inputString();
+}
+
+/**
+ * The event, parsed: `event().getObject("new")` is the new row, null for a
+ * DELETE; `event().get("id")!.toString()` is the event id as written.
+ */
+export function event(): Json {
+  return Json.parse(Host.inputString());
 }
 
 /** Sets the handler's JSON result. */
@@ -21,71 +36,9 @@ export function fail(message: string): i32 {
   return 1;
 }
 
+/** A line in the run's logs (function_runs.logs) and the daemon's log. */
 export function logInfo(message: string): void {
   Host.log(LogLevel.Info, message);
-}
-
-/**
- * Used as AssemblyScript's `abort` (see build.js: --use abort=...): a thrown
- * error or failed assertion becomes the run's error message instead of a
- * bare trap.
- */
-export function pgfnAbort(
-  message: string | null,
-  fileName: string | null,
-  line: u32,
-  column: u32,
-): void {
-  const text =
-    (message !== null ? message : "abort") +
-    (fileName !== null ? " at " + fileName + ":" + line.toString() + ":" + column.toString() : "");
-  // A trap discards what error_set said; pgfn reports the last error-level
-  // log line with the trap, so log it too.
-  Host.log(LogLevel.Error, text);
-  error_set(Memory.allocateString(text).offset);
-  unreachable();
-}
-
-/**
- * The string value of `"key": "..."` at or after `from`, or null. Enough for
- * the examples, which must not pull in a JSON library; real handlers would
- * use one (json-as) or another PDK.
- */
-export function stringField(json: string, key: string, from: i32 = 0): string | null {
-  const at = json.indexOf('"' + key + '"', from);
-  if (at < 0) return null;
-  let i = json.indexOf(":", at) + 1;
-  while (i < json.length && json.charCodeAt(i) == 32) i++;
-  if (i >= json.length || json.charAt(i) != '"') return null;
-  let out = "";
-  for (let j = i + 1; j < json.length; j++) {
-    const c = json.charAt(j);
-    if (c == "\\") {
-      j++;
-      out += json.charAt(j);
-    } else if (c == '"') {
-      return out;
-    } else {
-      out += c;
-    }
-  }
-  return null;
-}
-
-/** The raw (unquoted) value of `"key": 123` at or after `from`, or null. */
-export function numberField(json: string, key: string, from: i32 = 0): string | null {
-  const at = json.indexOf('"' + key + '"', from);
-  if (at < 0) return null;
-  let i = json.indexOf(":", at) + 1;
-  while (i < json.length && json.charCodeAt(i) == 32) i++;
-  let j = i;
-  while (j < json.length && "-0123456789.eE+".indexOf(json.charAt(j)) >= 0) j++;
-  return j > i ? json.substring(i, j) : null;
-}
-
-/** The string with JSON escaping, quotes included. */
-export function quote(s: string): string {
-  return '"' + s.replaceAll("\\", "\\\\").replaceAll('"', '\\"') + '"';
 }
 
 // pgfn's host functions (declared in host.ts): JSON in, JSON out. The reply
