@@ -126,6 +126,21 @@ describe("the engine", () => {
     expect(next.memoryPeakBytes).toBeLessThanOrEqual(16 << 20);
   });
 
+  it("passes the event, ctx's replies and the result with the context's own JSON and Promise, whatever the handler's code replaces", async () => {
+    const callHost = (): HostReply => ({ ok: true, value: { rows: [{ a: 1 }], rowCount: 1 } });
+    const r = await invokeJavaScript(
+      await compileJavaScript(
+        `JSON.parse = () => "replaced"; JSON.stringify = () => "replaced";
+Promise.resolve = Promise.reject = () => { throw new Error("replaced"); };
+export default async (event, ctx) => ({ event, rows: (await ctx.db.query("q")).rows });`,
+        "h.js",
+      ),
+      { n: 1 },
+      { callHost },
+    );
+    expect(r).toMatchObject({ ok: true, output: { event: { n: 1 }, rows: [{ a: 1 }] } });
+  });
+
   it("leaves no host function on the global object, and survives junk passed to ctx's", async () => {
     const r = await run(
       `export default async (event, ctx) => {

@@ -509,7 +509,7 @@ export async function invokeJavaScript(
   }
 }
 
-/** An exception that escaped the glue: the handler's script threw while loading. */
+/** What the handler's script threw while loading, or QuickJS while running its jobs. */
 function thrown(context: QuickJSContext, handle: QuickJSHandle) {
   const value = context.dump(handle) as { name?: string; message?: string; stack?: string } | null;
   if (value && typeof value === "object" && typeof value.message === "string") {
