@@ -144,7 +144,7 @@ export default async (event, ctx) => ({ event, rows: (await ctx.db.query("q")).r
   it("leaves no host function on the global object, and survives junk passed to ctx's", async () => {
     const r = await run(
       `export default async (event, ctx) => {
-  const globals = Object.getOwnPropertyNames(globalThis).filter((k) => k.startsWith("__pgfn") && k !== "__pgfn_handler");
+  const globals = Object.getOwnPropertyNames(globalThis).filter((k) => k.startsWith("__pgfn"));
   const caught = [];
   const attempt = async (f) => { try { await f(); caught.push("ok"); } catch (e) { caught.push(String(e.message)); } };
   ctx.log.info();

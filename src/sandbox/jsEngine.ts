@@ -46,7 +46,6 @@ import { formatBytes } from "./hostMemory.js";
 import { redactAndClip, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { MAX_OUTPUT_BYTES } from "./invocation.js";
-import { HANDLER_GLOBAL } from "./jsCompile.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
 
@@ -401,13 +400,24 @@ export async function invokeJavaScript(
       };
     };
 
-    const evaluated = context.evalCode(code, "handler.js");
+    // The module's evaluation: its namespace, or a promise for it when the
+    // module awaits at top level (settled, if ever, by the pending jobs).
+    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    let m: QuickJSHandle | undefined;
     if (evaluated.error) {
       settled = thrown(context, evaluated.error);
       evaluated.error.dispose();
     } else {
-      evaluated.value.dispose();
-      const m = get(context.global, HANDLER_GLOBAL);
+      let loaded = context.getPromiseState(keep(evaluated.value));
+      if (loaded.type === "pending") {
+        runtime.executePendingJobs(-1).dispose();
+        loaded = context.getPromiseState(evaluated.value);
+      }
+      if (loaded.type === "rejected") settled = loaded.error.consume(failWith);
+      else if (loaded.type === "fulfilled")
+        m = loaded.notAPromise ? loaded.value : keep(loaded.value);
+    }
+    if (m) {
       const kind = context.typeof(m);
       let handler: QuickJSHandle | undefined;
       if (kind === "object" || kind === "function") {
