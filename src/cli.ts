@@ -401,8 +401,9 @@ Environment:
       "Try pgfn: embedded Postgres (unless DATABASE_URL is set), a demo function, table, trigger and rows; prints runs until Ctrl-C.",
     )
     .option("--no-keep-running", "exit after the demo rows have run")
-    .action(async (opts: { keepRunning: boolean }) => {
-      await runDev({ keepRunning: opts.keepRunning });
+    .option("--typescript", "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts)")
+    .action(async (opts: { keepRunning: boolean; typescript?: boolean }) => {
+      await runDev({ keepRunning: opts.keepRunning, typescript: opts.typescript === true });
     });
 
   // functions, rm, enable, disable, schedule, unschedule, logs.

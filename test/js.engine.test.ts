@@ -126,18 +126,55 @@ describe("the engine", () => {
     expect(next.memoryPeakBytes).toBeLessThanOrEqual(16 << 20);
   });
 
-  it("survives a handler that calls the glue's host functions itself, with junk", async () => {
-    const r = await run(
-      `const g = globalThis;
-g.__pgfn_log("nonsense", "x");
-g.__pgfn_host({}, 5);
-g.__pgfn_fail("{not json");
-g.__pgfn_done("not json {");
-export default () => 1;`,
+  it("passes the event, ctx's replies and the result with the context's own JSON and Promise, whatever the handler's code replaces", async () => {
+    const callHost = (): HostReply => ({ ok: true, value: { rows: [{ a: 1 }], rowCount: 1 } });
+    const r = await invokeJavaScript(
+      await compileJavaScript(
+        `JSON.parse = () => "replaced"; JSON.stringify = () => "replaced";
+Promise.resolve = Promise.reject = () => { throw new Error("replaced"); };
+export default async (event, ctx) => ({ event, rows: (await ctx.db.query("q")).rows });`,
+        "h.js",
+      ),
+      { n: 1 },
+      { callHost },
     );
+    expect(r).toMatchObject({ ok: true, output: { event: { n: 1 }, rows: [{ a: 1 }] } });
+  });
+
+  it("leaves no host function on the global object, and survives junk passed to ctx's", async () => {
+    const r = await run(
+      `export default async (event, ctx) => {
+  const globals = Object.getOwnPropertyNames(globalThis).filter((k) => k.startsWith("__pgfn"));
+  const caught = [];
+  const attempt = async (f) => { try { await f(); caught.push("ok"); } catch (e) { caught.push(String(e.message)); } };
+  ctx.log.info();
+  ctx.log.warn({ toString() { return "obj"; } }, 5n);
+  await attempt(() => ctx.log.error(Symbol("s")));
+  await attempt(() => ctx.db.query({}, 5));
+  await attempt(() => ctx.db.query("select 1", [1n]));
+  await attempt(() => ctx.fetch(undefined, 5));
+  await attempt(() => ctx.fetch("x", { headers: { get a() { throw new Error("getter"); } } }));
+  const e1 = ctx.retryAfter("soon", {});
+  const e2 = ctx.noRetry(7);
+  return { globals, caught, e1: e1.message, e2: e2.message, frozen: Object.isFrozen(ctx) && Object.isFrozen(ctx.db) };
+};`,
+    );
+    expect(r.logs.map((l) => l.message)).toEqual(["undefined", "obj 5", "Symbol(s)"]);
     expect(r).toMatchObject({
-      ok: false,
-      error: { code: "FUNCTION_ERROR", message: "handler output is not JSON: not json {" },
+      ok: true,
+      output: {
+        globals: [],
+        caught: [
+          "ok",
+          "db_query is not available here",
+          expect.stringMatching(/BigInt/i),
+          "http_fetch is not available here",
+          "getter",
+        ],
+        e1: "[object Object]",
+        e2: "7",
+        frozen: true,
+      },
     });
   });
 

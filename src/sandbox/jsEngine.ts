@@ -40,12 +40,12 @@ import {
   type QuickJSHandle,
   type QuickJSSyncVariant,
   type QuickJSWASMModule,
+  Lifetime,
 } from "quickjs-emscripten-core";
 import { formatBytes } from "./hostMemory.js";
 import { redactAndClip, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { MAX_OUTPUT_BYTES } from "./invocation.js";
-import { HANDLER_GLOBAL } from "./jsCompile.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
 
@@ -117,79 +117,22 @@ async function compileQuickJs(): Promise<WebAssembly.Module> {
 let engine: Promise<Engine> | undefined;
 
 /**
- * Runs after the handler's script, in the same evaluation: builds `ctx`,
- * takes the host functions pgfn put on the global object off it (the
- * handler reaches them only through `ctx`), and calls the handler.
+ * Describes what the handler threw, as `{ message, stack }` JSON: evaluated
+ * only when a call fails, so that a call that succeeds parses no glue.
  */
-const GLUE = `
-;(() => {
-  const g = globalThis;
-  const host = g.__pgfn_host, log = g.__pgfn_log, done = g.__pgfn_done, fail = g.__pgfn_fail,
-    retry = g.__pgfn_retry, input = g.__pgfn_input, envJson = g.__pgfn_env;
-  for (const k of ["__pgfn_host", "__pgfn_log", "__pgfn_done", "__pgfn_fail", "__pgfn_retry", "__pgfn_input", "__pgfn_env"]) delete g[k];
-  const failWith = (error) => {
-    let message, stack;
-    try {
-      if (error instanceof Error) {
-        message = error.name === "Error" ? String(error.message) : error.name + ": " + error.message;
-        stack = typeof error.stack === "string" ? error.stack : undefined;
-      } else message = "the handler threw " + (typeof error === "string" ? error : JSON.stringify(error) ?? String(error));
-    } catch (e) { message = "the handler threw a value that cannot be shown"; }
-    fail(JSON.stringify({ message, stack }));
-  };
-  const settle = (f) => new Promise((resolve) => resolve(f()));
-  const call = (name, payload) => {
-    const reply = JSON.parse(host(name, JSON.stringify(payload)));
-    if (reply.ok) return reply.value;
-    throw new Error(reply.error.message);
-  };
-  const fieldsText = (fields) => {
-    if (fields === undefined) return "";
-    try { return " " + JSON.stringify(fields); } catch (e) { return " " + String(fields); }
-  };
-  const level = (name) => (message, fields) => log(name, String(message) + fieldsText(fields));
-  const response = (r) => Object.freeze({
-    status: r.status,
-    ok: r.status >= 200 && r.status < 300,
-    headers: Object.freeze(r.headers),
-    text: () => Promise.resolve(r.body),
-    json: () => settle(() => JSON.parse(r.body)),
-  });
-  const ctx = Object.freeze({
-    env: Object.freeze(JSON.parse(envJson)),
-    log: Object.freeze({ debug: level("debug"), info: level("info"), warn: level("warn"), error: level("error") }),
-    db: Object.freeze({
-      query: (sql, params) => settle(() => call("db_query", { sql, params: params === undefined ? [] : params })),
-    }),
-    fetch: (url, init) => settle(() => response(call("http_fetch", {
-      url: String(url),
-      method: init && init.method,
-      headers: init && init.headers,
-      body: init && init.body !== undefined ? String(init.body) : undefined,
-    }))),
-    retryAfter: (ms, message) => {
-      retry("after", String(Number(ms)));
-      return new Error(message === undefined ? "the handler asked to be retried after " + ms + " ms" : String(message));
-    },
-    noRetry: (message) => {
-      retry("never", "0");
-      return new Error(message === undefined ? "the handler asked not to be retried" : String(message));
-    },
-  });
-  const m = typeof ${HANDLER_GLOBAL} === "undefined" ? undefined : ${HANDLER_GLOBAL};
-  const handler = m && (typeof m.default === "function" ? m.default : m.handle);
-  if (typeof handler !== "function") {
-    fail(JSON.stringify({ message: "The handler's file exports no function: export default a function (event, ctx) => result, or export one named handle." }));
-    return;
-  }
-  settle(() => handler(JSON.parse(input), ctx)).then((value) => {
-    let json;
-    try { json = JSON.stringify(value === undefined ? null : value); }
-    catch (e) { failWith(new Error("The handler's result cannot be stored as JSON: " + (e && e.message))); return; }
-    done(json === undefined ? "null" : json);
-  }, failWith);
-})();
-`;
+const DESCRIBE = `(error) => {
+  let message, stack;
+  try {
+    if (error instanceof Error) {
+      message = error.name === "Error" ? String(error.message) : error.name + ": " + error.message;
+      stack = typeof error.stack === "string" ? error.stack : undefined;
+    } else message = "the handler threw " + (typeof error === "string" ? error : JSON.stringify(error) ?? String(error));
+  } catch (e) { message = "the handler threw a value that cannot be shown"; }
+  return JSON.stringify({ message, stack });
+}`;
+
+/** A failed run, as the handler's code or the engine left it. */
+type Failure = { ok: false; message: string; stack?: string };
 
 /**
  * Calls the JavaScript handler once, in a new QuickJS runtime on this
@@ -248,98 +191,279 @@ export async function invokeJavaScript(
   e.capBytes = limit;
   e.refused = false;
 
-  let settled:
-    { ok: true; json: string } | { ok: false; message: string; stack?: string } | undefined;
+  let settled: { ok: true; json: string } | Failure | undefined;
   // Whether the engine may serve the next call: false after anything QuickJS may not have cleaned up after.
   let healthy = true;
   const runtime = e.quickjs.newRuntime();
   const context = runtime.newContext();
+  // Handles to dispose before the context is: each of the context's own
+  // values, taken before the handler's code runs, so that `ctx` works
+  // whatever that code does to the global object.
+  const owned: QuickJSHandle[] = [];
   try {
-    // The handler's top-level code runs before the glue takes these off the
-    // global object and may call them with anything: each takes strings
-    // only, and whatever it cannot use ends in an error reply or is ignored.
-    const define = (name: string, fn: (...args: string[]) => string | void) => {
-      const handle = context.newFunction(name, (...args: QuickJSHandle[]) => {
-        let result: string | void;
-        try {
-          result = fn(
-            ...args.map((a) => (context.typeof(a) === "string" ? context.getString(a) : "")),
-          );
-        } catch {
-          return undefined;
-        }
-        return result === undefined ? undefined : context.newString(result);
-      });
-      context.setProp(context.global, name, handle);
-      handle.dispose();
+    const keep = (h: QuickJSHandle) => (owned.push(h), h);
+    const get = (object: QuickJSHandle, key: string) => keep(context.getProp(object, key));
+    const JSON_ = get(context.global, "JSON");
+    const parse = get(JSON_, "parse");
+    const stringify = get(JSON_, "stringify");
+    const freeze = get(get(context.global, "Object"), "freeze");
+    const Promise_ = get(context.global, "Promise");
+    const resolve = get(Promise_, "resolve");
+    const reject = get(Promise_, "reject");
+    const String_ = get(context.global, "String");
+
+    // `ctx` is built here from handles rather than by a script: parsing one
+    // on every call cost more than the call itself. Inside a host function
+    // a thrown handle is thrown in the handler's code.
+    const call = (fn: QuickJSHandle, ...args: QuickJSHandle[]) =>
+      callOn(context.undefined, fn, ...args);
+    function callOn(self: QuickJSHandle, fn: QuickJSHandle, ...args: QuickJSHandle[]) {
+      const r = context.callFunction(fn, self, ...args);
+      if (r.error) throw r.error;
+      return r.value;
+    }
+    const fromJson = (text: string | undefined) =>
+      text === undefined
+        ? context.undefined
+        : context.newString(text).consume((s) => call(parse, s));
+    /** JSON.stringify in the context: undefined where it gives undefined. */
+    const toJson = (h: QuickJSHandle) =>
+      call(stringify, h).consume((r) =>
+        context.typeof(r) === "string" ? context.getString(r) : undefined,
+      );
+    const toHost = (h: QuickJSHandle): unknown => {
+      const text = context.typeof(h) === "undefined" ? undefined : toJson(h);
+      return text === undefined ? undefined : JSON.parse(text);
     };
-    const setString = (name: string, value: string) => {
-      const handle = context.newString(value);
-      context.setProp(context.global, name, handle);
-      handle.dispose();
-    };
-    setString("__pgfn_input", json);
-    setString("__pgfn_env", JSON.stringify(config));
-    define("__pgfn_host", (name, payload) => {
-      const bytes = Buffer.byteLength(payload!);
-      if (bytes > MAX_HOST_ARGUMENT_BYTES) {
-        return JSON.stringify({
-          ok: false,
-          error: {
-            message: `${name}: the argument is ${bytes} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`,
-            transient: false,
-          },
-        } satisfies HostReply);
+    const str = (h: QuickJSHandle) =>
+      context.typeof(h) === "string"
+        ? context.getString(h)
+        : call(String_, h).consume((s) => context.getString(s));
+    const frozen = (h: QuickJSHandle) => (call(freeze, h).dispose(), h);
+    const object = (props: Record<string, QuickJSHandle>) => {
+      const o = context.newObject();
+      for (const [key, value] of Object.entries(props)) {
+        context.setProp(o, key, value);
+        value.dispose();
       }
-      let argument: unknown;
+      return frozen(o);
+    };
+    const fn = (name: string, body: (...args: QuickJSHandle[]) => QuickJSHandle | undefined) =>
+      context.newFunction(name, (...args) => {
+        try {
+          return body(...args);
+        } catch (error) {
+          if (error instanceof Lifetime) throw error;
+          throw context.newError(`pgfn: ${(error as Error).message ?? String(error)}`);
+        }
+      });
+    /** `new Promise((resolve) => resolve(f()))`: what `f` throws is the rejection. */
+    const settle = (f: () => QuickJSHandle) => {
+      let value: QuickJSHandle;
       try {
-        argument = JSON.parse(payload!);
-      } catch {
-        return JSON.stringify({
-          ok: false,
-          error: { message: `${name}: the argument is not JSON`, transient: false },
-        } satisfies HostReply);
+        value = f();
+      } catch (error) {
+        const reason =
+          error instanceof Lifetime
+            ? (error as QuickJSHandle)
+            : context.newError(`pgfn: ${(error as Error).message ?? String(error)}`);
+        return reason.consume((r) => callOn(Promise_, reject, r));
+      }
+      return value.consume((v) => callOn(Promise_, resolve, v));
+    };
+    /** A host function's value; its error thrown as the handler's Error. */
+    const host = (name: string, argument: unknown): unknown => {
+      const bytes = Buffer.byteLength(JSON.stringify(argument));
+      if (bytes > MAX_HOST_ARGUMENT_BYTES) {
+        throw context.newError(
+          `${name}: the argument is ${bytes} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`,
+        );
       }
       const reply: HostReply = options.callHost
-        ? options.callHost(name!, argument)
+        ? options.callHost(name, argument)
         : { ok: false, error: { message: `${name} is not available here`, transient: false } };
-      return JSON.stringify(reply);
-    });
-    define("__pgfn_log", (level, message) => {
-      if (level === "debug" || level === "info" || level === "warn" || level === "error")
-        logger[level](message!);
-    });
-    define("__pgfn_done", (result) => {
-      settled ??= { ok: true, json: result! };
-    });
-    define("__pgfn_fail", (failure) => {
-      const f = JSON.parse(failure!) as { message?: unknown; stack?: unknown };
-      settled ??= {
+      if (!reply.ok) throw context.newError(reply.error.message);
+      return reply.value;
+    };
+    const level = (name: "debug" | "info" | "warn" | "error") =>
+      fn(name, (message, fields) => {
+        let suffix = "";
+        if (fields !== undefined && context.typeof(fields) !== "undefined") {
+          try {
+            suffix = ` ${toJson(fields)}`;
+          } catch (error) {
+            if (error instanceof Lifetime) error.dispose();
+            suffix = ` ${str(fields)}`;
+          }
+        }
+        logger[name](str(message ?? context.undefined) + suffix);
+        return undefined;
+      });
+    const response = (r: { status: number; headers?: unknown; body?: string }) =>
+      object({
+        status: context.newNumber(r.status),
+        ok: r.status >= 200 && r.status < 300 ? context.true : context.false,
+        headers:
+          r.headers === undefined ? context.undefined : frozen(fromJson(JSON.stringify(r.headers))),
+        text: fn("text", () =>
+          settle(() => (r.body === undefined ? context.undefined : context.newString(r.body))),
+        ),
+        json: fn("json", () =>
+          settle(() =>
+            (r.body === undefined ? context.undefined : context.newString(r.body)).consume((b) =>
+              call(parse, b),
+            ),
+          ),
+        ),
+      });
+    const retryError = (message: QuickJSHandle | undefined, otherwise: () => string) =>
+      context.newError(
+        message === undefined || context.typeof(message) === "undefined"
+          ? otherwise()
+          : str(message),
+      );
+    const env: Record<string, QuickJSHandle> = {};
+    for (const [key, value] of Object.entries(config)) env[key] = context.newString(value);
+    const ctx = keep(
+      object({
+        env: object(env),
+        log: object({
+          debug: level("debug"),
+          info: level("info"),
+          warn: level("warn"),
+          error: level("error"),
+        }),
+        db: object({
+          query: fn("query", (sql, params) =>
+            settle(() =>
+              fromJson(
+                JSON.stringify(
+                  host("db_query", {
+                    sql: toHost(sql ?? context.undefined),
+                    params:
+                      params === undefined || context.typeof(params) === "undefined"
+                        ? []
+                        : toHost(params),
+                  }) ?? null,
+                ),
+              ),
+            ),
+          ),
+        }),
+        fetch: fn("fetch", (url, init) =>
+          settle(() => {
+            const field = (key: string) =>
+              init !== undefined &&
+              (context.typeof(init) === "function" ||
+                (context.typeof(init) === "object" && !context.eq(init, context.null)))
+                ? context.getProp(init, key)
+                : context.undefined;
+            const body = field("body").consume((b) =>
+              context.typeof(b) === "undefined" ? undefined : str(b),
+            );
+            return response(
+              host("http_fetch", {
+                url: str(url ?? context.undefined),
+                method: field("method").consume(toHost),
+                headers: field("headers").consume(toHost),
+                body,
+              }) as { status: number; headers?: unknown; body?: string },
+            );
+          }),
+        ),
+        retryAfter: fn("retryAfter", (ms, message) => {
+          const after = ms === undefined ? NaN : context.getNumber(ms);
+          options.onRetry?.({ afterMs: Math.max(0, Math.min(after || 0, MAX_RETRY_AFTER_MS)) });
+          return retryError(
+            message,
+            () => `the handler asked to be retried after ${str(ms ?? context.undefined)} ms`,
+          );
+        }),
+        noRetry: fn("noRetry", (message) => {
+          options.onRetry?.({ never: true });
+          return retryError(message, () => "the handler asked not to be retried");
+        }),
+      }),
+    );
+    const input = keep(fromJson(json));
+
+    const failWith = (error: QuickJSHandle): Failure => {
+      const described = context.evalCode(DESCRIBE, "pgfn.js");
+      if (described.error) return described.error.consume((d) => thrown(context, d));
+      const f = JSON.parse(
+        described.value.consume((d) => call(d, error).consume((s) => context.getString(s))),
+      ) as { message?: unknown; stack?: unknown };
+      return {
         ok: false,
         message: String(f.message),
         ...(typeof f.stack === "string" && { stack: f.stack }),
       };
-    });
-    define("__pgfn_retry", (kind, ms) => {
-      options.onRetry?.(
-        kind === "never"
-          ? { never: true }
-          : { afterMs: Math.max(0, Math.min(Number(ms) || 0, MAX_RETRY_AFTER_MS)) },
-      );
-    });
+    };
 
-    const evaluated = context.evalCode(code + GLUE, "handler.js");
+    // The module's evaluation: its namespace, or a promise for it when the
+    // module awaits at top level (settled, if ever, by the pending jobs).
+    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    let m: QuickJSHandle | undefined;
     if (evaluated.error) {
-      settled ??= thrown(context, evaluated.error);
+      settled = thrown(context, evaluated.error);
       evaluated.error.dispose();
     } else {
-      evaluated.value.dispose();
-      // Every job the handler's promises queue; host calls settle at once,
-      // so when the queue is empty the handler is done or waits for ever.
-      const jobs = runtime.executePendingJobs(-1);
-      if (jobs.error) {
-        settled ??= thrown(context, jobs.error);
-        jobs.error.dispose();
+      let loaded = context.getPromiseState(keep(evaluated.value));
+      if (loaded.type === "pending") {
+        runtime.executePendingJobs(-1).dispose();
+        loaded = context.getPromiseState(evaluated.value);
+      }
+      if (loaded.type === "rejected") settled = loaded.error.consume(failWith);
+      else if (loaded.type === "fulfilled")
+        m = loaded.notAPromise ? loaded.value : keep(loaded.value);
+    }
+    if (m) {
+      const kind = context.typeof(m);
+      let handler: QuickJSHandle | undefined;
+      if (kind === "object" || kind === "function") {
+        const d = get(m, "default");
+        handler = context.typeof(d) === "function" ? d : get(m, "handle");
+      }
+      if (!handler || context.typeof(handler) !== "function") {
+        settled = {
+          ok: false,
+          message:
+            "The handler's file exports no function: export default a function (event, ctx) => result, or export one named handle.",
+        };
+      } else {
+        const result = context.callFunction(handler, context.undefined, input, ctx);
+        const promise = keep(
+          result.error
+            ? result.error.consume((r) => callOn(Promise_, reject, r))
+            : result.value.consume((v) => callOn(Promise_, resolve, v)),
+        );
+        // Every job the handler's promises queue; host calls settle at once,
+        // so when the queue is empty the handler is done or waits for ever.
+        const jobs = runtime.executePendingJobs(-1);
+        if (jobs.error) {
+          settled = thrown(context, jobs.error);
+          jobs.error.dispose();
+        } else {
+          const state = context.getPromiseState(promise);
+          if (state.type === "rejected") settled = state.error.consume(failWith);
+          else if (state.type === "fulfilled") {
+            settled = state.value.consume((value): NonNullable<typeof settled> => {
+              if (context.typeof(value) === "undefined") return { ok: true, json: "null" };
+              try {
+                return { ok: true, json: toJson(value) ?? "null" };
+              } catch (error) {
+                if (!(error instanceof Lifetime)) throw error;
+                const reason = (error as QuickJSHandle).consume(
+                  (h) => context.dump(h) as { message?: unknown } | null,
+                );
+                return {
+                  ok: false,
+                  message: `The handler's result cannot be stored as JSON: ${reason && typeof reason === "object" ? String(reason.message) : String(reason)}`,
+                };
+              }
+            });
+          }
+        }
       }
     }
   } catch (error) {
@@ -357,6 +481,7 @@ export async function invokeJavaScript(
     if (e.refused || peak > e.initialBytes) healthy = false;
     if (healthy) {
       try {
+        for (const h of owned) if (h.alive) h.dispose();
         context.dispose();
         runtime.dispose();
       } catch {
@@ -394,7 +519,7 @@ export async function invokeJavaScript(
   }
 }
 
-/** An exception that escaped the glue: the handler's script threw while loading. */
+/** What the handler's script threw while loading, or QuickJS while running its jobs. */
 function thrown(context: QuickJSContext, handle: QuickJSHandle) {
   const value = context.dump(handle) as { name?: string; message?: string; stack?: string } | null;
   if (value && typeof value === "object" && typeof value.message === "string") {
