@@ -2,8 +2,9 @@
 // with 1 KB of JSON in and out, through the thread pool (an instance kept per
 // thread and restored between calls) and directly on the main thread, on a new
 // instance per call and on a kept one (so the pool's overhead shows as a
-// ratio); the same with one db_query; and the first (cold) invocation of a
-// new module.
+// ratio); the JavaScript echo (TypeScript, a fresh QuickJS context per call)
+// on the main thread and through the pool; the same with one db_query; and
+// the first (cold) invocation of a new module.
 // `npm run bench` runs it too, through runSandboxBench.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -18,10 +19,17 @@ import { formatTable } from "../src/format.js";
 import { DbQueryExecutor } from "../src/sandbox/host/dbQuery.js";
 import { InstanceCache } from "../src/sandbox/instances.js";
 import { invokeHandler } from "../src/sandbox/invocation.js";
-import { ModuleCache, sha256Hex } from "../src/sandbox/module.js";
+import { compileJavaScript } from "../src/sandbox/jsCompile.js";
+import { invokeJavaScript } from "../src/sandbox/jsEngine.js";
+import { ModuleCache, sha256Hex, type JsModule } from "../src/sandbox/module.js";
 import { guardMemory } from "../src/sandbox/memoryGuard.js";
 import { createSandbox } from "../src/sandbox/sandbox.js";
 import type { HostBinding } from "../src/sandbox/pool.js";
+
+/** The JavaScript echo, as a user would write it. */
+const JS_ECHO = `import type { Handler } from "pgfn";
+const handle: Handler = (event) => event;
+export default handle;`;
 
 export const SANDBOX_HEADERS = [
   "case",
@@ -58,8 +66,8 @@ export async function runSandboxBench(options: {
    * (ms), calls/s and the process's CPU per call (all threads, µs): steadier
    * than calls/s on a shared machine.
    */
-  async function measure(parallel: number, once: () => Promise<unknown>) {
-    for (let i = 0; i < 200; i++) await once(); // warm-up
+  async function measure(parallel: number, once: () => Promise<unknown>, warmUp = 200) {
+    for (let i = 0; i < warmUp; i++) await once();
     const latencies: number[] = [];
     let next = 0;
     const cpu = process.cpuUsage();
@@ -126,6 +134,43 @@ export async function runSandboxBench(options: {
     row(
       `echo, pool, ${threads * 2} in flight`,
       await measure(threads * 2, () => sandbox.pool.invoke({ module: echo, input, ...limits })),
+      direct,
+    );
+
+    // The JavaScript echo: a new QuickJS runtime and context per call
+    // (jsEngine.ts), the handler's compiled module evaluated each time.
+    // QuickJS's WebAssembly runs at V8's baseline tier in each new thread
+    // until it is hot (measured: p50 0.9 ms over the first 2,000 calls on
+    // 2 threads, 0.4 ms after); a daemon's threads serve
+    // PGFN_SANDBOX_RECYCLE_AFTER (100,000) runs, so these rows measure that
+    // steady state, after 2,000 warm-up calls per thread.
+    const jsWarmUp = 2_000 * threads;
+    const jsBytes = Buffer.from(await compileJavaScript(JS_ECHO, "echo.ts"));
+    const jsEcho = await sandbox.modules.get(sha256Hex(jsBytes), async () => jsBytes, "js");
+    row(
+      "JS echo, main thread, fresh context per call",
+      await measure(
+        1,
+        () =>
+          invokeJavaScript((jsEcho as JsModule).code, input, {
+            memoryLimitBytes: limits.memoryLimitBytes,
+          }),
+        jsWarmUp,
+      ),
+      direct,
+    );
+    row(
+      "JS echo, pool, 1 at a time",
+      await measure(1, () => sandbox.pool.invoke({ module: jsEcho, input, ...limits }), jsWarmUp),
+      direct,
+    );
+    row(
+      `JS echo, pool, ${threads * 2} in flight`,
+      await measure(
+        threads * 2,
+        () => sandbox.pool.invoke({ module: jsEcho, input, ...limits }),
+        jsWarmUp,
+      ),
       direct,
     );
 

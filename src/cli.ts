@@ -11,6 +11,7 @@ import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon, startInvoker } from "./daemon.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
+import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
 import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
@@ -260,10 +261,13 @@ Environment:
   const deploy = program
     .command("deploy")
     .description(
-      "Store a WebAssembly module as a function (validated first; nothing is stored on error). With --update, settings left out keep their values and --env merges into the stored env.",
+      "Store a WebAssembly module or a TypeScript/JavaScript handler as a function (validated first; nothing is stored on error). With --update, settings left out keep their values and --env merges into the stored env.",
     )
     .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
-    .argument("<file>", "the .wasm file (Extism plugin exporting `handle`)");
+    .argument(
+      "<file>",
+      `the .wasm file (Extism plugin exporting \`handle\`), or a ${JAVASCRIPT_EXTENSIONS.join("/")} file whose default export (or \`handle\`) is (event, ctx) => result`,
+    );
   for (const option of settingOptions) deploy.addOption(option);
   deploy
     .addOption(envOptions.unset)
@@ -275,25 +279,28 @@ Environment:
     .action(async (name: string, file: string, opts: Record<string, unknown>) => {
       const config = loadConfig();
       const settings = deploySettingsOf(opts, settingOptions, envOptions);
-      let wasm: Buffer;
+      let bytes: Buffer;
       try {
-        wasm = await readFile(file);
+        bytes = await readFile(file);
       } catch (error) {
         throw new PgfnError(
           "INVALID_REQUEST",
           `Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}.`,
         );
       }
+      const code = isJavaScriptFile(file)
+        ? { source: bytes.toString("utf8"), fileName: file }
+        : { wasm: bytes };
       const url = requireDatabaseUrl(config);
       const result = await withPool(config, (pool) =>
         deployFunction(
           createDb(pool),
-          { ...settings, name, wasm, update: Boolean(opts.update) },
+          { ...settings, name, ...code, update: Boolean(opts.update) },
           { names: CLI_NAMES, checkDbRole: checksDbRole(config.dbQueryUrl, url) },
         ),
       );
       console.log(
-        `${result.created ? "deployed" : "updated"} ${result.name} (sha256 ${result.wasmSha256}, ${wasm.byteLength} bytes)`,
+        `${result.created ? "deployed" : "updated"} ${result.name} (${code.wasm ? "" : "JavaScript, "}sha256 ${result.wasmSha256}, ${bytes.byteLength} bytes)`,
       );
       const env = describeEnvOutcome(result.env);
       if (env) console.log(env);
@@ -394,8 +401,9 @@ Environment:
       "Try pgfn: embedded Postgres (unless DATABASE_URL is set), a demo function, table, trigger and rows; prints runs until Ctrl-C.",
     )
     .option("--no-keep-running", "exit after the demo rows have run")
-    .action(async (opts: { keepRunning: boolean }) => {
-      await runDev({ keepRunning: opts.keepRunning });
+    .option("--typescript", "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts)")
+    .action(async (opts: { keepRunning: boolean; typescript?: boolean }) => {
+      await runDev({ keepRunning: opts.keepRunning, typescript: opts.typescript === true });
     });
 
   // functions, rm, enable, disable, schedule, unschedule, logs.

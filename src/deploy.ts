@@ -24,13 +24,23 @@ import {
   type Naming,
 } from "./functionColumns.js";
 import { dbRoleProblem, refusalText, sqlIdent } from "./sandbox/host/dbRole.js";
+import { compileJavaScript } from "./sandbox/jsCompile.js";
 import { sha256Hex, validateWasm } from "./sandbox/module.js";
 import { guardMemory } from "./sandbox/memoryGuard.js";
 
-/** The failure spec's limit for a module: 10 MiB. */
+/** The failure spec's limit for a module: 10 MiB. The same holds for a JavaScript file. */
 export const MAX_WASM_BYTES = 10 * 1024 * 1024;
 
-export type DeployRequest = Omit<DeployInput, "wasmSha256">;
+/**
+ * A function to store: a WebAssembly module (`wasm`), or a JavaScript or
+ * TypeScript handler's `source` with the `fileName` that says which (see
+ * jsCompile.ts).
+ */
+export type DeployRequest = Omit<DeployInput, "wasmSha256" | "wasm" | "runtime" | "source"> &
+  (
+    | { readonly wasm: Uint8Array; readonly source?: undefined }
+    | { readonly source: string; readonly fileName: string; readonly wasm?: undefined }
+  );
 
 /** How a deploy or PATCH is checked, by whom it is asked. */
 export interface DeployOptions {
@@ -79,10 +89,22 @@ export async function deployFunction(
   request: DeployRequest,
   options: DeployOptions = {},
 ): Promise<DeployResult> {
-  const { wasm, ...rest } = request;
+  const { wasm, source, ...rest } = request;
   const names = options.names ?? TS_NAMES;
   assertFunctionName(rest.name);
   assertSettings(rest.name, rest, Boolean(rest.update), names);
+  if (source !== undefined) {
+    const compiled = await compileSource(rest.name, source, request.fileName);
+    await assertReferences(db, rest.name, rest, names, options);
+    const { fileName: _, ...input } = request;
+    return upsertFunction(db, {
+      ...input,
+      wasm: compiled,
+      wasmSha256: sha256Hex(compiled),
+      runtime: "js",
+      source,
+    });
+  }
   if (wasm.byteLength > MAX_WASM_BYTES) {
     throw new PgfnError(
       "PAYLOAD_TOO_LARGE",
@@ -105,6 +127,26 @@ export async function deployFunction(
   }
   await assertReferences(db, rest.name, rest, names, options);
   return upsertFunction(db, { ...request, wasmSha256: sha256Hex(wasm) });
+}
+
+/** A JavaScript or TypeScript handler compiled for the sandbox (jsCompile.ts), or the refusal. */
+async function compileSource(name: string, source: string, fileName: string): Promise<Buffer> {
+  const bytes = Buffer.byteLength(source);
+  if (bytes > MAX_WASM_BYTES) {
+    throw new PgfnError(
+      "PAYLOAD_TOO_LARGE",
+      `The handler ${fileName} for "${name}" is ${bytes} bytes; the limit is ${MAX_WASM_BYTES} bytes (10 MiB).`,
+    );
+  }
+  try {
+    return Buffer.from(await compileJavaScript(source, fileName));
+  } catch (error) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      `Invalid handler for "${name}": ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
 }
 
 /**

@@ -24,6 +24,8 @@ import { waitForSignal } from "./signals.js";
 
 /** The demo handler, built from examples/demo by `npm run build:examples`. */
 export const DEMO_WASM = fileURLToPath(new URL("../examples/demo/demo.wasm", import.meta.url));
+/** The same demo in TypeScript (`pgfn dev --typescript`): compiled at deploy, no build step. */
+export const DEMO_TS = fileURLToPath(new URL("../examples/demo-ts/welcome.ts", import.meta.url));
 export const DEMO_FUNCTION = "send_welcome_email";
 export const DEMO_TABLE = "public.pgfn_demo_users";
 
@@ -34,12 +36,14 @@ export interface DevOptions {
   readonly print?: (line: string) => void;
   /** The environment to configure from. (Default: process.env) */
   readonly env?: NodeJS.ProcessEnv;
+  /** Deploy the demo handler in TypeScript ({@link DEMO_TS}) rather than WebAssembly. (Default: false) */
+  readonly typescript?: boolean;
 }
 
 export async function runDev(options: DevOptions = {}): Promise<void> {
   const print = options.print ?? ((line: string) => console.log(line));
   const base = loadConfig(options.env);
-  if (!existsSync(DEMO_WASM)) {
+  if (!options.typescript && !existsSync(DEMO_WASM)) {
     throw new PgfnError(
       "INVALID_REQUEST",
       `The demo handler is not built (${DEMO_WASM}); run \`npm run build:examples\`.`,
@@ -89,7 +93,9 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
     );
     const deployed = await deployFunction(createDb(setup), {
       name: DEMO_FUNCTION,
-      wasm: await readFile(DEMO_WASM),
+      ...(options.typescript
+        ? { source: await readFile(DEMO_TS, "utf8"), fileName: path.basename(DEMO_TS) }
+        : { wasm: await readFile(DEMO_WASM) }),
       description: "pgfn dev demo: greets new users",
       update: true,
     });

@@ -18,7 +18,7 @@
  */
 import { z } from "zod";
 import { unstorableString } from "./db/jsonb.js";
-import { ORDERINGS, RUN_STATUSES } from "./interfaces.js";
+import { ORDERINGS, RUN_STATUSES, RUNTIMES } from "./interfaces.js";
 import {
   describeIssue,
   numberMessage,
@@ -192,13 +192,14 @@ export const FUNCTION_COLUMNS = {
     input: z.instanceof(Buffer),
     setBy: "pgfn",
     heavy: true,
-    description: "the module (an Extism plugin exporting `handle`)",
+    description:
+      "the module (an Extism plugin exporting `handle`); for runtime js, the handler compiled to one script",
   },
   wasm_sha256: {
     ...text(),
     setBy: "pgfn",
     shown: true,
-    description: "sha256 of the module, hex",
+    description: "sha256 of the module (for runtime js, of the compiled script), hex",
   },
   entrypoint: {
     ...text(),
@@ -369,6 +370,21 @@ export const FUNCTION_COLUMNS = {
     setBy: "pgfn",
     shown: true,
     description: "when it was last deployed or changed",
+  },
+  runtime: {
+    ...oneOf(RUNTIMES),
+    default: "wasm",
+    setBy: "pgfn",
+    shown: true,
+    description:
+      "what runs it: wasm (an Extism module) or js (a .ts/.mts/.js/.mjs handler in the sandbox's JavaScript engine)",
+  },
+  source: {
+    ...text(),
+    nullable: true,
+    setBy: "pgfn",
+    heavy: true,
+    description: "a js function's file as deployed, TypeScript included; null for wasm",
   },
 } as const satisfies Record<string, ColumnSpec>;
 

@@ -15,6 +15,15 @@ export type {
   RunStatus,
   ScheduleEvent,
 } from "./interfaces.js";
+export type {
+  Context,
+  FetchInit,
+  FetchResponse,
+  Handler,
+  HandlerEvent,
+  LogFields,
+  QueryResult,
+} from "./handler.js";
 export { run, type RunOptions, type Runner } from "./run.js";
 export { makeUtils, type DeployOptions, type Utils, type UtilsOptions } from "./makeUtils.js";
 export type { DeployResult } from "./db/functions.js";

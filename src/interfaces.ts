@@ -28,6 +28,10 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 export const ORDERINGS = ["none", "function", "row"] as const;
 /** `pgfn.functions.ordering`. */
 export type Ordering = (typeof ORDERINGS)[number];
+/** The values of `pgfn.functions.runtime`: an Extism WebAssembly module, or JavaScript. */
+export const RUNTIMES = ["wasm", "js"] as const;
+/** `pgfn.functions.runtime`: what runs the function. */
+export type Runtime = (typeof RUNTIMES)[number];
 /** The values of `pgfn.schedules.catch_up`. */
 export const CATCH_UPS = ["all", "latest", "none"] as const;
 /**

@@ -1,8 +1,9 @@
 // pgfn's AssemblyScript library as a user gets it: the files `npm pack` puts
 // in the package, in a project's node_modules, imported as
-// "pgfn/assemblyscript" and built with README "Writing a handler"'s flags. The
-// handler it makes reads a real event: a DELETE's `new` is null, nested fields
-// are found where they are and nowhere else.
+// "pgfn/assemblyscript" and built with the flags of README "Writing a
+// handler as a WebAssembly module". The handler it makes reads a real
+// event: a DELETE's `new` is null, nested fields are found where they are
+// and nowhere else.
 import { execFile } from "node:child_process";
 import { cp, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { runDev } from "../src/dev.js";
+import { useTestDatabase } from "./fixture.js";
 import { waitFor } from "./helpers.js";
 import {
   CHILD_DEADLINE_MS,
@@ -40,6 +41,31 @@ it("starts an embedded Postgres, runs the demo rows and shows their runs", async
   // initdb and a server start, then up to 30 s for the demo's runs: on a
   // loaded machine the first two alone can take a minute.
 }, 180_000);
+
+describe("pgfn dev --typescript", () => {
+  const t = useTestDatabase("dev_typescript");
+
+  it("deploys the demo handler from TypeScript and greets the same rows", async () => {
+    const lines: string[] = [];
+    await runDev({
+      keepRunning: false,
+      typescript: true,
+      print: (line) => lines.push(line),
+      env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "error" },
+    });
+    const out = lines.join("\n");
+    expect(out).toMatch(/deployed send_welcome_email \(sha256 [0-9a-f]{12}…\)/);
+    const runtime = await t.pool.query<{ runtime: string }>(
+      "select runtime from pgfn.functions where name = 'send_welcome_email'",
+    );
+    expect(runtime.rows[0]?.runtime).toBe("js");
+    expect(
+      lines.filter((l) => /^run \d+ event \d+ send_welcome_email attempt 1: succeeded/.test(l)),
+    ).toHaveLength(4);
+    expect(out).toContain('"greeting":"Welcome, ada@example.com!"');
+    expect(out).toContain('"event_id":4,"greeting":"Welcome, ada@lovelace.dev!"');
+  }, 60_000);
+});
 
 /** The postgres processes whose command line names `port`, by pid. */
 function postgresOn(port: string): string[] {

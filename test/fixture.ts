@@ -10,7 +10,10 @@ import type { Daemon } from "../src/daemon.js";
 import { createTestDatabase, exampleWasm, startTestDaemon, type TestDatabase } from "./helpers.js";
 
 /** What deployFunction takes besides the name and the module. */
-type DeploySettings = Omit<Parameters<typeof deployFunction>[1], "name" | "wasm">;
+type DeploySettings = Omit<
+  Extract<Parameters<typeof deployFunction>[1], { wasm: Uint8Array }>,
+  "name" | "wasm" | "source"
+>;
 
 export interface TestFixture extends TestDatabase {
   /** A Kysely instance on the database's pool. */

@@ -165,8 +165,15 @@ console.log(JSON.stringify(out));
       // resolved to `any`.
       await writeFile(
         path.join(project, "check.ts"),
-        `import { makeUtils, run, PgfnError, type Event, type Runner } from "pgfn";
+        `import { makeUtils, run, PgfnError, type Event, type Handler, type Runner } from "pgfn";
 interface User { id: number; email: string }
+// A TypeScript handler, as a user deploys one (README): ctx typed, event.new without narrowing.
+export const greet: Handler<User> = async (event, ctx) => {
+  if (!event.new) return { skipped: true };
+  const { rows } = await ctx.db.query<{ n: number }>("select $1::int as n", [event.new.id]);
+  if (rows.length === 0) throw ctx.retryAfter(1000);
+  return { n: rows[0]!.n, from: ctx.env.SENDER };
+};
 export function describe(event: Event<User>): string | null {
   switch (event.trigger) {
     case "database": return event.new?.email ?? null;

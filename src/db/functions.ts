@@ -2,6 +2,7 @@
 import { sql, type RawBuilder, type Selectable, type Updateable } from "kysely";
 import type { Db, FunctionsTable, SchedulesTable } from "./database.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
+import type { Runtime } from "../interfaces.js";
 import {
   camelCase,
   columnSpec,
@@ -40,10 +41,25 @@ export async function getWasm(
   return row?.wasm;
 }
 
+/** A js function's file as deployed; null for a wasm function, undefined for none of that name. */
+export async function getSource(db: Db, name: string): Promise<string | null | undefined> {
+  const row = await db
+    .selectFrom("pgfn.functions")
+    .select("source")
+    .where("name", "=", name)
+    .executeTakeFirst();
+  return row?.source;
+}
+
 export interface DeployInput extends DeploySettings, EnvChangeSettings {
   readonly name: string;
+  /** The module, or for runtime js the compiled script. */
   readonly wasm: Uint8Array;
   readonly wasmSha256: string;
+  /** (Default: "wasm") */
+  readonly runtime?: Runtime;
+  /** For runtime js: the file as deployed. */
+  readonly source?: string;
   /** Replace an existing function of this name instead of failing with CONFLICT. */
   readonly update?: boolean;
 }
@@ -81,6 +97,9 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
   const values = {
     wasm: Buffer.from(input.wasm),
     wasm_sha256: input.wasmSha256,
+    // Both, always: a redeploy may change the runtime.
+    runtime: input.runtime ?? "wasm",
+    source: input.source ?? null,
     updated_at: sql<Date>`now()`,
     ...settingColumns(input),
   };

@@ -7,7 +7,13 @@
 import type { FastifyPluginAsync } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import type { Db } from "../db/database.js";
-import { deleteFunction, getFunction, listFunctions, RECENT_RUNS } from "../db/functions.js";
+import {
+  deleteFunction,
+  getFunction,
+  getSource,
+  listFunctions,
+  RECENT_RUNS,
+} from "../db/functions.js";
 import { listRuns } from "../db/runs.js";
 import {
   assertFunctionName,
@@ -96,14 +102,19 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     },
     async (request, reply) => {
       const b = request.body;
+      if ((b.wasm === undefined) === (b.source === undefined)) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          "Give the function's code in exactly one of wasm (an Extism module, base64) and source (a TypeScript or JavaScript handler).",
+        );
+      }
+      const code =
+        b.source !== undefined
+          ? { source: b.source, fileName: b.file_name ?? "handler.ts" }
+          : { wasm: Buffer.from(b.wasm!, "base64") };
       const result = await deployFunction(
         db,
-        {
-          ...settingsByName(b),
-          name: b.name,
-          wasm: Buffer.from(b.wasm, "base64"),
-          update: b.update ?? false,
-        },
+        { ...settingsByName(b), name: b.name, ...code, update: b.update ?? false },
         deployOptions,
       );
       return reply.code(result.created ? 201 : 200).send({
@@ -135,7 +146,8 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     {
       config: { scope: "admin" },
       schema: {
-        summary: "A function's settings and last run (not its module).",
+        summary:
+          "A function's settings and last run, and a js function's source (not a wasm module).",
         params: NameParams,
         response: { 200: FunctionView, ...errors(400, 401, 403, 404) },
       },
@@ -144,7 +156,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       assertFunctionName(request.params.name);
       const fn = await getFunction(db, request.params.name);
       if (!fn) throw notFound(request.params.name);
-      return functionView(fn);
+      // Read apart from the settings (up to 10 MB): only a js function has one.
+      const source = fn.runtime === "js" ? await getSource(db, fn.name) : null;
+      return { ...functionView(fn), source: source ?? null };
     },
   );
 

@@ -7,6 +7,7 @@
  * with the module's `hash`, its wasm_sha256). The settings' fields, ranges,
  * defaults and descriptions come from their definition, src/functionColumns.ts.
  */
+import { JAVASCRIPT_EXTENSIONS, JAVASCRIPT_FILE } from "../sandbox/jsCompile.js";
 import { z } from "zod";
 import {
   columnSpec,
@@ -95,8 +96,22 @@ export const DeployBody = z
     name: functionName,
     wasm: z
       .base64()
+      .optional()
       .describe(
-        "The module (an Extism plugin exporting `handle`), base64; at most 10 MiB decoded.",
+        "The module (an Extism plugin exporting `handle`), base64; at most 10 MiB decoded. Give this or source.",
+      ),
+    source: z
+      .string()
+      .optional()
+      .describe(
+        "A TypeScript or JavaScript handler, as text: its default export (or `handle`) is (event, ctx) => result. Give this or wasm.",
+      ),
+    file_name: z
+      .string()
+      .regex(JAVASCRIPT_FILE, `must end with ${JAVASCRIPT_EXTENSIONS.join(", ")}`)
+      .optional()
+      .describe(
+        "The source's file name: its ending says TypeScript (.ts, .mts) or JavaScript (.js, .mjs), and errors name it. (Default: handler.ts)",
       ),
     ...deploySettings,
     ...envChanges,
@@ -127,6 +142,10 @@ export const FunctionView = z
   .object({
     ...shownColumns,
     env: shownColumns.env.describe('Secret-looking keys show "[redacted]".'),
+    source: columnSpec("source")
+      .type.nullable()
+      .optional()
+      .describe(describeColumn("source", " Shown by GET, not by PATCH.")),
   })
   .meta({ id: "Function" });
 

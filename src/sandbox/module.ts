@@ -8,9 +8,23 @@
  * with how a module is run: deploy uses them without ever instantiating one.
  */
 import { createHash } from "node:crypto";
+import type { Runtime } from "../interfaces.js";
 
 /** The export called when none is named. */
 export const DEFAULT_ENTRY = "handle";
+
+/**
+ * A JavaScript handler as deploy compiled it (jsCompile.ts): the script the
+ * sandbox's engine evaluates (jsEngine.ts). Stored in place of a module's
+ * bytes, hashed and verified the same way.
+ */
+export interface JsModule {
+  readonly runtime: "js";
+  readonly code: string;
+}
+
+/** What a sandbox thread runs: a compiled WebAssembly module or a JavaScript handler. */
+export type HandlerModule = WebAssembly.Module | JsModule;
 
 /**
  * Import namespaces a pgfn instance can satisfy: Extism's kernel, WASI
@@ -107,7 +121,7 @@ async function compile(wasm: Uint8Array): Promise<WebAssembly.Module> {
 export class ModuleCache {
   // Map iteration order is insertion order: re-inserting on use makes the
   // first key the least recently used.
-  private readonly entries = new Map<string, Promise<WebAssembly.Module>>();
+  private readonly entries = new Map<string, Promise<HandlerModule>>();
 
   /**
    * @param capacity modules kept compiled. (Default: 64)
@@ -119,8 +133,17 @@ export class ModuleCache {
     private readonly prepare?: (wasm: Uint8Array) => Promise<Uint8Array>,
   ) {}
 
-  /** The compiled module for `sha256`, calling `load` for its bytes on a miss. */
-  get(sha256: string, load: () => Promise<Uint8Array>): Promise<WebAssembly.Module> {
+  /**
+   * The compiled module for `sha256`, calling `load` for its bytes on a miss.
+   *
+   * @param runtime what the bytes are: a WebAssembly module, or a JavaScript
+   *   handler's compiled script. (Default: "wasm")
+   */
+  get(
+    sha256: string,
+    load: () => Promise<Uint8Array>,
+    runtime: Runtime = "wasm",
+  ): Promise<HandlerModule> {
     let entry = this.entries.get(sha256);
     if (entry) {
       this.entries.delete(sha256);
@@ -132,6 +155,8 @@ export class ModuleCache {
       .then(async (wasm) => {
         // The stored bytes are verified; what prepare makes of them is compiled.
         verifySha256(wasm, sha256);
+        if (runtime === "js")
+          return { runtime, code: new TextDecoder().decode(wasm) } satisfies JsModule;
         return compile(this.prepare ? await this.prepare(wasm) : wasm);
       });
     const current = entry;

@@ -10,6 +10,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
+import type { HandlerModule } from "./module.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -27,8 +28,8 @@ export type HostBindings = Readonly<Record<string, HostBinding>>;
 
 /** One invocation for {@link SandboxPool.invoke}. */
 export interface SandboxRequest {
-  /** Compiled with guardMemory() applied (see ModuleCache). */
-  readonly module: WebAssembly.Module;
+  /** Compiled with guardMemory() applied, or a JavaScript handler (see ModuleCache). */
+  readonly module: HandlerModule;
   readonly input: unknown;
   /** (Default: "handle") */
   readonly entry?: string;
@@ -219,10 +220,10 @@ export class SandboxPool {
     return slot;
   }
 
-  private readonly moduleIds = new WeakMap<WebAssembly.Module, number>();
+  private readonly moduleIds = new WeakMap<HandlerModule, number>();
   private nextModuleId = 1;
 
-  private moduleId(module: WebAssembly.Module): number {
+  private moduleId(module: HandlerModule): number {
     let id = this.moduleIds.get(module);
     if (id === undefined) this.moduleIds.set(module, (id = this.nextModuleId++));
     return id;

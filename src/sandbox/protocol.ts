@@ -1,5 +1,6 @@
 /** Messages between the sandbox pool (main thread) and its sandbox threads (thread.ts). */
 import type { InvokeOutcome } from "./invocation.js";
+import type { HandlerModule } from "./module.js";
 
 /** Main -> thread: run one invocation. */
 export interface InvokeMessage {
@@ -11,7 +12,7 @@ export interface InvokeMessage {
    * Compiled and memory-guarded; sent only the first time a thread runs it
    * (cloning a Module into a thread costs more than the whole echo handler).
    */
-  readonly module?: WebAssembly.Module;
+  readonly module?: HandlerModule;
   readonly input: unknown;
   readonly entry: string;
   readonly memoryLimitBytes: number;

@@ -10,6 +10,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import { threadExternalMemory, type HostContext } from "./hostMemory.js";
 import { InstanceCache } from "./instances.js";
 import { invokeHandler, type HostFunction } from "./invocation.js";
+import { invokeJavaScript } from "./jsEngine.js";
+import type { HandlerModule } from "./module.js";
 import {
   HOST_HEADER_BYTES,
   MAX_HOST_ARGUMENT_BYTES,
@@ -93,7 +95,7 @@ const retryFunctions: Record<string, HostFunction> = {
 
 // The modules this thread was sent, by the pool's id. Bounded by the
 // thread's life: the pool recycles it after PGFN_SANDBOX_RECYCLE_AFTER runs.
-const modules = new Map<number, WebAssembly.Module>();
+const modules = new Map<number, HandlerModule>();
 const instances = new InstanceCache();
 
 port.on("message", async (msg: InvokeMessage) => {
@@ -109,15 +111,23 @@ port.on("message", async (msg: InvokeMessage) => {
       msg.hostFunctions.map((name) => [`pgfn_${name}`, jsonHostFunction(name)]),
     ),
   };
-  let outcome = await invokeHandler(module, msg.input, {
-    entry: msg.entry,
-    memoryLimitBytes: msg.memoryLimitBytes,
-    config: msg.config,
-    userFunctions,
-    threadMemory: threadExternalMemory,
-    onThreadMemoryExceeded: () => (recycle = true),
-    instances,
-  });
+  let outcome =
+    module instanceof WebAssembly.Module
+      ? await invokeHandler(module, msg.input, {
+          entry: msg.entry,
+          memoryLimitBytes: msg.memoryLimitBytes,
+          config: msg.config,
+          userFunctions,
+          threadMemory: threadExternalMemory,
+          onThreadMemoryExceeded: () => (recycle = true),
+          instances,
+        })
+      : await invokeJavaScript(module.code, msg.input, {
+          memoryLimitBytes: msg.memoryLimitBytes,
+          config: msg.config,
+          callHost,
+          onRetry: (said) => (retry = said),
+        });
   // Set by host calls during the invocation; TypeScript cannot see that.
   const failure = hostFailure as { message: string; transient: boolean } | undefined;
   if (!outcome.ok && outcome.error?.code === "FUNCTION_ERROR" && failure) {
@@ -125,7 +135,11 @@ port.on("message", async (msg: InvokeMessage) => {
       ...outcome,
       error: {
         code: "HOST_FUNCTION_ERROR",
-        message: `${failure.message}; then the handler failed: ${outcome.error.message}`,
+        // A JavaScript handler's error is often the failed call's own.
+        message:
+          outcome.error.message === failure.message
+            ? failure.message
+            : `${failure.message}; then the handler failed: ${outcome.error.message}`,
         transient: failure.transient,
       },
     };

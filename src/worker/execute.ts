@@ -290,18 +290,22 @@ function runnableFunction(a: Attempt): FunctionInfo {
   return fn;
 }
 
-/** The function's compiled module, from the cache or the database. */
+/** The function's compiled module (or JavaScript handler), from the cache or the database. */
 async function loadModule(deps: ExecutorDeps, fn: FunctionInfo) {
-  return deps.modules.get(fn.wasm_sha256, async () => {
-    const wasm = await getWasm(deps.db, fn.name, fn.wasm_sha256);
-    if (!wasm) {
-      throw new PgfnError(
-        "FUNCTION_NOT_FOUND",
-        `Function "${fn.name}" was redeployed or deleted while this run started.`,
-      );
-    }
-    return wasm;
-  });
+  return deps.modules.get(
+    fn.wasm_sha256,
+    async () => {
+      const wasm = await getWasm(deps.db, fn.name, fn.wasm_sha256);
+      if (!wasm) {
+        throw new PgfnError(
+          "FUNCTION_NOT_FOUND",
+          `Function "${fn.name}" was redeployed or deleted while this run started.`,
+        );
+      }
+      return wasm;
+    },
+    fn.runtime,
+  );
 }
 
 /** The handler's log lines, into the daemon's log. */

@@ -1,0 +1,214 @@
+// TypeScript and JavaScript handlers (issue 14), deployed and run as any
+// function is: a row event through a TS handler with db_query under its
+// role, thrown errors, retry requests, the time and memory limits with the
+// other functions still served, no state between runs, and what a deploy
+// refuses.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Daemon } from "../src/daemon.js";
+import { deployFunction } from "../src/deploy.js";
+import { PgfnError } from "../src/errors.js";
+import { createTestRoles, enqueueManual, finishedRun, waitFor, type TestRoles } from "./helpers.js";
+import { useTestDatabase } from "./fixture.js";
+
+const t = useTestDatabase("js_handlers");
+let daemon: Daemon;
+let roles: TestRoles;
+let role: string;
+
+const WELCOME = `
+import type { Handler } from "pgfn";
+
+interface User { id: number; name: string; email: string }
+
+const handle: Handler<User> = async (event, ctx) => {
+  if (!event.new) return { skipped: true };
+  ctx.log.info(\`greeting \${event.new.email}\`, { id: event.new.id });
+  const { rows } = await ctx.db.query<{ n: number; who: string }>(
+    "insert into public.greetings (email) values ($1) returning id as n, current_user as who",
+    [event.new.email],
+  );
+  return { greeted: rows[0].n, who: rows[0].who, from: ctx.env.SENDER };
+};
+export default handle;
+`;
+
+const handlers: Record<string, string> = {
+  "echo.mjs": `export function handle(event) { return { echo: event.payload ?? event }; }`,
+  "thrower.ts": `export default (): never => { throw new TypeError("no such user: 42"); };`,
+  "later.ts": `import type { Handler } from "pgfn";
+const h: Handler = (event, ctx) => { throw ctx.retryAfter(60_000, "mail API throttled"); };
+export default h;`,
+  "never.js": `export default (event, ctx) => { throw ctx.noRetry("the address is invalid"); };`,
+  "spin.js": `export default async () => { for (;;) await null; };`,
+  "busy.js": `export default () => { for (;;) {} };`,
+  "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
+  "counter.js": `let calls = 0;
+export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
+};
+
+beforeAll(async () => {
+  roles = await createTestRoles();
+  process.env.PGPASSFILE = roles.pgpassFile;
+  role = await roles.create("greeter");
+  await t.pool.query(`
+    create table public.users (id int primary key, name text, email text);
+    create table public.greetings (id serial primary key, email text);
+    grant select, insert on public.greetings to ${role};
+    grant usage on sequence public.greetings_id_seq to ${role};
+    select pgfn.attach('public.users', 'welcome', array['INSERT']);
+  `);
+  await deployFunction(t.db, {
+    name: "welcome",
+    source: WELCOME,
+    fileName: "handlers/welcome.ts",
+    dbRole: role,
+    env: { SENDER: "hi@example.com" },
+  });
+  for (const [file, source] of Object.entries(handlers)) {
+    const name = file.replace(/\..*$/, "");
+    await deployFunction(t.db, {
+      name,
+      source,
+      fileName: file,
+      maxAttempts: ["spin", "busy", "bomb"].includes(name) ? 1 : 3,
+      // The bomb fills 32 MB a string at a time: seconds on a loaded machine.
+      timeoutMs: name === "bomb" ? 20_000 : 1000,
+      memoryLimitMb: name === "bomb" ? 32 : 128,
+    });
+  }
+  daemon = await t.startDaemon();
+});
+afterAll(async () => {
+  await daemon?.stop();
+  await t.drop();
+  await roles?.drop();
+});
+
+const run = async (fn: string, payload: unknown = {}, timeoutMs?: number) =>
+  finishedRun(t.pool, await enqueueManual(t.pool, fn, payload), timeoutMs);
+
+describe("deployed", () => {
+  it("stores the runtime and the source as written", async () => {
+    const { rows } = await t.pool.query(
+      `select runtime, source from pgfn.functions where name = 'welcome'`,
+    );
+    expect(rows).toEqual([{ runtime: "js", source: WELCOME }]);
+  });
+});
+
+describe("runs", () => {
+  it("runs a committed row through a TypeScript handler, db_query as its role", async () => {
+    await t.pool.query(`insert into public.users values (7, 'Ada', 'ada@example.com')`);
+    const r = await waitFor(async () => {
+      const { rows } = await t.pool.query(
+        `select * from pgfn.function_runs where function_name = 'welcome' and status <> 'running'`,
+      );
+      return rows[0];
+    });
+    expect(r).toMatchObject({ status: "succeeded", error_code: null });
+    expect(r.result).toEqual({ greeted: 1, who: role, from: "hi@example.com" });
+    expect(r.logs).toEqual([
+      expect.objectContaining({ level: "info", message: 'greeting ada@example.com {"id":7}' }),
+    ]);
+    const { rows } = await t.pool.query(`select email from public.greetings`);
+    expect(rows).toEqual([{ email: "ada@example.com" }]);
+  });
+
+  it("a thrown error fails the run as FUNCTION_ERROR with its message, the stack in the logs", async () => {
+    const r = await run("thrower");
+    expect(r).toMatchObject({
+      status: "failed",
+      error_code: "FUNCTION_ERROR",
+      error_message: "TypeError: no such user: 42",
+    });
+    expect(r.logs.at(-1)).toMatchObject({ level: "error" });
+    expect(r.logs.at(-1).message).toMatch(/no such user: 42\n\s+at /);
+  });
+
+  it("throw ctx.retryAfter(ms) retries no earlier than ms; throw ctx.noRetry() does not retry", async () => {
+    const later = await run("later");
+    expect(later).toMatchObject({
+      error_code: "FUNCTION_ERROR",
+      error_message: "mail API throttled",
+      will_retry: true,
+    });
+    const wait = later.next_attempt_at.getTime() - later.finished_at.getTime();
+    expect(wait).toBeGreaterThanOrEqual(59_000);
+    expect(wait).toBeLessThanOrEqual(61_000);
+    const never = await run("never");
+    expect(never).toMatchObject({
+      error_code: "FUNCTION_ERROR",
+      error_message: "the address is invalid",
+      will_retry: false,
+      next_attempt_at: null,
+    });
+  });
+
+  it("keeps no state between runs: module variables and globals start over", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await run("counter");
+      expect(r.result).toEqual({ calls: 1, seen: 1 });
+    }
+  });
+
+  it("stops a loop, in a promise chain or not, at its timeout while other functions are served", async () => {
+    const spinning = enqueueManual(t.pool, "spin", {});
+    const echoes = [];
+    for (let i = 0; i < 5; i++) echoes.push(await run("echo", { i }));
+    expect(echoes.map((r) => [r.status, r.result])).toEqual(
+      [0, 1, 2, 3, 4].map((i) => ["succeeded", { echo: { i } }]),
+    );
+    const spin = await finishedRun(t.pool, await spinning);
+    expect(spin).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
+    expect(spin.duration_ms).toBeGreaterThanOrEqual(1000);
+    // Stopped at the limit: a loop that is not stopped never finishes. The
+    // slack is for a loaded machine; the stop's latency is the bench's to measure.
+    expect(spin.duration_ms).toBeLessThan(3000);
+    // And a synchronous one.
+    const busy = await run("busy");
+    expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
+    expect(busy.duration_ms).toBeLessThan(3000);
+  });
+
+  it("fails a handler that grows past memory_limit_mb as MEMORY_EXCEEDED; the next run is served", async () => {
+    const bomb = await run("bomb", {}, 30_000);
+    expect(bomb).toMatchObject({ status: "failed", error_code: "MEMORY_EXCEEDED" });
+    expect(bomb.error_message).toMatch(/32 MB/);
+    expect((await run("echo", { after: "bomb" })).result).toEqual({ echo: { after: "bomb" } });
+  });
+});
+
+describe("deploy refuses, naming the line", () => {
+  const refusal = async (source: string, fileName = "handler.ts") => {
+    const error = await deployFunction(t.db, { name: "refused", source, fileName }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PgfnError);
+    expect((error as PgfnError).code).toBe("INVALID_REQUEST");
+    return (error as PgfnError).message;
+  };
+
+  it("a syntax error", async () => {
+    expect(await refusal(`export default (event) => {\n  const x: number = ;\n};`)).toMatch(
+      /^Invalid handler for "refused": handler\.ts:2:21: /,
+    );
+  });
+
+  it("a value import from anything but pgfn", async () => {
+    expect(
+      await refusal(
+        `import type { Handler } from "pgfn";\nimport { readFile } from "node:fs";\nexport default () => readFile;`,
+      ),
+    ).toMatch(/handler\.ts:2:\d+: imports "node:fs": a handler may import values only from "pgfn"/);
+  });
+
+  it("a file with no handler", async () => {
+    expect(await refusal(`export const x = 1;`, "x.js")).toMatch(/x\.js exports no handler/);
+  });
+
+  it("and stores nothing", async () => {
+    const { rows } = await t.pool.query(`select 1 from pgfn.functions where name = 'refused'`);
+    expect(rows).toEqual([]);
+  });
+});

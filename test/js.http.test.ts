@@ -1,0 +1,60 @@
+// A TypeScript handler over HTTP: deployed as source, shown with its
+// runtime, invoked synchronously; a source that does not compile is a 400
+// naming its line, and the code comes in exactly one of wasm and source.
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { Daemon } from "../src/daemon.js";
+import { useTestDatabase } from "./fixture.js";
+import { api, INVOKE_TOKEN, startHttpDaemon, wasmBase64 } from "./httpHelpers.js";
+
+const t = useTestDatabase("js_http");
+let daemon: Daemon;
+
+beforeAll(async () => {
+  daemon = await startHttpDaemon(t.url);
+});
+afterAll(async () => {
+  await daemon?.stop();
+});
+
+const HELLO = `import type { Handler } from "pgfn";
+const handle: Handler = (event, ctx) => ({ hello: (event as { payload?: { name?: string } }).payload?.name, greeting: ctx.env.GREETING });
+export default handle;
+`;
+
+it("deploys a .ts source (201), shows it and runtime js, and invokes it", async () => {
+  const deployed = await api(daemon, "POST", "/functions/v1/deploy", {
+    json: { name: "hello", source: HELLO, file_name: "hello.ts", env: { GREETING: "hi" } },
+  });
+  expect(deployed.status, deployed.text).toBe(201);
+  const shown = await api(daemon, "GET", "/functions/v1/hello");
+  expect(shown.body).toMatchObject({ name: "hello", runtime: "js", source: HELLO });
+  const invoked = await api(daemon, "POST", "/functions/v1/invoke/hello", {
+    token: INVOKE_TOKEN,
+    json: { name: "Ada" },
+  });
+  expect(invoked.status, invoked.text).toBe(200);
+  expect(invoked.body).toEqual({ hello: "Ada", greeting: "hi" });
+});
+
+it("400 naming the line for a source that does not compile; 400 for both wasm and source, or neither", async () => {
+  const broken = await api(daemon, "POST", "/functions/v1/deploy", {
+    json: {
+      name: "broken",
+      source: "export default () => {\n  return 1 +;\n};",
+      file_name: "broken.js",
+    },
+  });
+  expect(broken.status).toBe(400);
+  expect(broken.body).toMatchObject({ code: "INVALID_REQUEST" });
+  expect((broken.body as { message: string }).message).toMatch(/broken\.js:2:\d+: /);
+  for (const json of [
+    { name: "both", source: HELLO, wasm: await wasmBase64("echo") },
+    { name: "neither" },
+  ]) {
+    const r = await api(daemon, "POST", "/functions/v1/deploy", { json });
+    expect(r.status, json.name).toBe(400);
+    expect((r.body as { message: string }).message).toMatch(/exactly one of wasm .* and source/);
+  }
+  const { rows } = await t.pool.query(`select name from pgfn.functions order by name`);
+  expect(rows).toEqual([{ name: "hello" }]);
+});
