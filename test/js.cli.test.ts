@@ -1,7 +1,7 @@
 // `pgfn deploy NAME file.ts` as a user runs it: the file's ending makes it a
 // JavaScript handler, `pgfn invoke` runs it, and a file that does not
 // compile is one line on stderr naming file:line:column.
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -42,6 +42,20 @@ export default handle;
     const invoked = await pgfn(["invoke", "hello", "{}"]);
     expect(invoked.stdout).toMatch(/attempt 1: succeeded in/);
     expect(invoked.stdout).toContain('"hi": "Ada"');
+    const source = await pgfn(["source", "hello"]);
+    expect(source.stdout).toBe(await readFile(file, "utf8"));
+  });
+
+  it("source refuses a wasm function and an unknown name, in one line", async () => {
+    await t.deploy("echo", { example: "echo" });
+    const wasm = await pgfn(["source", "echo"]);
+    expect([wasm.code, wasm.stderr.trim()]).toEqual([
+      1,
+      'pgfn: Function "echo" is a WebAssembly module; it has no source to print.',
+    ]);
+    const missing = await pgfn(["source", "nosuch"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trim()).toMatch(/^pgfn: Function "nosuch" is not deployed/);
   });
 
   it("refuses a file that does not compile, in one line naming the line", async () => {

@@ -1,6 +1,6 @@
 /**
  * The commands that look after deployed functions: `pgfn functions`, `rm`,
- * `enable`, `disable`, `schedule`, `unschedule` and `logs`. Each does what
+ * `source`, `enable`, `disable`, `schedule`, `unschedule` and `logs`. Each does what
  * its HTTP route or `pgfn.*` SQL function does (the README's CLI section
  * pairs them), so psql, HTTP and the CLI cannot disagree.
  */
@@ -8,7 +8,13 @@ import { Command, Option } from "commander";
 import { sql } from "kysely";
 import { loadConfig } from "../config.js";
 import { createDb, type Db } from "../db/database.js";
-import { deleteFunction, getFunction, listFunctions, RECENT_RUNS } from "../db/functions.js";
+import {
+  deleteFunction,
+  getFunction,
+  getSource,
+  listFunctions,
+  RECENT_RUNS,
+} from "../db/functions.js";
 import { LOG_RUNS_SCANNED, listLogLines } from "../db/runs.js";
 import { assertFunctionName } from "../deploy.js";
 import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
@@ -100,6 +106,24 @@ export function addManageCommands(program: Command): void {
         console.log(
           `${name} still has a schedule, whose runs will fail: \`pgfn unschedule ${name}\` removes it`,
         );
+    });
+
+  program
+    .command("source")
+    .description(
+      "Print a JavaScript or TypeScript function's source as deployed (GET /functions/v1/NAME shows it too).",
+    )
+    .argument("<name>", "function name")
+    .action(async (name: string) => {
+      assertFunctionName(name);
+      const source = await withDb((db) => getSource(db, name));
+      if (source === undefined) throw notDeployed(name);
+      if (source === null)
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          `Function "${name}" is a WebAssembly module; it has no source to print.`,
+        );
+      process.stdout.write(source.endsWith("\n") ? source : `${source}\n`);
     });
 
   program
