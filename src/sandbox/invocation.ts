@@ -118,6 +118,19 @@ export interface InvokeOptions {
 export const MAX_OUTPUT_BYTES = 1024 * 1024;
 
 /**
+ * The input as the JSON text a handler is given, or why it cannot be sent
+ * (a cycle, a BigInt, nothing at all): one wording for both runtimes.
+ */
+export function inputJson(input: unknown): { json: string } | { refusal: string } {
+  try {
+    const json = JSON.stringify(input);
+    return json === undefined ? { refusal: "The input cannot be sent as JSON." } : { json };
+  } catch (error) {
+    return { refusal: `The input cannot be sent as JSON: ${(error as Error).message}` };
+  }
+}
+
+/**
  * Calls the handler once, on a new instance of `module` or one kept in
  * `options.instances` (in its state after start-up), with `input` as JSON.
  * Never throws for the handler's faults: they come back as an outcome with
@@ -197,16 +210,9 @@ export async function invokeHandler(
     ),
   };
 
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(input);
-  } catch (error) {
-    return failed(
-      `The input cannot be sent as JSON: ${(error as Error).message}`,
-      "INVALID_REQUEST",
-    );
-  }
-  if (json === undefined) return failed("The input cannot be sent as JSON.", "INVALID_REQUEST");
+  const sent = inputJson(input);
+  if ("refusal" in sent) return failed(sent.refusal, "INVALID_REQUEST");
+  const { json } = sent;
   if (linearPages * PAGE_BYTES > limitBytes) {
     // Not instantiated at all: the engine would allocate it all at once.
     budget.refusal = { kind: "grow", fromBytes: 0, deltaBytes: linearPages * PAGE_BYTES };

@@ -45,7 +45,7 @@ import {
 import { formatBytes } from "./hostMemory.js";
 import { redactAndClip, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
-import { MAX_OUTPUT_BYTES } from "./invocation.js";
+import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
 
@@ -163,16 +163,9 @@ export async function invokeJavaScript(
   const failed = (message: string, code: InvokeErrorCode = "FUNCTION_ERROR"): InvokeOutcome =>
     finish({ ok: false, output: null, error: { code, message: clip(message) } });
 
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(input);
-  } catch (error) {
-    return failed(
-      `The input cannot be sent as JSON: ${(error as Error).message}`,
-      "INVALID_REQUEST",
-    );
-  }
-  if (json === undefined) return failed("The input cannot be sent as JSON.", "INVALID_REQUEST");
+  const sent = inputJson(input);
+  if ("refusal" in sent) return failed(sent.refusal, "INVALID_REQUEST");
+  const { json } = sent;
 
   let e: Engine;
   try {
