@@ -42,6 +42,30 @@ export default h;`,
   "spin.js": `export default async () => { for (;;) await null; };`,
   "busy.js": `export default () => { for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
+  // Type-only lines and a helper: the compiled lines are not the file's.
+  "stacked.ts": `import type { Handler } from "pgfn";
+
+interface Order { id: number }
+
+function check(order: Order): void {
+  if (order.id > 0) {
+    throw new Error("order " + order.id + " is invalid");
+  }
+}
+
+const h: Handler = () => {
+  check({ id: 7 });
+};
+export default h;`,
+  "caught.ts": `type Nothing = never;
+export default (event: unknown, ctx: any) => {
+  try {
+    null!.boom();
+  } catch (e) {
+    ctx.log.warn((e as Error).stack);
+  }
+  return "ok";
+};`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
 };
@@ -175,6 +199,41 @@ describe("runs", () => {
     expect(bomb).toMatchObject({ status: "failed", error_code: "MEMORY_EXCEEDED" });
     expect(bomb.error_message).toMatch(/32 MB/);
     expect((await run("echo", { after: "bomb" })).result).toEqual({ echo: { after: "bomb" } });
+  });
+});
+
+describe("stack traces", () => {
+  it("name the deployed file and its lines, not the compiled module's", async () => {
+    const r = await run("stacked");
+    expect(r).toMatchObject({ error_code: "FUNCTION_ERROR", error_message: "order 7 is invalid" });
+    const stack = r.logs.at(-1).message as string;
+    // `new Error(` on line 7, check( on line 12, as stacked.ts has them.
+    expect(stack).toMatch(
+      /^order 7 is invalid\n\s+at check \(stacked\.ts:7:15\)\n\s+at h \(stacked\.ts:12:3\)/,
+    );
+    expect(stack).not.toMatch(/handler\.js/);
+  });
+
+  it("are mapped in what a handler logs itself, when it succeeds too", async () => {
+    const r = await run("caught");
+    expect(r).toMatchObject({ status: "succeeded", result: "ok" });
+    expect(r.logs[0].message).toMatch(/at \w+ \(caught\.ts:4:5\)/);
+  });
+
+  it("name the compiled module of a function deployed before maps were kept", async () => {
+    // Its stored module as deploys wrote it then: no trailing source map.
+    const { rows } = await t.pool.query(
+      `select convert_from(wasm, 'UTF8') as code from pgfn.functions where name = 'stacked'`,
+    );
+    const code = (rows[0].code as string).replace(/\/\/# sourceMappingURL=.*\n?$/, "");
+    expect(code).not.toBe(rows[0].code);
+    await t.pool.query(
+      `update pgfn.functions set wasm = convert_to($1, 'UTF8'), wasm_sha256 = encode(sha256(convert_to($1, 'UTF8')), 'hex') where name = 'stacked'`,
+      [code],
+    );
+    const r = await run("stacked");
+    expect(r).toMatchObject({ error_code: "FUNCTION_ERROR", error_message: "order 7 is invalid" });
+    expect(r.logs.at(-1).message).toMatch(/at check \(handler\.js:\d+:\d+\)/);
   });
 });
 

@@ -47,7 +47,8 @@ const onlyPgfn: Plugin = {
 };
 
 /**
- * Compiles a handler's source to the script the sandbox runs. Throws an
+ * Compiles a handler's source to the script the sandbox runs, its source
+ * map appended as an inline `//# sourceMappingURL=` comment. Throws an
  * Error naming the file, line and column of each problem (a syntax error, a
  * value import, no handler exported).
  *
@@ -89,6 +90,11 @@ async function compile(source: string, fileName: string): Promise<string> {
       logLevel: "silent",
       charset: "utf8",
       legalComments: "none",
+      // Appended to the module as its trailing comment: stack traces are
+      // mapped back to the user's file and lines (sourceMap.ts). The source
+      // itself is not copied in: pgfn.functions.source keeps it.
+      sourcemap: "inline",
+      sourcesContent: false,
     });
   } catch (error) {
     const messages = (error as Partial<BuildFailure>).errors;

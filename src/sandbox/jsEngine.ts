@@ -48,6 +48,7 @@ import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
+import { JS_MODULE_FILE } from "./sourceMap.js";
 
 /** Options of {@link invokeJavaScript}. */
 export interface JsInvokeOptions {
@@ -395,7 +396,7 @@ export async function invokeJavaScript(
 
     // The module's evaluation: its namespace, or a promise for it when the
     // module awaits at top level (settled, if ever, by the pending jobs).
-    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    const evaluated = context.evalCode(code, JS_MODULE_FILE, { type: "module" });
     let m: QuickJSHandle | undefined;
     if (evaluated.error) {
       settled = thrown(context, evaluated.error);

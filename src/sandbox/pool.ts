@@ -10,7 +10,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
-import type { HandlerModule } from "./module.js";
+import { threadModule, type HandlerModule } from "./module.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -19,6 +19,7 @@ import {
   type InvokeMessage,
   type ResultMessage,
 } from "./protocol.js";
+import { mapLogs } from "./sourceMap.js";
 
 /** A host function's main-thread half. Throw to fail the call; `transient` on the error says a retry may help. */
 export type HostBinding = (payload: unknown) => Promise<unknown>;
@@ -274,7 +275,7 @@ export class SandboxPool {
         type: "invoke",
         id: job.id,
         moduleId,
-        ...(!known && { module: request.module }),
+        ...(!known && { module: threadModule(request.module) }),
         input: request.input,
         entry: request.entry ?? "handle",
         memoryLimitBytes: request.memoryLimitBytes,
@@ -302,7 +303,7 @@ export class SandboxPool {
     }
     slot.job = undefined;
     slot.thread.unref();
-    this.finish(job, msg.outcome);
+    this.finish(job, mapLogs(job.request.module, msg.outcome));
     if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
       void this.retire(slot);

@@ -1,0 +1,175 @@
+/**
+ * Positions in a JavaScript handler's compiled module, as the user's file
+ * and lines: a stack trace names `handler.js:4:20` of what esbuild wrote
+ * (jsCompile.ts); the user wants `welcome.ts:7:15`.
+ *
+ * Deploy appends the source map to the compiled module as the standard
+ * trailing `//# sourceMappingURL=data:application/json;base64,...` comment,
+ * so the stored bytes (and their sha256) carry both and no column was added.
+ * Loading splits it off (splitSourceMap): the engine never parses it, and the
+ * sandbox threads are never sent it. A run's logs are mapped on the main
+ * thread, only when one names a compiled position (mapLogs), and the map is
+ * decoded on that first use and kept with the cached module.
+ *
+ * The decoder is ours: ~50 lines for the one question asked (generated line
+ * and column to source file, line and column), where a library (e.g.
+ * @jridgewell/trace-mapping) would be a production dependency, and two of its
+ * own, to answer it.
+ */
+import type { InvokeOutcome } from "./invocation.js";
+import type { HandlerModule } from "./module.js";
+
+/** The name the engine evaluates a compiled module under: its stack traces name it. */
+export const JS_MODULE_FILE = "handler.js";
+
+const INLINE_MAP = "\n//# sourceMappingURL=data:application/json;base64,";
+
+/**
+ * The compiled module without its trailing inline source map, and the map;
+ * no map for a module deployed before maps were kept (its stacks stay as
+ * they are).
+ */
+export function splitSourceMap(text: string): { code: string; sourceMap?: SourceMap } {
+  const at = text.lastIndexOf(INLINE_MAP);
+  if (at < 0) return { code: text };
+  const base64 = text.slice(at + INLINE_MAP.length).trimEnd();
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(base64)) return { code: text };
+  // Cut after the newline: the code's lines keep their numbers.
+  return { code: text.slice(0, at + 1), sourceMap: new SourceMap(base64) };
+}
+
+/** A compiled position (1-based line and column) as the user's file and position. */
+interface Original {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+}
+
+/**
+ * A version 3 source map, decoded when first asked. Holds the base64 text
+ * until then: most modules never fail.
+ */
+export class SourceMap {
+  private decoded?: { sources: string[]; lines: Int32Array[] };
+
+  constructor(private readonly base64: string) {}
+
+  /**
+   * Where the compiled line and column (both 1-based, as QuickJS prints them)
+   * came from: the last mapped segment at or before the column. Undefined
+   * when nothing on that line is mapped (code esbuild added), or the map
+   * cannot be read.
+   */
+  original(line: number, column: number): Original | undefined {
+    const map = this.decode();
+    const segments = map?.lines[line - 1];
+    if (!map || !segments) return undefined;
+    let found = -1;
+    // Sorted by generated column: [column, source, line, column] per segment.
+    for (let i = 0; i < segments.length && segments[i]! <= column - 1; i += 4) found = i;
+    if (found < 0) return undefined;
+    const file = map.sources[segments[found + 1]!];
+    if (file === undefined) return undefined;
+    return { file, line: segments[found + 2]! + 1, column: segments[found + 3]! + 1 };
+  }
+
+  private decode() {
+    if (this.decoded) return this.decoded;
+    try {
+      const json = JSON.parse(Buffer.from(this.base64, "base64").toString("utf8")) as {
+        sources?: unknown;
+        sourceRoot?: unknown;
+        mappings?: unknown;
+      };
+      if (!Array.isArray(json.sources) || typeof json.mappings !== "string") return undefined;
+      const root = typeof json.sourceRoot === "string" ? json.sourceRoot : "";
+      this.decoded = {
+        sources: json.sources.map((s) => root + String(s)),
+        lines: decodeMappings(json.mappings),
+      };
+      return this.decoded;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const DIGIT = new Int8Array(128).fill(-1);
+for (let i = 0; i < BASE64.length; i++) DIGIT[BASE64.charCodeAt(i)] = i;
+
+/**
+ * The `mappings` field: per generated line, its segments that name a source
+ * as [column, source, line, column] (0-based, absolute). The format: lines
+ * split by `;`, segments by `,`, each field a base64 VLQ delta from the
+ * previous segment's (the generated column restarts at 0 on each line).
+ */
+export function decodeMappings(mappings: string): Int32Array[] {
+  const lines: Int32Array[] = [];
+  const fields = [0, 0, 0, 0, 0];
+  let line: number[] = [];
+  let n = 0; // fields read in the current segment
+  let value = 0;
+  let shift = 0;
+  const endSegment = () => {
+    if (n >= 4) line.push(fields[0]!, fields[1]!, fields[2]!, fields[3]!);
+    n = 0;
+  };
+  for (let i = 0; i <= mappings.length; i++) {
+    const c = i === mappings.length ? 59 : mappings.charCodeAt(i);
+    if (c === 44 || c === 59) {
+      // "," or ";"
+      endSegment();
+      if (c === 59) {
+        lines.push(Int32Array.from(line));
+        line = [];
+        fields[0] = 0;
+      }
+      continue;
+    }
+    const digit = c < 128 ? DIGIT[c]! : -1;
+    if (digit < 0) throw new Error(`not a source map: '${mappings[i]}' in its mappings`);
+    value += (digit & 31) * 2 ** shift;
+    shift += 5;
+    if (digit & 32) continue;
+    // The sign is the lowest bit.
+    const delta = value % 2 === 1 ? -(value - 1) / 2 : value / 2;
+    if (n < 5) fields[n] = fields[n]! + delta;
+    n++;
+    value = 0;
+    shift = 0;
+  }
+  return lines;
+}
+
+/** `handler.js:LINE:COLUMN` (or `handler.js:LINE`) as QuickJS writes a frame's position. */
+const COMPILED_POSITION = new RegExp(
+  `(?<![\\w./-])${JS_MODULE_FILE.replace(".", "\\.")}:(\\d+)(?::(\\d+))?`,
+  "g",
+);
+
+/** The text with each compiled position the map knows named as the user's file and position. */
+export function mapPositions(text: string, map: SourceMap): string {
+  return text.replace(COMPILED_POSITION, (whole, line: string, column: string | undefined) => {
+    const o = map.original(Number(line), column === undefined ? 1 : Number(column));
+    if (!o) return whole;
+    return column === undefined ? `${o.file}:${o.line}` : `${o.file}:${o.line}:${o.column}`;
+  });
+}
+
+/**
+ * The outcome with its logs' compiled positions mapped (a failed run's
+ * stack, or one the handler logged itself), when the module has a map. A run
+ * whose logs name no compiled position costs a substring search per line.
+ */
+export function mapLogs(module: HandlerModule, outcome: InvokeOutcome): InvokeOutcome {
+  if (module instanceof WebAssembly.Module || !module.sourceMap) return outcome;
+  const map = module.sourceMap;
+  if (!outcome.logs.some((l) => l.message.includes(JS_MODULE_FILE))) return outcome;
+  return {
+    ...outcome,
+    logs: outcome.logs.map((l) =>
+      l.message.includes(JS_MODULE_FILE) ? { ...l, message: mapPositions(l.message, map) } : l,
+    ),
+  };
+}

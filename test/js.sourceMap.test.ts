@@ -1,0 +1,66 @@
+// A JavaScript handler's source map (sourceMap.ts): deploy keeps it in the
+// stored module, loading splits it off so the engine and the sandbox threads
+// never get it, and the decoder reads what esbuild writes.
+import { describe, expect, it } from "vitest";
+import { compileJavaScript } from "../src/sandbox/jsCompile.js";
+import { ModuleCache, sha256Hex, threadModule, type JsModule } from "../src/sandbox/module.js";
+import { decodeMappings, mapPositions, splitSourceMap } from "../src/sandbox/sourceMap.js";
+
+const SOURCE = `import type { Handler } from "pgfn";
+
+interface Order { id: number }
+
+const check = (order: Order) => {
+  if (order.id > 0) throw new Error("bad");
+};
+export default ((event) => check({ id: 1 })) as Handler;
+`;
+
+describe("the stored module", () => {
+  it("ends with the map; loaded, the code is without it and keeps its lines", async () => {
+    const compiled = await compileJavaScript(SOURCE, "orders.ts");
+    expect(compiled).toMatch(/\n\/\/# sourceMappingURL=data:application\/json;base64,[\w+/=]+\n?$/);
+    const bytes = Buffer.from(compiled);
+    const module = (await new ModuleCache().get(
+      sha256Hex(bytes),
+      () => Promise.resolve(bytes),
+      "js",
+    )) as JsModule;
+    expect(module.code).not.toMatch(/sourceMappingURL/);
+    expect(compiled.startsWith(module.code)).toBe(true);
+    expect(module.sourceMap).toBeDefined();
+    // What a sandbox thread is sent: the code alone.
+    expect(threadModule(module)).toEqual({ runtime: "js", code: module.code });
+  });
+
+  it("maps a compiled position to the file and line it came from", async () => {
+    const { code, sourceMap } = splitSourceMap(await compileJavaScript(SOURCE, "orders.ts"));
+    const line = code.split("\n").findIndex((l) => l.includes("throw")) + 1;
+    const column = code.split("\n")[line - 1]!.indexOf("new Error") + 1;
+    expect(mapPositions(`at check (handler.js:${line}:${column})`, sourceMap!)).toBe(
+      "at check (orders.ts:6:27)",
+    );
+    // A position the map does not know, and another file's, stay as they are.
+    expect(mapPositions("at x (handler.js:999:1) at y (myhandler.js:1:1)", sourceMap!)).toBe(
+      "at x (handler.js:999:1) at y (myhandler.js:1:1)",
+    );
+  });
+
+  it("a module without a map (deployed before maps were kept) loads as it is", () => {
+    expect(splitSourceMap("export default () => 1;\n")).toEqual({
+      code: "export default () => 1;\n",
+    });
+  });
+});
+
+describe("decodeMappings", () => {
+  it("reads multi-digit and negative VLQ deltas, per line", () => {
+    // Line 1: col 0 -> source 0 line 0 col 0; col 16 -> line 1 col 16.
+    // Line 2 empty. Line 3: col 16 -> line 2 col 0 (a -16 delta).
+    expect(decodeMappings("AAAA,gBACgB;;gBAChB").map((l) => [...l])).toEqual([
+      [0, 0, 0, 0, 16, 0, 1, 16],
+      [],
+      [16, 0, 2, 0],
+    ]);
+  });
+});
