@@ -66,6 +66,10 @@ export default (event: unknown, ctx: any) => {
   }
   return "ok";
 };`,
+  "entries.ts": `export default () => "default";
+export const handle = () => "handle";
+export function other(event: { payload: unknown }) { return { other: event.payload }; }
+export const notfn = 1;`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
 };
@@ -234,6 +238,36 @@ describe("stack traces", () => {
     const r = await run("stacked");
     expect(r).toMatchObject({ error_code: "FUNCTION_ERROR", error_message: "order 7 is invalid" });
     expect(r.logs.at(-1).message).toMatch(/at check \(handler\.js:\d+:\d+\)/);
+  });
+});
+
+describe("entrypoint", () => {
+  const entrypoint = (value: string) =>
+    t.pool.query(`update pgfn.functions set entrypoint = $1 where name = 'entries'`, [value]);
+
+  it("'handle' calls the default export, any other the export of that name", async () => {
+    expect((await run("entries")).result).toBe("default");
+    await entrypoint("other");
+    expect((await run("entries", { n: 1 })).result).toEqual({ other: { n: 1 } });
+    await entrypoint("handle");
+    expect((await run("entries")).result).toBe("default");
+    // Without a default export, "handle" is the export named handle.
+    expect((await run("echo", { n: 2 })).result).toEqual({ echo: { n: 2 } });
+  });
+
+  it("a missing or non-function export fails the run once, naming it and the exports", async () => {
+    for (const name of ["missing", "notfn"]) {
+      await entrypoint(name);
+      const r = await run("entries");
+      expect(r).toMatchObject({
+        status: "failed",
+        error_code: "FUNCTION_ERROR",
+        attempt: 1,
+        will_retry: false,
+        error_message: `The handler does not export a function named "${name}", the function's entrypoint; export it, or set entrypoint to one it exports (it exports default, handle, notfn, other).`,
+      });
+    }
+    await entrypoint("handle");
   });
 });
 

@@ -47,11 +47,17 @@ import { redactAndClip, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
+import { DEFAULT_ENTRY } from "./module.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
 import { JS_MODULE_FILE } from "./sourceMap.js";
 
 /** Options of {@link invokeJavaScript}. */
 export interface JsInvokeOptions {
+  /**
+   * The function's entrypoint: the export called. "handle" means the
+   * default export, else the one named `handle`. (Default: "handle")
+   */
+  readonly entry?: string;
   /** The instance's linear memory may not grow past this. (Default: no cap) */
   readonly memoryLimitBytes?: number;
   /** `ctx.env`: the function's env. (Default: {}) */
@@ -412,18 +418,17 @@ export async function invokeJavaScript(
         m = loaded.notAPromise ? loaded.value : keep(loaded.value);
     }
     if (m) {
+      const entry = options.entry ?? DEFAULT_ENTRY;
       const kind = context.typeof(m);
       let handler: QuickJSHandle | undefined;
       if (kind === "object" || kind === "function") {
-        const d = get(m, "default");
-        handler = context.typeof(d) === "function" ? d : get(m, "handle");
+        if (entry === DEFAULT_ENTRY) {
+          const d = get(m, "default");
+          handler = context.typeof(d) === "function" ? d : get(m, entry);
+        } else handler = get(m, entry);
       }
       if (!handler || context.typeof(handler) !== "function") {
-        settled = {
-          ok: false,
-          message:
-            "The handler's file exports no function: export default a function (event, ctx) => result, or export one named handle.",
-        };
+        settled = { ok: false, message: noEntry(entry, exportNames(context, m)) };
       } else {
         const result = context.callFunction(handler, context.undefined, input, ctx);
         const promise = keep(
@@ -511,6 +516,24 @@ export async function invokeJavaScript(
   } catch {
     return failed(`handler output is not JSON: ${result.json.slice(0, 200)}`);
   }
+}
+
+/** The module's exports, by name, for a message; [] if they cannot be read. */
+function exportNames(context: QuickJSContext, m: QuickJSHandle): string[] {
+  const names = context.getOwnPropertyNames(m, { strings: true, onlyEnumerable: true });
+  if (names.error) {
+    names.error.dispose();
+    return [];
+  }
+  return names.value.map((h) => h.consume((n) => context.getString(n)));
+}
+
+/** Why the entrypoint cannot be called, in the terms the user set it in. */
+function noEntry(entry: string, exports: readonly string[]): string {
+  const found = exports.length ? `it exports ${exports.join(", ")}` : "it exports nothing";
+  return entry === DEFAULT_ENTRY
+    ? `The handler exports no function to call: export default a function (event, ctx) => result, or export one named "${DEFAULT_ENTRY}" (${found}).`
+    : `The handler does not export a function named "${entry}", the function's entrypoint; export it, or set entrypoint to one it exports (${found}).`;
 }
 
 /** What the handler's script threw while loading, or QuickJS while running its jobs. */

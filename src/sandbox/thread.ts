@@ -123,6 +123,7 @@ port.on("message", async (msg: InvokeMessage) => {
           instances,
         })
       : await invokeJavaScript(module.code, msg.input, {
+          entry: msg.entry,
           memoryLimitBytes: msg.memoryLimitBytes,
           config: msg.config,
           callHost,
