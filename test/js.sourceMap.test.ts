@@ -4,7 +4,12 @@
 import { describe, expect, it } from "vitest";
 import { compileJavaScript } from "../src/sandbox/jsCompile.js";
 import { ModuleCache, sha256Hex, threadModule, type JsModule } from "../src/sandbox/module.js";
-import { decodeMappings, mapPositions, splitSourceMap } from "../src/sandbox/sourceMap.js";
+import {
+  decodeMappings,
+  mapPositions,
+  SourceMap,
+  splitSourceMap,
+} from "../src/sandbox/sourceMap.js";
 
 const SOURCE = `import type { Handler } from "pgfn";
 
@@ -50,6 +55,23 @@ describe("the stored module", () => {
     expect(splitSourceMap("export default () => 1;\n")).toEqual({
       code: "export default () => 1;\n",
     });
+  });
+});
+
+describe("SourceMap", () => {
+  it("finds the segment at or before a column on a long (minified) line", () => {
+    // One line: a segment at column 3, then one every 10 columns, column c
+    // coming from source column c.
+    const mappings = "GAAG" + ",UAAU".repeat(5000);
+    const map = new SourceMap(
+      Buffer.from(JSON.stringify({ version: 3, sources: ["min.js"], mappings })).toString("base64"),
+    );
+    const at = (column: number) => map.original(1, column);
+    expect(at(1)).toBeUndefined(); // before the first segment
+    expect(at(4)).toEqual({ file: "min.js", line: 1, column: 4 });
+    expect(at(4 + 10 * 1234 + 7)).toEqual({ file: "min.js", line: 1, column: 4 + 10 * 1234 });
+    expect(at(10 ** 6)).toEqual({ file: "min.js", line: 1, column: 4 + 10 * 5000 });
+    expect(map.original(2, 1)).toBeUndefined();
   });
 });
 

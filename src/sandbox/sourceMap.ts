@@ -64,10 +64,17 @@ export class SourceMap {
     const map = this.decode();
     if (!map || line < 1 || line >= map.lineStarts.length) return undefined;
     const { segments } = map;
+    // Binary search: a minified bundle is one line of many segments, and a
+    // handler may log as many positions as its logs hold.
+    let low = map.lineStarts[line - 1]! / 4;
+    let high = map.lineStarts[line]! / 4 - 1;
     let found = -1;
-    for (let i = map.lineStarts[line - 1]!; i < map.lineStarts[line]!; i += 4) {
-      if (segments[i]! > column - 1) break;
-      found = i;
+    while (low <= high) {
+      const mid = (low + high) >>> 1;
+      if (segments[mid * 4]! <= column - 1) {
+        found = mid * 4;
+        low = mid + 1;
+      } else high = mid - 1;
     }
     if (found < 0) return undefined;
     const file = map.sources[segments[found + 1]!];
