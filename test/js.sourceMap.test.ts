@@ -4,8 +4,10 @@
 import { describe, expect, it } from "vitest";
 import { compileJavaScript } from "../src/sandbox/jsCompile.js";
 import { ModuleCache, sha256Hex, threadModule, type JsModule } from "../src/sandbox/module.js";
+import { invokeJavaScript } from "../src/sandbox/jsEngine.js";
 import {
   decodeMappings,
+  mapLogs,
   mapPositions,
   SourceMap,
   splitSourceMap,
@@ -59,6 +61,17 @@ describe("the stored module", () => {
 });
 
 describe("SourceMap", () => {
+  it("counts columns as QuickJS does, in code points, past emoji on the line", async () => {
+    const source = `function boom(): string { throw new Error("x"); }
+export default () => "🎉🎉🎉🎉🎉🎉" + String(1) + boom();
+`;
+    const { code, sourceMap } = splitSourceMap(await compileJavaScript(source, "party.ts"));
+    const outcome = await invokeJavaScript(code, {});
+    const mapped = mapLogs({ runtime: "js", code, sourceMap }, outcome).logs[0]!.message;
+    const column = source.split("\n")[1]!.indexOf("boom") + 1;
+    expect(mapped).toMatch(new RegExp(`at \\w+ \\(party\\.ts:2:${column}\\)`));
+  });
+
   it("finds the segment at or before a column on a long (minified) line", () => {
     // One line: a segment at column 3, then one every 10 columns, column c
     // coming from source column c.

@@ -35,7 +35,8 @@ export function splitSourceMap(text: string): { code: string; sourceMap?: Source
   const base64 = text.slice(at + INLINE_MAP.length).trimEnd();
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(base64)) return { code: text };
   // Cut after the newline: the code's lines keep their numbers.
-  return { code: text.slice(0, at + 1), sourceMap: new SourceMap(base64) };
+  const code = text.slice(0, at + 1);
+  return { code, sourceMap: new SourceMap(base64, code) };
 }
 
 /** A compiled position (1-based line and column) as the user's file and position. */
@@ -52,7 +53,19 @@ interface Original {
 export class SourceMap {
   private decoded?: { sources: string[] } & ReturnType<typeof decodeMappings>;
 
-  constructor(private readonly base64: string) {}
+  /** Whether `code` has characters beyond UTF-16's first plane; then its lines' starts. */
+  private astral?: boolean;
+  private codeLines?: Int32Array;
+
+  /**
+   * @param code the compiled module, to turn QuickJS's columns (counted in
+   *   code points) into the map's (UTF-16 units). (Default: none; columns
+   *   are taken as they are)
+   */
+  constructor(
+    private readonly base64: string,
+    private readonly code = "",
+  ) {}
 
   /**
    * Where the compiled line and column (both 1-based, as QuickJS prints them)
@@ -63,6 +76,7 @@ export class SourceMap {
   original(line: number, column: number): Original | undefined {
     const map = this.decode();
     if (!map || line < 1 || line >= map.lineStarts.length) return undefined;
+    column = this.units(line, column);
     const { segments } = map;
     // Binary search: a minified bundle is one line of many segments, and a
     // handler may log as many positions as its logs hold.
@@ -80,6 +94,29 @@ export class SourceMap {
     const file = map.sources[segments[found + 1]!];
     if (file === undefined) return undefined;
     return { file, line: segments[found + 2]! + 1, column: segments[found + 3]! + 1 };
+  }
+
+  /**
+   * QuickJS's column in UTF-16 units: they differ by one for each character
+   * beyond the first plane (an emoji) earlier on the line.
+   */
+  private units(line: number, column: number): number {
+    const code = this.code;
+    this.astral ??= /[\uD800-\uDBFF]/.test(code);
+    if (!this.astral) return column;
+    if (!this.codeLines) {
+      const starts = [0];
+      for (let i = code.indexOf("\n"); i >= 0; i = code.indexOf("\n", i + 1)) starts.push(i + 1);
+      this.codeLines = Int32Array.from(starts);
+    }
+    let i = this.codeLines[line - 1];
+    if (i === undefined) return column;
+    const start = i;
+    for (let point = 1; point < column && i < code.length && code.charCodeAt(i) !== 10; point++) {
+      const c = code.charCodeAt(i);
+      i += c >= 0xd800 && c <= 0xdbff ? 2 : 1;
+    }
+    return i - start + 1;
   }
 
   private decode() {
