@@ -11,10 +11,11 @@
  * thread, only when one names a compiled position (mapLogs), and the map is
  * decoded on that first use and kept with the cached module.
  *
- * The decoder is ours: ~50 lines for the one question asked (generated line
+ * The decoder is ours: ~100 lines for the one question asked (generated line
  * and column to source file, line and column), where a library (e.g.
  * @jridgewell/trace-mapping) would be a production dependency, and two of its
- * own, to answer it.
+ * own, to answer it; and QuickJS's columns need converting first either way
+ * (SourceMap.units).
  */
 import type { InvokeOutcome } from "./invocation.js";
 import type { HandlerModule } from "./module.js";
