@@ -117,6 +117,18 @@ async function compileQuickJs(): Promise<WebAssembly.Module> {
 let engine: Promise<Engine> | undefined;
 
 /**
+ * Starts this thread's engine ahead of its first call. A failure is left to
+ * that call to report.
+ */
+export async function warmJavaScript(): Promise<void> {
+  try {
+    await (engine ??= Engine.create());
+  } catch {
+    engine = undefined;
+  }
+}
+
+/**
  * Describes what the handler threw, as `{ message, stack }` JSON: evaluated
  * only when a call fails, so that a call that succeeds parses no glue.
  */
