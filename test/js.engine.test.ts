@@ -186,6 +186,16 @@ export default async (event, ctx) => ({ event, rows: (await ctx.db.query("q")).r
       { config: { API_KEY: "sk_live_abcdef123456" } },
     );
     expect(JSON.stringify(r)).not.toContain("sk_live_abcdef123456");
+    // Cut inside the engine, a long line keeps enough past the kept
+    // characters for a secret across the cut to be redacted whole.
+    const long = `"x".repeat(${MAX_MESSAGE_CHARS - 5}) + ctx.env.API_KEY + "y".repeat(2e4)`;
+    const cut = await run(
+      `export default (e, ctx) => { ctx.log.warn(${long}); ctx.log.info("f", { k: ${long} }); throw new Error(${long}); }`,
+      { config: { API_KEY: "sk_live_abcdef123456" } },
+    );
+    expect(cut.logs).toHaveLength(3);
+    expect(cut.error?.message).toMatch(/^x+\[reda…$/);
+    expect(JSON.stringify(cut)).not.toContain("sk_li");
   });
 
   it("copies no handler string longer than its limit out of the engine: host arguments refused, log lines, errors and the result cut or refused inside it", async () => {
