@@ -77,11 +77,21 @@ export const REDACTED = "[redacted]";
  * redactAndClip("key=sk-123456", ["sk-123456"], 8) // "key=[red…"
  */
 export function redactAndClip(text: string, secrets: readonly string[], max: number): string {
-  const longest = secrets.reduce((n, s) => Math.max(n, s.length), 0);
-  const window =
-    max + Math.ceil(max / REDACTED.length) * Math.max(longest, REDACTED.length) + longest;
-  const redacted = longest === 0 ? text : redact(text.slice(0, window), secrets);
+  const redacted =
+    secrets.length === 0 ? text : redact(text.slice(0, redactionWindow(secrets, max)), secrets);
   return clip(redacted, max);
+}
+
+/**
+ * How many characters of a text {@link redactAndClip} reads to fill `max`:
+ * a caller that copies a huge text from elsewhere need copy no more.
+ *
+ * @example
+ * redactionWindow([], 4000) // 8000
+ */
+export function redactionWindow(secrets: readonly string[], max: number): number {
+  const longest = secrets.reduce((n, s) => Math.max(n, s.length), 0);
+  return max + Math.ceil(max / REDACTED.length) * Math.max(longest, REDACTED.length) + longest;
 }
 
 /**
