@@ -42,10 +42,17 @@ export interface Utils {
   /** Installs or upgrades the pgfn and graphile_worker schemas; safe concurrently. */
   migrate(): Promise<MigrationResult>;
   /**
-   * Validates an Extism module (exporting `handle`) and its settings, then
-   * stores it as function `name`. Nothing is stored on error.
+   * Validates a handler and its settings, then stores it as function
+   * `name`. Nothing is stored on error. The handler is an Extism module's
+   * bytes (exporting `handle`), or a TypeScript/JavaScript handler's text
+   * with the file name that says which (`.ts`, `.mts`, `.js`, `.mjs`), as
+   * `pgfn deploy` reads it from a file.
    */
-  deploy(name: string, wasm: Uint8Array, settings?: DeployOptions): Promise<DeployResult>;
+  deploy(
+    name: string,
+    handler: Uint8Array | { readonly source: string; readonly fileName: string },
+    settings?: DeployOptions,
+  ): Promise<DeployResult>;
   /**
    * Runs function `name` once, now, in this process, with a `"manual"` event
    * carrying `payload`, and returns the recorded run, failed or not. The
@@ -85,8 +92,15 @@ export async function makeUtils(options: UtilsOptions): Promise<Utils> {
   let released: Promise<void> | undefined;
   return {
     migrate: () => migrate(pool),
-    deploy: (name, wasm, settings = {}) =>
-      deployFunction(db, { ...settings, name, wasm, update: settings.update ?? false }),
+    deploy: (name, handler, settings = {}) =>
+      deployFunction(db, {
+        ...settings,
+        name,
+        ...(handler instanceof Uint8Array
+          ? { wasm: handler }
+          : { source: handler.source, fileName: handler.fileName }),
+        update: settings.update ?? false,
+      }),
     async invoke(name, payload = {}) {
       if (!invoker) {
         const starting = startInvoker({

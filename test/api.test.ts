@@ -42,6 +42,24 @@ it("makeUtils migrates, deploys and invokes, then releases everything", async ()
     expect(event).toMatchObject({ trigger: "manual", function: "echo", attempt: 1 });
     expect(event.trigger === "manual" && event.payload).toEqual({ hello: "world" });
 
+    // A TypeScript handler deploys from its text, as pgfn deploy reads a .ts file.
+    const ts = await utils.deploy(
+      "hello",
+      {
+        source: `import type { Handler } from "pgfn";
+const handle: Handler = (event, ctx) => ({ hi: ctx.env.GREETING, trigger: event.trigger });
+export default handle;`,
+        fileName: "hello.ts",
+      },
+      { env: { GREETING: "hi" } },
+    );
+    expect(ts).toMatchObject({ name: "hello", created: true });
+    const hello = await utils.invoke("hello");
+    expect(hello).toMatchObject({ status: "succeeded", result: { hi: "hi", trigger: "manual" } });
+    await expect(
+      utils.deploy("broken", { source: "export default (e) => {", fileName: "broken.js" }),
+    ).rejects.toThrow(/broken\.js:1:\d+/);
+
     await expect(utils.invoke("nosuch")).rejects.toThrow(/"nosuch" is not deployed/);
   } finally {
     await utils.release();

@@ -68,9 +68,18 @@ describe("secretValues", () => {
       "WEBHOOK_SIGNATURE",
       "TLS_CERT",
       "PASSWORD_SALT",
+      "MYSQL_PWD",
+      "SMTP_PW",
+      "JWT",
+      "JWT_SIGNING",
+      "HMAC",
+      "BEARER",
+      "GITHUB_PAT",
+      "STRIPE_SK",
+      "WEBHOOK_SIGNING",
     ];
     for (const key of secret) expect(SECRET_KEY.test(key), key).toBe(true);
-    for (const key of ["REGION", "LOG_LEVEL", "SENDER", "TIMEOUT_MS", "HOSTNAME"]) {
+    for (const key of ["REGION", "LOG_LEVEL", "SENDER", "TIMEOUT_MS", "HOSTNAME", "PATH", "SKU"]) {
       expect(SECRET_KEY.test(key), key).toBe(false);
     }
     expect(secretValues({ DATABASE_URL: "postgres://u:pw@db/app", SMTP_PASS: "hunter22" })).toEqual(

@@ -5,8 +5,10 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { compileJavaScript } from "../src/sandbox/jsCompile.js";
-import { invokeJavaScript } from "../src/sandbox/jsEngine.js";
-import type { HostReply } from "../src/sandbox/protocol.js";
+import { engineStarts, invokeJavaScript } from "../src/sandbox/jsEngine.js";
+import { MAX_OUTPUT_BYTES } from "../src/sandbox/invocation.js";
+import { MAX_MESSAGE_CHARS } from "../src/sandbox/logs.js";
+import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "../src/sandbox/protocol.js";
 
 const welcome = new URL("./fixtures/handlers/welcome.ts", import.meta.url);
 const event = {
@@ -119,6 +121,11 @@ describe("the engine", () => {
       message:
         'The handler does not export a function named "nope", the function\'s entrypoint; export it, or set entrypoint to one it exports (it exports default, handle, other).',
     });
+    // A long list is cut.
+    const many = Array.from({ length: 25 }, (_, i) => `export const e${i} = ${i};`).join("\n");
+    expect(
+      (await run(`${many}\nexport default () => 1;`, { entry: "nope" })).error?.message,
+    ).toMatch(/\(it exports default, e0, e1, e10, .*, e24, e3, 6 more\)\.$/);
   });
 
   it("fails a handler that waits for ever, without waiting for the deadline", async () => {
@@ -205,5 +212,164 @@ export default async (event, ctx) => ({ event, rows: (await ctx.db.query("q")).r
       { config: { API_KEY: "sk_live_abcdef123456" } },
     );
     expect(JSON.stringify(r)).not.toContain("sk_live_abcdef123456");
+    // Cut inside the engine, a long line keeps enough past the kept
+    // characters for a secret across the cut to be redacted whole.
+    const long = `"x".repeat(${MAX_MESSAGE_CHARS - 5}) + ctx.env.API_KEY + "y".repeat(2e4)`;
+    const cut = await run(
+      `export default (e, ctx) => { ctx.log.warn(${long}); ctx.log.info("f", { k: ${long} }); throw new Error(${long}); }`,
+      { config: { API_KEY: "sk_live_abcdef123456" } },
+    );
+    expect(cut.logs).toHaveLength(3);
+    expect(cut.error?.message).toMatch(/^x+\[reda…$/);
+    expect(JSON.stringify(cut)).not.toContain("sk_li");
+  });
+
+  it("copies no handler string longer than its limit out of the engine: host arguments refused, log lines, errors and the result cut or refused inside it", async () => {
+    // Every string QuickJS hands this thread is decoded from its memory by
+    // Emscripten's TextDecoder: the largest one says what crossed.
+    let largest = 0;
+    const decode = TextDecoder.prototype.decode;
+    TextDecoder.prototype.decode = function (input, options) {
+      largest = Math.max(largest, input?.byteLength ?? 0);
+      return decode.call(this, input, options);
+    };
+    // 6M UTF-16 units, 9 MB as UTF-8; a concatenation, as handlers make them.
+    const big = `const big = "é".repeat(3e6) + "x".repeat(3e6);`;
+    const refused = (name: string, length: number) =>
+      `${name}: the argument is at least ${length} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`;
+    const cut = (text: string) => `${text.repeat(MAX_MESSAGE_CHARS).slice(0, MAX_MESSAGE_CHARS)}…`;
+    const calls: string[] = [];
+    try {
+      const r = await run(
+        `${big}
+export default async (e, ctx) => {
+  const caught = [];
+  const attempt = async (f) => { try { await f(); caught.push("ok"); } catch (err) { caught.push(err.message); } };
+  await attempt(() => ctx.db.query(big));
+  await attempt(() => ctx.db.query("select $1", [big]));
+  await attempt(() => ctx.fetch(big));
+  await attempt(() => ctx.fetch("https://x", { body: big }));
+  await attempt(() => ctx.fetch("https://x", { method: big }));
+  await attempt(() => ctx.fetch("https://x", { headers: { a: big } }));
+  ctx.log.info(big, { big });
+  ctx.log.warn({ toString: () => big });
+  const retry = ctx.retryAfter(big);
+  return { caught, kept: ctx.noRetry(big).message.length, retry: retry.message.length };
+};`,
+        { callHost: (name) => (calls.push(name), { ok: true, value: null }) },
+      );
+      expect(r.error).toBeUndefined();
+      expect(r.output).toEqual({
+        caught: [
+          refused("db_query", 6e6 + 2),
+          refused("db_query", 6e6 + 4),
+          refused("http_fetch", 6e6),
+          refused("http_fetch", 6e6),
+          refused("http_fetch", 6e6 + 2),
+          refused("http_fetch", 6e6 + 8),
+        ],
+        // The handler's own message stays whole in the engine.
+        kept: 6e6,
+        retry: expect.any(Number),
+      });
+      expect(calls).toEqual([]);
+      expect(r.logs.map((l) => l.message)).toEqual([cut("é"), cut("é")]);
+
+      const output = await run(`${big} export default () => big;`);
+      expect(output.error).toEqual({
+        code: "FUNCTION_ERROR",
+        message: `The handler's output is at least ${6e6 + 2} bytes; at most ${MAX_OUTPUT_BYTES} are kept.`,
+      });
+      for (const [thrower, message] of [
+        [`export default () => { throw new Error(big); };`, cut("é")],
+        [`export default () => { const e = new Error("m"); e.name = big; throw e; };`, cut("é")],
+        [`export default () => { const e = new Error("m"); e.stack = big; throw e; };`, "m"],
+        [
+          `export default () => { throw big; };`,
+          `the handler threw ${"é".repeat(MAX_MESSAGE_CHARS - 18)}…`,
+        ],
+        [
+          `export default () => { throw [big]; };`,
+          `the handler threw ["${"é".repeat(MAX_MESSAGE_CHARS - 20)}…`,
+        ],
+        [`throw new Error(big); export default () => 1;`, cut("é")],
+        [`export default async () => { await null; throw new Error(big); };`, cut("é")],
+        [
+          `export default () => ({ toJSON() { throw new Error(big); } });`,
+          `The handler's result cannot be stored as JSON: ${"é".repeat(MAX_MESSAGE_CHARS - 47)}…`,
+        ],
+      ]) {
+        const r = await run(`${big} ${thrower}`);
+        expect(r.error, thrower).toEqual({ code: "FUNCTION_ERROR", message });
+        for (const log of r.logs)
+          expect(log.message.length).toBeLessThanOrEqual(MAX_MESSAGE_CHARS + 1);
+      }
+    } finally {
+      TextDecoder.prototype.decode = decode;
+    }
+    expect(largest).toBeGreaterThan(0);
+    expect(largest).toBeLessThan(64 * 1024);
+  });
+
+  it("describes what a handler threw whatever it replaced or booby-trapped, and serves the next call on the same engine", async () => {
+    await run(`export default () => "warm"`);
+    const started = engineStarts();
+    const cases: [source: string, message: string][] = [
+      [
+        `export default () => { JSON.stringify = () => { throw new Error("replaced"); }; globalThis.String = JSON.stringify; throw { a: 1 }; };`,
+        `the handler threw {"a":1}`,
+      ],
+      [
+        `export default () => { Object.defineProperty(Error.prototype, "name", { get() { throw new Error("name"); } }); String.prototype.slice = () => ""; throw new Error("x".repeat(1e4)); };`,
+        `${"x".repeat(MAX_MESSAGE_CHARS)}…`,
+      ],
+      [
+        `export default () => { const e = new RangeError("r"); for (const k of ["message", "stack"]) Object.defineProperty(e, k, { get() { throw new Error(k); } }); throw e; };`,
+        "RangeError: (a message that cannot be shown)",
+      ],
+      [
+        `export default () => { throw new Proxy(new Error("p"), { getPrototypeOf() { throw 1; }, get() { throw 2; } }); };`,
+        "the handler threw a value that cannot be shown",
+      ],
+      [
+        `Object.prototype.isPrototypeOf = () => false; Reflect.get = () => "replaced"; export default async () => { throw new TypeError("t"); };`,
+        "TypeError: t",
+      ],
+      // What a ctx function takes may throw, or be refused, half-way through.
+      [
+        `export default (e, ctx) => ctx.fetch("x", { method: "GET", headers: { get a() { throw new Error("getter"); } } });`,
+        "getter",
+      ],
+      [
+        `export default (e, ctx) => ctx.fetch("x".repeat(${MAX_HOST_ARGUMENT_BYTES + 1}));`,
+        `http_fetch: the argument is at least ${MAX_HOST_ARGUMENT_BYTES + 1} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`,
+      ],
+    ];
+    for (const [source, message] of cases) {
+      const r = await run(source);
+      expect(r.error, source).toEqual({ code: "FUNCTION_ERROR", message });
+    }
+    expect((await run(`export default () => "next"`)).output).toBe("next");
+    expect(engineStarts()).toBe(started);
+  });
+
+  it("fails a run whose ctx call overflowed the host's stack, whatever the handler caught, and drops the engine", async () => {
+    for (const call of ["ctx.log.info(o)", "ctx.fetch(o)"]) {
+      await run(`export default () => "warm"`);
+      const started = engineStarts();
+      const r = await run(
+        `export default async (e, ctx) => {
+  const o = { toString() { ${call}; return "x"; } };
+  try { await ${call}; } catch (err) { return "caught: " + err.message; }
+  return "returned";
+};`,
+      );
+      expect(r.error, call).toEqual({
+        code: "FUNCTION_ERROR",
+        message: "The handler overflowed the stack (unbounded recursion?).",
+      });
+      expect((await run(`export default () => "next"`)).output).toBe("next");
+      expect(engineStarts(), call).toBe(started + 1);
+    }
   });
 });

@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../src/sandbox/module.js";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.js";
-import { exampleWasm } from "./helpers.js";
+import { exampleWasm, waitFor } from "./helpers.js";
 
 let sandbox: Sandbox;
 const modules: Record<string, WebAssembly.Module> = {};
@@ -107,6 +107,18 @@ describe("threads", () => {
     for (let i = 0; i < 120; i++) await run("echo", { i });
     expect(sandbox.pool.counters.recycled).toBeGreaterThan(before);
     expect(sandbox.pool.stats.threads).toBeLessThanOrEqual(3);
+  });
+
+  it("starts a thread in place of a killed one before anything asks for it", async () => {
+    await sandbox.pool.warm();
+    expect(sandbox.pool.stats.threads).toBe(3);
+    const killed = sandbox.pool.counters.killed;
+    expect((await run("spin", {}, { timeoutMs: 1000 })).error?.code).toBe("TIMEOUT");
+    expect(sandbox.pool.counters.killed).toBe(killed + 1);
+    // Nothing is invoked meanwhile: without the replacement the pool stays at 2.
+    await waitFor(async () => sandbox.pool.stats.threads === 3, {
+      message: "a thread to start in place of the killed one",
+    });
   });
 
   it("reports output that is not JSON, and error_set, as FUNCTION_ERROR", async () => {

@@ -43,7 +43,7 @@ import {
   Lifetime,
 } from "quickjs-emscripten-core";
 import { formatBytes } from "./hostMemory.js";
-import { redactAndClip, secretValues } from "./host/redact.js";
+import { redactAndClip, redactionWindow, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
@@ -89,6 +89,7 @@ class Engine {
   static async create(): Promise<Engine> {
     compiled ??= compileQuickJs();
     const module = await compiled;
+    enginesStarted += 1;
     const quickjs = await newQuickJSWASMModuleFromVariant(
       newVariant(quickjsSync, { wasmModule: module }),
     );
@@ -122,24 +123,49 @@ async function compileQuickJs(): Promise<WebAssembly.Module> {
 
 /** This thread's instance; undefined until the first call, and after one that dropped it. */
 let engine: Promise<Engine> | undefined;
+let enginesStarted = 0;
+
+/** How many engine instances this thread has started: tests tell a reused engine from a new one. */
+export const engineStarts = (): number => enginesStarted;
 
 /**
- * Describes what the handler threw, as `{ message, stack }` JSON: evaluated
- * only when a call fails, so that a call that succeeds parses no glue.
+ * Starts this thread's engine ahead of its first call. A failure is left to
+ * that call to report.
  */
-const DESCRIBE = `(error) => {
-  let message, stack;
+export async function warmJavaScript(): Promise<void> {
   try {
-    if (error instanceof Error) {
-      message = error.name === "Error" ? String(error.message) : error.name + ": " + error.message;
-      stack = typeof error.stack === "string" ? error.stack : undefined;
-    } else message = "the handler threw " + (typeof error === "string" ? error : JSON.stringify(error) ?? String(error));
-  } catch (e) { message = "the handler threw a value that cannot be shown"; }
-  return JSON.stringify({ message, stack });
-}`;
+    await (engine ??= Engine.create());
+  } catch {
+    engine = undefined;
+  }
+}
+
+/**
+ * `f(handle)`, then the handle disposed even when `f` throws: Lifetime's own
+ * consume leaves it alive then, and a handle left alive makes freeing the
+ * runtime abort, which costs the thread its engine.
+ */
+function consume<T>(handle: QuickJSHandle, f: (handle: QuickJSHandle) => T): T {
+  try {
+    return f(handle);
+  } finally {
+    if (handle.alive) handle.dispose();
+  }
+}
 
 /** A failed run, as the handler's code or the engine left it. */
 type Failure = { ok: false; message: string; stack?: string };
+
+/** A run's message for QuickJS itself failing: V8's stack limit inside the engine, or an abort. */
+const engineFailure = (error: unknown): Failure => {
+  const message = (error as Error).message ?? String(error);
+  return {
+    ok: false,
+    message: /call stack/i.test(message)
+      ? "The handler overflowed the stack (unbounded recursion?)."
+      : `The JavaScript engine failed: ${message}`,
+  };
+};
 
 /**
  * Calls the JavaScript handler once, in a new QuickJS runtime on this
@@ -194,23 +220,37 @@ export async function invokeJavaScript(
   let settled: { ok: true; json: string } | Failure | undefined;
   // Whether the engine may serve the next call: false after anything QuickJS may not have cleaned up after.
   let healthy = true;
+  // A host error inside one of ctx's functions (V8's stack limit, mostly):
+  // it may have unwound QuickJS mid-update, so the run fails and the engine goes.
+  let fault: unknown;
+  // What of a string is copied out of the context for a log line or an
+  // error message: what redaction needs to fill MAX_MESSAGE_CHARS.
+  const window = redactionWindow(secrets, MAX_MESSAGE_CHARS);
   const runtime = e.quickjs.newRuntime();
   const context = runtime.newContext();
   // Handles to dispose before the context is: each of the context's own
-  // values, taken before the handler's code runs, so that `ctx` works
-  // whatever that code does to the global object.
+  // values, taken before the handler's code runs, so that `ctx` and the
+  // description of what the handler threw work whatever that code does to
+  // the global object.
   const owned: QuickJSHandle[] = [];
   try {
     const keep = (h: QuickJSHandle) => (owned.push(h), h);
     const get = (object: QuickJSHandle, key: string) => keep(context.getProp(object, key));
+    const Object_ = get(context.global, "Object");
     const JSON_ = get(context.global, "JSON");
     const parse = get(JSON_, "parse");
     const stringify = get(JSON_, "stringify");
-    const freeze = get(get(context.global, "Object"), "freeze");
+    const freeze = get(Object_, "freeze");
+    const isPrototypeOf = get(get(Object_, "prototype"), "isPrototypeOf");
+    const Error_ = get(context.global, "Error");
+    const errorPrototype = get(Error_, "prototype");
+    const reflectGet = get(get(context.global, "Reflect"), "get");
     const Promise_ = get(context.global, "Promise");
     const resolve = get(Promise_, "resolve");
     const reject = get(Promise_, "reject");
     const String_ = get(context.global, "String");
+    const slice = get(get(String_, "prototype"), "slice");
+    const Number_ = get(context.global, "Number");
 
     // `ctx` is built here from handles rather than by a script: parsing one
     // on every call cost more than the call itself. Inside a host function
@@ -222,23 +262,55 @@ export async function invokeJavaScript(
       if (r.error) throw r.error;
       return r.value;
     }
+    /** `object[key]`, a getter's throw thrown here (context.getProp would leave it pending). */
+    const prop = (object: QuickJSHandle, key: string) =>
+      consume(context.newString(key), (k) => call(reflectGet, object, k));
     const fromJson = (text: string | undefined) =>
       text === undefined
         ? context.undefined
-        : context.newString(text).consume((s) => call(parse, s));
-    /** JSON.stringify in the context: undefined where it gives undefined. */
-    const toJson = (h: QuickJSHandle) =>
-      call(stringify, h).consume((r) =>
-        context.typeof(r) === "string" ? context.getString(r) : undefined,
-      );
-    const toHost = (h: QuickJSHandle): unknown => {
-      const text = context.typeof(h) === "undefined" ? undefined : toJson(h);
-      return text === undefined ? undefined : JSON.parse(text);
-    };
-    const str = (h: QuickJSHandle) =>
-      context.typeof(h) === "string"
-        ? context.getString(h)
-        : call(String_, h).consume((s) => context.getString(s));
+        : consume(context.newString(text), (s) => call(parse, s));
+    /** String(h) in the context, as a handle of the caller's. */
+    const toString = (h: QuickJSHandle) =>
+      context.typeof(h) === "string" ? h.dup() : call(String_, h);
+    // Whatever crosses from the context to this thread's heap is measured
+    // first, inside the context: a handler's string may be as long as its
+    // memory limit allows, the thread's heap is smaller. QuickJS answers a
+    // string's length itself, without the handler's code; each of its
+    // UTF-16 units is at least one UTF-8 byte.
+    const lengthOf = (s: QuickJSHandle) => consume(context.getProp(s, "length"), context.getNumber);
+    /** String(h), copied out only if at most `max` units long; else `refusal(length)` is thrown in the handler's code. */
+    const bounded = (h: QuickJSHandle, max: number, refusal: (length: number) => string) =>
+      consume(toString(h), (s) => {
+        const length = lengthOf(s);
+        if (length > max) throw context.newError(refusal(length));
+        return context.getString(s);
+      });
+    /** String(h), cut inside the context to `window` units, "…" marking a cut. */
+    const clipped = (h: QuickJSHandle) =>
+      consume(toString(h), (s) => {
+        if (lengthOf(s) <= window) return context.getString(s);
+        const start = context.newNumber(0);
+        const end = context.newNumber(window);
+        try {
+          return `${consume(callOn(s, slice, start, end), context.getString)}…`;
+        } finally {
+          start.dispose();
+          end.dispose();
+        }
+      });
+    const argument = (name: string) => (length: number) =>
+      `${name}: the argument is at least ${length} bytes; at most ${MAX_HOST_ARGUMENT_BYTES} are accepted`;
+    /** JSON.stringify in the context, then JSON.parse here: undefined where the first gives undefined. */
+    const toHost = (h: QuickJSHandle, name: string): unknown =>
+      context.typeof(h) === "undefined"
+        ? undefined
+        : consume(call(stringify, h), (json) =>
+            context.typeof(json) === "string"
+              ? JSON.parse(bounded(json, MAX_HOST_ARGUMENT_BYTES, argument(name)))
+              : undefined,
+          );
+    const str = (h: QuickJSHandle, name: string) =>
+      bounded(h, MAX_HOST_ARGUMENT_BYTES, argument(name));
     const frozen = (h: QuickJSHandle) => (call(freeze, h).dispose(), h);
     const object = (props: Record<string, QuickJSHandle>) => {
       const o = context.newObject();
@@ -248,13 +320,18 @@ export async function invokeJavaScript(
       }
       return frozen(o);
     };
+    /** A host error (not a handle the context threw) inside ctx's functions: the engine's fault. */
+    const hostError = (error: unknown) => {
+      fault ??= error;
+      return context.newError(`pgfn: ${(error as Error).message ?? String(error)}`);
+    };
     const fn = (name: string, body: (...args: QuickJSHandle[]) => QuickJSHandle | undefined) =>
       context.newFunction(name, (...args) => {
         try {
           return body(...args);
         } catch (error) {
           if (error instanceof Lifetime) throw error;
-          throw context.newError(`pgfn: ${(error as Error).message ?? String(error)}`);
+          throw hostError(error);
         }
       });
     /** `new Promise((resolve) => resolve(f()))`: what `f` throws is the rejection. */
@@ -263,13 +340,10 @@ export async function invokeJavaScript(
       try {
         value = f();
       } catch (error) {
-        const reason =
-          error instanceof Lifetime
-            ? (error as QuickJSHandle)
-            : context.newError(`pgfn: ${(error as Error).message ?? String(error)}`);
-        return reason.consume((r) => callOn(Promise_, reject, r));
+        const reason = error instanceof Lifetime ? (error as QuickJSHandle) : hostError(error);
+        return consume(reason, (r) => callOn(Promise_, reject, r));
       }
-      return value.consume((v) => callOn(Promise_, resolve, v));
+      return consume(value, (v) => callOn(Promise_, resolve, v));
     };
     /** A host function's value; its error thrown as the handler's Error. */
     const host = (name: string, argument: unknown): unknown => {
@@ -290,13 +364,17 @@ export async function invokeJavaScript(
         let suffix = "";
         if (fields !== undefined && context.typeof(fields) !== "undefined") {
           try {
-            suffix = ` ${toJson(fields)}`;
+            suffix = ` ${consume(call(stringify, fields), (json) =>
+              context.typeof(json) === "string" ? clipped(json) : "undefined",
+            )}`;
           } catch (error) {
-            if (error instanceof Lifetime) error.dispose();
-            suffix = ` ${str(fields)}`;
+            if (!(error instanceof Lifetime)) throw error;
+            error.dispose();
+            suffix = ` ${clipped(fields)}`;
           }
         }
-        logger[name](str(message ?? context.undefined) + suffix);
+        // The logger redacts and clips the line to MAX_MESSAGE_CHARS.
+        logger[name](clipped(message ?? context.undefined) + suffix);
         return undefined;
       });
     const response = (r: { status: number; headers?: unknown; body?: string }) =>
@@ -310,18 +388,18 @@ export async function invokeJavaScript(
         ),
         json: fn("json", () =>
           settle(() =>
-            (r.body === undefined ? context.undefined : context.newString(r.body)).consume((b) =>
+            consume(r.body === undefined ? context.undefined : context.newString(r.body), (b) =>
               call(parse, b),
             ),
           ),
         ),
       });
+    // The handler's message stays in the context, `Error(String(message))`:
+    // it may be any length, and is clipped where the run's message is made.
     const retryError = (message: QuickJSHandle | undefined, otherwise: () => string) =>
-      context.newError(
-        message === undefined || context.typeof(message) === "undefined"
-          ? otherwise()
-          : str(message),
-      );
+      message === undefined || context.typeof(message) === "undefined"
+        ? context.newError(otherwise())
+        : consume(toString(message), (s) => call(Error_, s));
     const env: Record<string, QuickJSHandle> = {};
     for (const [key, value] of Object.entries(config)) env[key] = context.newString(value);
     const ctx = keep(
@@ -339,11 +417,11 @@ export async function invokeJavaScript(
               fromJson(
                 JSON.stringify(
                   host("db_query", {
-                    sql: toHost(sql ?? context.undefined),
+                    sql: toHost(sql ?? context.undefined, "db_query"),
                     params:
                       params === undefined || context.typeof(params) === "undefined"
                         ? []
-                        : toHost(params),
+                        : toHost(params, "db_query"),
                   }) ?? null,
                 ),
               ),
@@ -356,27 +434,28 @@ export async function invokeJavaScript(
               init !== undefined &&
               (context.typeof(init) === "function" ||
                 (context.typeof(init) === "object" && !context.eq(init, context.null)))
-                ? context.getProp(init, key)
+                ? prop(init, key)
                 : context.undefined;
-            const body = field("body").consume((b) =>
-              context.typeof(b) === "undefined" ? undefined : str(b),
+            const body = consume(field("body"), (b) =>
+              context.typeof(b) === "undefined" ? undefined : str(b, "http_fetch"),
             );
             return response(
               host("http_fetch", {
-                url: str(url ?? context.undefined),
-                method: field("method").consume(toHost),
-                headers: field("headers").consume(toHost),
+                url: str(url ?? context.undefined, "http_fetch"),
+                method: consume(field("method"), (m) => toHost(m, "http_fetch")),
+                headers: consume(field("headers"), (h) => toHost(h, "http_fetch")),
                 body,
               }) as { status: number; headers?: unknown; body?: string },
             );
           }),
         ),
         retryAfter: fn("retryAfter", (ms, message) => {
-          const after = ms === undefined ? NaN : context.getNumber(ms);
+          // Number(ms) in the context: a valueOf that throws is thrown to the handler.
+          const after = ms === undefined ? NaN : consume(call(Number_, ms), context.getNumber);
           options.onRetry?.({ afterMs: Math.max(0, Math.min(after || 0, MAX_RETRY_AFTER_MS)) });
           return retryError(
             message,
-            () => `the handler asked to be retried after ${str(ms ?? context.undefined)} ms`,
+            () => `the handler asked to be retried after ${clipped(ms ?? context.undefined)} ms`,
           );
         }),
         noRetry: fn("noRetry", (message) => {
@@ -387,16 +466,54 @@ export async function invokeJavaScript(
     );
     const input = keep(fromJson(json));
 
-    const failWith = (error: QuickJSHandle): Failure => {
-      const described = context.evalCode(DESCRIBE, "pgfn.js");
-      if (described.error) return described.error.consume((d) => thrown(context, d));
-      const f = JSON.parse(
-        described.value.consume((d) => call(d, error).consume((s) => context.getString(s))),
-      ) as { message?: unknown; stack?: unknown };
+    /**
+     * What the handler threw, read with the context's own functions saved
+     * above, never with a script evaluated after the handler ran: each step
+     * may throw (a getter, a Proxy, a replaced toString) and stands alone.
+     */
+    const describe = (error: QuickJSHandle): Failure => {
+      const attempt = <T>(f: () => T): T | undefined => {
+        try {
+          return f();
+        } catch (thrown) {
+          if (!(thrown instanceof Lifetime)) throw thrown;
+          thrown.dispose();
+          return undefined;
+        }
+      };
+      const isError = attempt(() =>
+        consume(callOn(errorPrototype, isPrototypeOf, error), (b) => context.eq(b, context.true)),
+      );
+      if (isError) {
+        const name = attempt(() => consume(prop(error, "name"), clipped));
+        const message =
+          attempt(() => consume(prop(error, "message"), clipped)) ??
+          "(a message that cannot be shown)";
+        const stack = attempt(() =>
+          consume(prop(error, "stack"), (s) =>
+            context.typeof(s) === "string" ? clipped(s) : undefined,
+          ),
+        );
+        return {
+          ok: false,
+          message: !name || name === "Error" ? message : `${name}: ${message}`,
+          ...(stack !== undefined && { stack }),
+        };
+      }
+      const shown =
+        context.typeof(error) === "string"
+          ? clipped(error)
+          : (attempt(() =>
+              consume(call(stringify, error), (json) =>
+                context.typeof(json) === "string" ? clipped(json) : undefined,
+              ),
+            ) ?? attempt(() => clipped(error)));
       return {
         ok: false,
-        message: String(f.message),
-        ...(typeof f.stack === "string" && { stack: f.stack }),
+        message:
+          shown === undefined
+            ? "the handler threw a value that cannot be shown"
+            : `the handler threw ${shown}`,
       };
     };
 
@@ -405,15 +522,14 @@ export async function invokeJavaScript(
     const evaluated = context.evalCode(code, JS_MODULE_FILE, { type: "module" });
     let m: QuickJSHandle | undefined;
     if (evaluated.error) {
-      settled = thrown(context, evaluated.error);
-      evaluated.error.dispose();
+      settled = consume(evaluated.error, describe);
     } else {
       let loaded = context.getPromiseState(keep(evaluated.value));
       if (loaded.type === "pending") {
         runtime.executePendingJobs(-1).dispose();
         loaded = context.getPromiseState(evaluated.value);
       }
-      if (loaded.type === "rejected") settled = loaded.error.consume(failWith);
+      if (loaded.type === "rejected") settled = consume(loaded.error, describe);
       else if (loaded.type === "fulfilled")
         m = loaded.notAPromise ? loaded.value : keep(loaded.value);
     }
@@ -428,38 +544,47 @@ export async function invokeJavaScript(
         } else handler = get(m, entry);
       }
       if (!handler || context.typeof(handler) !== "function") {
-        settled = { ok: false, message: noEntry(entry, exportNames(context, m)) };
+        settled = { ok: false, message: noEntry(entry, exportNames(context, m, clipped)) };
       } else {
         const result = context.callFunction(handler, context.undefined, input, ctx);
         const promise = keep(
           result.error
-            ? result.error.consume((r) => callOn(Promise_, reject, r))
-            : result.value.consume((v) => callOn(Promise_, resolve, v)),
+            ? consume(result.error, (r) => callOn(Promise_, reject, r))
+            : consume(result.value, (v) => callOn(Promise_, resolve, v)),
         );
         // Every job the handler's promises queue; host calls settle at once,
         // so when the queue is empty the handler is done or waits for ever.
         const jobs = runtime.executePendingJobs(-1);
         if (jobs.error) {
-          settled = thrown(context, jobs.error);
-          jobs.error.dispose();
+          settled = consume(jobs.error, describe);
         } else {
           const state = context.getPromiseState(promise);
-          if (state.type === "rejected") settled = state.error.consume(failWith);
+          if (state.type === "rejected") settled = consume(state.error, describe);
           else if (state.type === "fulfilled") {
-            settled = state.value.consume((value): NonNullable<typeof settled> => {
+            settled = consume(state.value, (value): NonNullable<typeof settled> => {
               if (context.typeof(value) === "undefined") return { ok: true, json: "null" };
+              let json: QuickJSHandle;
               try {
-                return { ok: true, json: toJson(value) ?? "null" };
+                json = call(stringify, value);
               } catch (error) {
                 if (!(error instanceof Lifetime)) throw error;
-                const reason = (error as QuickJSHandle).consume(
-                  (h) => context.dump(h) as { message?: unknown } | null,
-                );
+                const reason = consume(error, describe);
                 return {
                   ok: false,
-                  message: `The handler's result cannot be stored as JSON: ${reason && typeof reason === "object" ? String(reason.message) : String(reason)}`,
+                  message: `The handler's result cannot be stored as JSON: ${reason.message}`,
                 };
               }
+              return consume(json, (j): NonNullable<typeof settled> => {
+                if (context.typeof(j) !== "string") return { ok: true, json: "null" };
+                const length = lengthOf(j);
+                if (length > MAX_OUTPUT_BYTES) {
+                  return {
+                    ok: false,
+                    message: `The handler's output is at least ${length} bytes; at most ${MAX_OUTPUT_BYTES} are kept.`,
+                  };
+                }
+                return { ok: true, json: context.getString(j) };
+              });
             });
           }
         }
@@ -468,16 +593,10 @@ export async function invokeJavaScript(
   } catch (error) {
     // QuickJS itself failed: V8's stack limit inside the engine, or an abort.
     healthy = false;
-    const message = (error as Error).message ?? String(error);
-    settled ??= {
-      ok: false,
-      message: /call stack/i.test(message)
-        ? "The handler overflowed the stack (unbounded recursion?)."
-        : `The JavaScript engine failed: ${message}`,
-    };
+    settled ??= engineFailure(error);
   } finally {
     peak = e.memory.buffer.byteLength;
-    if (e.refused || peak > e.initialBytes) healthy = false;
+    if (e.refused || peak > e.initialBytes || fault !== undefined) healthy = false;
     if (healthy) {
       try {
         for (const h of owned) if (h.alive) h.dispose();
@@ -491,7 +610,9 @@ export async function invokeJavaScript(
     if (!healthy) engine = undefined;
   }
 
-  const result = settled;
+  // Whatever the handler made of the error it was handed, QuickJS may have
+  // been left mid-update: what it returned is not to be trusted.
+  const result = fault === undefined ? settled : engineFailure(fault);
   if (e.refused && !result?.ok) {
     return failed(
       `The handler ran out of memory: its limit is ${formatBytes(limit)}.`,
@@ -518,14 +639,30 @@ export async function invokeJavaScript(
   }
 }
 
-/** The module's exports, by name, for a message; [] if they cannot be read. */
-function exportNames(context: QuickJSContext, m: QuickJSHandle): string[] {
+/** Export names a message lists at most. */
+const SHOWN_EXPORTS = 20;
+
+/**
+ * The module's exports, by name, for a message, each read with `read` (a
+ * cut copy); [] if they cannot be read.
+ */
+function exportNames(
+  context: QuickJSContext,
+  m: QuickJSHandle,
+  read: (name: QuickJSHandle) => string,
+): string[] {
   const names = context.getOwnPropertyNames(m, { strings: true, onlyEnumerable: true });
   if (names.error) {
     names.error.dispose();
     return [];
   }
-  return names.value.map((h) => h.consume((n) => context.getString(n)));
+  try {
+    const shown = names.value.slice(0, SHOWN_EXPORTS).map(read);
+    const more = names.value.length - shown.length;
+    return more > 0 ? [...shown, `${more} more`] : shown;
+  } finally {
+    names.value.dispose();
+  }
 }
 
 /** Why the entrypoint cannot be called, in the terms the user set it in. */
@@ -534,21 +671,4 @@ function noEntry(entry: string, exports: readonly string[]): string {
   return entry === DEFAULT_ENTRY
     ? `The handler exports no function to call: export default a function (event, ctx) => result, or export one named "${DEFAULT_ENTRY}" (${found}).`
     : `The handler does not export a function named "${entry}", the function's entrypoint; export it, or set entrypoint to one it exports (${found}).`;
-}
-
-/** What the handler's script threw while loading, or QuickJS while running its jobs. */
-function thrown(context: QuickJSContext, handle: QuickJSHandle) {
-  const value = context.dump(handle) as { name?: string; message?: string; stack?: string } | null;
-  if (value && typeof value === "object" && typeof value.message === "string") {
-    return {
-      ok: false as const,
-      message:
-        value.name && value.name !== "Error" ? `${value.name}: ${value.message}` : value.message,
-      ...(typeof value.stack === "string" && { stack: value.stack }),
-    };
-  }
-  return {
-    ok: false as const,
-    message: `the handler threw ${JSON.stringify(value) ?? "undefined"}`,
-  };
 }

@@ -113,6 +113,8 @@ export class SandboxPool {
   private readonly queue: Job[] = [];
   private nextId = 1;
   private closed = false;
+  /** A JavaScript handler has run: new threads start the JS engine before they say ready. */
+  private ranJavaScript = false;
   /** Threads started, killed at a deadline, crashed, and recycled (replaced after maxInvocationsPerThread or past the memory backstop), since the pool was made. */
   readonly counters = { started: 0, killed: 0, crashed: 0, recycled: 0 };
 
@@ -189,7 +191,7 @@ export class SandboxPool {
     const hostBuffer = new SharedArrayBuffer(HOST_HEADER_BYTES + HOST_BUFFER_BYTES);
     const thread = new Worker(source, {
       eval: isEval,
-      workerData: { hostBuffer },
+      workerData: { hostBuffer, warmJavaScript: this.ranJavaScript },
       resourceLimits: { maxOldGenerationSizeMb: this.heapMb },
       // Handler output never reaches the daemon's own stdout/stderr.
       stdout: true,
@@ -268,6 +270,7 @@ export class SandboxPool {
       slot.job = job;
       slot.invocations++;
       slot.thread.ref();
+      if (!(request.module instanceof WebAssembly.Module)) this.ranJavaScript = true;
       const moduleId = this.moduleId(request.module);
       const known = slot.modules.has(moduleId);
       slot.modules.add(moduleId);
@@ -307,6 +310,7 @@ export class SandboxPool {
     if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
       void this.retire(slot);
+      this.replace();
     }
     this.schedule();
   }
@@ -344,6 +348,7 @@ export class SandboxPool {
       this.counters.killed++;
       slot.job = undefined;
       void this.retire(slot);
+      this.replace();
     }
     this.finish(job, this.failure(job, "TIMEOUT"));
     this.schedule();
@@ -365,6 +370,9 @@ export class SandboxPool {
         this.failure(next, "FUNCTION_ERROR", `The sandbox thread crashed: ${error.message}`),
       );
     }
+    // A thread that had started is replaced; one that could not start is
+    // not: that would respawn for ever.
+    if (slot.ready) this.replace();
     if (job) {
       const oom = (error as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY";
       this.finish(
@@ -379,6 +387,17 @@ export class SandboxPool {
       );
     }
     this.schedule();
+  }
+
+  /**
+   * Starts a thread in place of one killed, recycled or crashed, before any
+   * invocation asks for it: a thread takes hundreds of ms to start (and the
+   * JS engine its first compile), which the next invocation would otherwise
+   * wait for, on top of its own time. Only ever replaces, so a pool never
+   * grows past the threads it was warmed or asked for.
+   */
+  private replace(): void {
+    if (!this.closed && this.slots.size < this.size) this.spawn();
   }
 
   private async retire(slot: Slot): Promise<void> {

@@ -7,12 +7,14 @@
  * Env keys whose values are treated as secrets (matched anywhere in the key,
  * any case). Broad on purpose: a harmless value redacted costs a less
  * readable log line, a secret missed is a leak. PASS covers PASSWORD, PASSWD,
- * *_PASS and PASSPHRASE; AUTH covers AUTHORIZATION and OAUTH; URL, URI and
- * DSN because connection strings (DATABASE_URL, REDIS_URL, SENTRY_DSN)
- * carry a password.
+ * *_PASS and PASSPHRASE; AUTH covers AUTHORIZATION and OAUTH; SIGN covers
+ * SIGNATURE and SIGNING; URL, URI and DSN because connection strings
+ * (DATABASE_URL, REDIS_URL, SENTRY_DSN) carry a password. PW, PAT and SK
+ * only as a whole word of the key (SMTP_PW, GITHUB_PAT, STRIPE_SK), so that
+ * PATH or SKU stay readable.
  */
 export const SECRET_KEY =
-  /(KEY|SECRET|PASS|TOKEN|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|SIGNATURE|CERT|SALT|DSN|URL|URI)/i;
+  /(KEY|SECRET|PASS|PWD|TOKEN|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION|SIGN|CERT|SALT|DSN|URL|URI|JWT|HMAC|BEARER)|(^|_)(PW|PAT|SK)(_|$)/i;
 
 /**
  * Values shorter than this are not redacted: replacing every "on" or "123" in
@@ -75,11 +77,21 @@ export const REDACTED = "[redacted]";
  * redactAndClip("key=sk-123456", ["sk-123456"], 8) // "key=[red…"
  */
 export function redactAndClip(text: string, secrets: readonly string[], max: number): string {
-  const longest = secrets.reduce((n, s) => Math.max(n, s.length), 0);
-  const window =
-    max + Math.ceil(max / REDACTED.length) * Math.max(longest, REDACTED.length) + longest;
-  const redacted = longest === 0 ? text : redact(text.slice(0, window), secrets);
+  const redacted =
+    secrets.length === 0 ? text : redact(text.slice(0, redactionWindow(secrets, max)), secrets);
   return clip(redacted, max);
+}
+
+/**
+ * How many characters of a text {@link redactAndClip} reads to fill `max`:
+ * a caller that copies a huge text from elsewhere need copy no more.
+ *
+ * @example
+ * redactionWindow([], 4000) // 8000
+ */
+export function redactionWindow(secrets: readonly string[], max: number): number {
+  const longest = secrets.reduce((n, s) => Math.max(n, s.length), 0);
+  return max + Math.ceil(max / REDACTED.length) * Math.max(longest, REDACTED.length) + longest;
 }
 
 /**
