@@ -42,6 +42,11 @@ export default h;`,
   "spin.js": `export default async () => { for (;;) await null; };`,
   "busy.js": `export default () => { for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
+  "careful.js": `export default async (event, ctx) => {
+  try { await ctx.db.query("select 1"); } catch {}
+  throw new Error("row is invalid");
+};`,
+  "careless.js": `export default async (event, ctx) => (await ctx.db.query("select 1")).rows;`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
 };
@@ -123,6 +128,20 @@ describe("runs", () => {
     });
     expect(r.logs.at(-1)).toMatchObject({ level: "error" });
     expect(r.logs.at(-1).message).toMatch(/no such user: 42\n\s+at /);
+  });
+
+  it("a failed ctx.db.query left uncaught is HOST_FUNCTION_ERROR; the handler's own error after one it caught is FUNCTION_ERROR", async () => {
+    // Neither has a db_role: every ctx.db.query is refused.
+    expect(await run("careless")).toMatchObject({
+      status: "failed",
+      error_code: "HOST_FUNCTION_ERROR",
+      error_message: expect.stringMatching(/^db_query /),
+    });
+    expect(await run("careful")).toMatchObject({
+      status: "failed",
+      error_code: "FUNCTION_ERROR",
+      error_message: "row is invalid",
+    });
   });
 
   it("throw ctx.retryAfter(ms) retries no earlier than ms; throw ctx.noRetry() does not retry", async () => {
