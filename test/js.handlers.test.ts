@@ -81,6 +81,14 @@ beforeAll(async () => {
       memoryLimitMb: name === "bomb" ? 32 : 128,
     });
   }
+  // A function deployed before deploy refused a computed import: the
+  // script esbuild made of `export default async (event) => import(event.payload.module)`.
+  const legacy = `var legacy_default = async (event) => import(event.payload.module);\nexport {\n  legacy_default as default\n};\n`;
+  await t.pool.query(
+    `insert into pgfn.functions (name, runtime, wasm, wasm_sha256, source, max_attempts)
+     values ('legacy', 'js', convert_to($1, 'UTF8'), encode(sha256(convert_to($1, 'UTF8')), 'hex'), $2, 1)`,
+    [legacy, "export default async (event) => import(event.payload.module);"],
+  );
   daemon = await t.startDaemon();
 });
 afterAll(async () => {
@@ -189,6 +197,15 @@ describe("runs", () => {
     expect(busy.duration_ms).toBeLessThan(3000);
   });
 
+  it("an import() left in a function deployed before deploy refused it fails the run as FUNCTION_ERROR", async () => {
+    for (const module of ["./helpers.js", "pgfn", "node:fs"]) {
+      const r = await run("legacy", { module });
+      expect(r).toMatchObject({ status: "failed", error_code: "FUNCTION_ERROR" });
+      expect(r.error_message).toMatch(/could not load module/);
+    }
+    expect((await run("echo", { after: "legacy" })).result).toEqual({ echo: { after: "legacy" } });
+  });
+
   it("fails a handler that grows past memory_limit_mb as MEMORY_EXCEEDED; the next run is served", async () => {
     const bomb = await run("bomb", {}, 30_000);
     expect(bomb).toMatchObject({ status: "failed", error_code: "MEMORY_EXCEEDED" });
@@ -220,6 +237,31 @@ describe("deploy refuses, naming the line", () => {
         `import type { Handler } from "pgfn";\nimport { readFile } from "node:fs";\nexport default () => readFile;`,
       ),
     ).toMatch(/handler\.ts:2:\d+: imports "node:fs": a handler may import values only from "pgfn"/);
+  });
+
+  it("an import() or require() of a name computed at run time, globs included", async () => {
+    const computed =
+      /: (import|require)\(\) of a name computed at run time cannot load anything in the sandbox: a handler may import values only from "pgfn"/;
+    for (const [source, fileName, at] of [
+      [`const name = "./util.js";\nexport default async () => import(name);`, "handler.ts", "2:28"],
+      // A "./" or "../" prefix would make esbuild glob the server's files.
+      [
+        `export default async (e) => {\n  return import(\`../\${e.payload.file}.json\`);\n};`,
+        "handler.ts",
+        "2:10",
+      ],
+      [`export default async (e) => import(\`./\${e.payload.file}\`);`, "handler.mts", "1:29"],
+      [
+        `export default (e) => {\n  return require("./" + e.payload.file);\n};`,
+        "handler.js",
+        "2:10",
+      ],
+      [`const m = "fs";\nexport default () => require(m);`, "handler.js", "2:22"],
+    ]) {
+      const message = await refusal(source!, fileName);
+      expect(message, source).toMatch(computed);
+      expect(message, source).toContain(`${fileName}:${at}: `);
+    }
   });
 
   it("a file with no handler", async () => {
