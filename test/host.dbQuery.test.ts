@@ -338,6 +338,110 @@ describe("the role boundary (issue 10, finding 2)", () => {
     }
   });
 
+  it("refuses a role that may read any function's env or code: a column, a view of it anywhere, a definer, PUBLIC's grant", async () => {
+    const refusedFor = async (role: string) => {
+      const error = await failure(executor.query({ role, deadline: soon() }, "select 1", []));
+      expect(error.transient, role).toBe(false);
+      expect(error.message, role).toMatch(/^db_query refused: db_role /);
+      expect(error.message, role).toContain(
+        " (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: ",
+      );
+      return error.message;
+    };
+    const codeReader = await roles.create("codereader");
+    await db.pool.query(`grant select (name, source) on pgfn.functions to ${codeReader}`);
+    // Through a group it inherits: the grant to revoke is the group's.
+    const group = await roles.create("wasmgroup", "nologin");
+    await db.pool.query(`grant select (wasm) on pgfn.functions to ${group}`);
+    const wasmMember = await roles.create("wasmmember");
+    await db.pool.query(`grant ${group} to ${wasmMember}`);
+    // A view outside pgfn, over a view over pgfn.function_info, using the whole row.
+    await db.pool.query(`create schema peek`);
+    await db.pool.query(`create view peek.info as select i from pgfn.function_info i`);
+    await db.pool.query(`create view peek.rows as select i::text as row from peek.info`);
+    const viewReader = await roles.create("viewreader");
+    await db.pool.query(`grant usage on schema peek to ${viewReader}`);
+    await db.pool.query(`grant select on peek.rows to ${viewReader}`);
+    // A definer with an SQL body, outside pgfn, granted to the role alone.
+    await db.pool
+      .query(`create function peek.envs() returns setof jsonb language sql security definer
+                         begin atomic select env from pgfn.functions; end`);
+    await db.pool.query(`revoke all on function peek.envs() from public`);
+    const definerCaller = await roles.create("definercaller");
+    await db.pool.query(`grant usage on schema peek to ${definerCaller}`);
+    await db.pool.query(`grant execute on function peek.envs() to ${definerCaller}`);
+    try {
+      expect(await refusedFor(codeReader)).toContain(
+        `may read pgfn.functions.source (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: revoke select (source) on pgfn.functions from ${codeReader};`,
+      );
+      const member = await refusedFor(wasmMember);
+      expect(member).toContain("may read pgfn.functions.wasm");
+      expect(member).toContain(
+        `revoke select (wasm) on pgfn.functions from ${group}; (or revoke ${group} from ${wasmMember}`,
+      );
+      expect(await refusedFor(viewReader)).toContain(
+        `may read peek.rows (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: revoke select on peek.rows from ${viewReader};`,
+      );
+      expect(await refusedFor(definerCaller)).toContain(
+        `may execute peek.envs(), which runs with the rights of an owner who may read them (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: revoke execute on function peek.envs() from ${definerCaller};`,
+      );
+
+      // Everyone's, by default: a new definer in pgfn, and a grant to PUBLIC.
+      const anyone = await roles.create("anyone");
+      await db.pool
+        .query(`create function pgfn.test_leak() returns jsonb language plpgsql security definer
+                           as $$ begin return (select jsonb_agg(env) from pgfn.functions); end $$`);
+      try {
+        expect(await refusedFor(anyone)).toContain(
+          "may execute pgfn.test_leak(), which runs with the rights of an owner who may read them (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: revoke execute on function pgfn.test_leak() from public;",
+        );
+      } finally {
+        await db.pool.query(`drop function pgfn.test_leak()`);
+      }
+      await db.pool.query(`grant select (env) on pgfn.functions to public`);
+      try {
+        expect(await refusedFor(anyone)).toContain(
+          "may read pgfn.functions.env (every function's env secrets or code), so handler SQL could reach far more than the function needs. Revoke it: revoke select (env) on pgfn.functions from public;",
+        );
+      } finally {
+        await db.pool.query(`revoke select (env) on pgfn.functions from public`);
+      }
+    } finally {
+      await db.pool.query(`drop schema peek cascade`);
+      await db.pool.query(`revoke all on pgfn.functions from ${codeReader}, ${group}`);
+    }
+  });
+
+  it("serves a role with the README's grants, pgfn_writer, and pgfn.functions columns that hold no secret", async () => {
+    const plain = await roles.create("plainwriter");
+    await db.pool.query(`grant pgfn_writer to ${plain}`);
+    await db.pool.query(`grant usage on schema pgfn to ${plain}`);
+    await db.pool.query(`grant select (name, enabled, db_role) on pgfn.functions to ${plain}`);
+    await db.pool.query(`create view public.function_names as select name from pgfn.functions`);
+    try {
+      // A view over pgfn.functions counts whatever it selects: Postgres records no more.
+      await db.pool.query(`grant select on public.function_names to ${plain}`);
+      expect(
+        (await failure(executor.query({ role: plain, deadline: soon() }, "select 1", []))).message,
+      ).toContain("may read public.function_names");
+      await db.pool.query(`revoke select on public.function_names from ${plain}`);
+      const shortLived = newExecutor({ maxLifetimeMs: 0 });
+      try {
+        const r = await shortLived.query(
+          { role: plain, deadline: soon() },
+          "select count(*)::int as n from pgfn.functions where enabled",
+          [],
+        );
+        expect(r.rows).toEqual([{ n: expect.any(Number) }]);
+      } finally {
+        await shortLived.end();
+      }
+    } finally {
+      await db.pool.query(`drop view public.function_names`);
+      await db.pool.query(`revoke all on pgfn.functions from ${plain}`);
+    }
+  });
+
   it("checks with pg_catalog's names, not those of a search_path the role set for itself", async () => {
     const boss = await roles.create("boss4", "superuser");
     const shadow = await roles.create("shadow");

@@ -97,9 +97,69 @@ describe("the engine", () => {
     expect(caught.output).toBe("db_query failed: permission denied for table x");
     const uncaught = await run(`export default (e, ctx) => ctx.db.query("select 1")`, { callHost });
     expect(uncaught.error).toEqual({
-      code: "FUNCTION_ERROR",
+      code: "HOST_FUNCTION_ERROR",
       message: "db_query failed: permission denied for table x",
+      transient: false,
     });
+    // The handler's own error after one it caught is its own, retried as a handler error.
+    const own = await run(
+      `export default async (e, ctx) => {
+        try { await ctx.fetch("https://x.example"); } catch {}
+        throw new Error("row is invalid");
+      }`,
+      {
+        callHost: () => ({ ok: false, error: { message: "http_fetch refused", transient: true } }),
+      },
+    );
+    expect(own.error).toEqual({ code: "FUNCTION_ERROR", message: "row is invalid" });
+    // A transient failure, uncaught, says so; awaited in a chain, it is still the host's.
+    const transient = await run(
+      `export default (e, ctx) => ctx.fetch("https://x.example").then((r) => r.json())`,
+      {
+        callHost: () => ({
+          ok: false,
+          error: { message: "http_fetch timed out", transient: true },
+        }),
+      },
+    );
+    expect(transient.error).toEqual({
+      code: "HOST_FUNCTION_ERROR",
+      message: "http_fetch timed out",
+      transient: true,
+    });
+  });
+
+  it("gives console.log/info/debug/warn/error, writing the run's logs as ctx.log does", async () => {
+    const r = await run(
+      `export default () => {
+        console.log("a", { b: 1 }, 2, [3], null);
+        console.info("i"); console.debug("d"); console.warn("w"); console.error("e", new Error("x").message);
+        console.log();
+        return typeof console;
+      }`,
+    );
+    expect(r.output).toBe("object");
+    expect(r.logs.map((l) => [l.level, l.message])).toEqual([
+      ["info", 'a {"b":1} 2 [3] null'],
+      ["info", "i"],
+      ["debug", "d"],
+      ["warn", "w"],
+      ["error", "e x"],
+      ["info", ""],
+    ]);
+  });
+
+  it("counts ctx.retryAfter or ctx.noRetry returned where throw was meant as thrown", async () => {
+    const said: unknown[] = [];
+    const r = await run(`export default (e, ctx) => ctx.retryAfter(2000, "throttled")`, {
+      onRetry: (x) => said.push(x),
+    });
+    expect(r.error).toEqual({ code: "FUNCTION_ERROR", message: "throttled" });
+    expect(said).toEqual([{ afterMs: 2000 }]);
+    const never = await run(`export default async (e, ctx) => ctx.noRetry()`);
+    expect(never.error?.message).toBe("the handler asked not to be retried");
+    // An error of the handler's own, returned, is a result like any other.
+    expect((await run(`export default () => new Error("mine")`)).ok).toBe(true);
   });
 
   it("calls the entrypoint's export; with the default, the default export or else handle", async () => {

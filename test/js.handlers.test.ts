@@ -70,6 +70,11 @@ export default (event: unknown, ctx: any) => {
 export const handle = () => "handle";
 export function other(event: { payload: unknown }) { return { other: event.payload }; }
 export const notfn = 1;`,
+  "careful.js": `export default async (event, ctx) => {
+  try { await ctx.db.query("select 1"); } catch {}
+  throw new Error("row is invalid");
+};`,
+  "careless.js": `export default async (event, ctx) => (await ctx.db.query("select 1")).rows;`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
 };
@@ -104,6 +109,14 @@ beforeAll(async () => {
       memoryLimitMb: name === "bomb" ? 32 : 128,
     });
   }
+  // A function deployed before deploy refused a computed import: the
+  // script esbuild made of `export default async (event) => import(event.payload.module)`.
+  const legacy = `var legacy_default = async (event) => import(event.payload.module);\nexport {\n  legacy_default as default\n};\n`;
+  await t.pool.query(
+    `insert into pgfn.functions (name, runtime, wasm, wasm_sha256, source, max_attempts)
+     values ('legacy', 'js', convert_to($1, 'UTF8'), encode(sha256(convert_to($1, 'UTF8')), 'hex'), $2, 1)`,
+    [legacy, "export default async (event) => import(event.payload.module);"],
+  );
   daemon = await t.startDaemon();
 });
 afterAll(async () => {
@@ -153,6 +166,20 @@ describe("runs", () => {
     expect(r.logs.at(-1).message).toMatch(/no such user: 42\n\s+at /);
   });
 
+  it("a failed ctx.db.query left uncaught is HOST_FUNCTION_ERROR; the handler's own error after one it caught is FUNCTION_ERROR", async () => {
+    // Neither has a db_role: every ctx.db.query is refused.
+    expect(await run("careless")).toMatchObject({
+      status: "failed",
+      error_code: "HOST_FUNCTION_ERROR",
+      error_message: expect.stringMatching(/^db_query /),
+    });
+    expect(await run("careful")).toMatchObject({
+      status: "failed",
+      error_code: "FUNCTION_ERROR",
+      error_message: "row is invalid",
+    });
+  });
+
   it("throw ctx.retryAfter(ms) retries no earlier than ms; throw ctx.noRetry() does not retry", async () => {
     const later = await run("later");
     expect(later).toMatchObject({
@@ -196,6 +223,15 @@ describe("runs", () => {
     const busy = await run("busy");
     expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
     expect(busy.duration_ms).toBeLessThan(3000);
+  });
+
+  it("an import() left in a function deployed before deploy refused it fails the run as FUNCTION_ERROR", async () => {
+    for (const module of ["./helpers.js", "pgfn", "node:fs"]) {
+      const r = await run("legacy", { module });
+      expect(r).toMatchObject({ status: "failed", error_code: "FUNCTION_ERROR" });
+      expect(r.error_message).toMatch(/could not load module/);
+    }
+    expect((await run("echo", { after: "legacy" })).result).toEqual({ echo: { after: "legacy" } });
   });
 
   it("fails a handler that grows past memory_limit_mb as MEMORY_EXCEEDED; the next run is served", async () => {
@@ -294,6 +330,31 @@ describe("deploy refuses, naming the line", () => {
         `import type { Handler } from "pgfn";\nimport { readFile } from "node:fs";\nexport default () => readFile;`,
       ),
     ).toMatch(/handler\.ts:2:\d+: imports "node:fs": a handler may import values only from "pgfn"/);
+  });
+
+  it("an import() or require() of a name computed at run time, globs included", async () => {
+    const computed =
+      /: (import|require)\(\) of a name computed at run time cannot load anything in the sandbox: a handler may import values only from "pgfn"/;
+    for (const [source, fileName, at] of [
+      [`const name = "./util.js";\nexport default async () => import(name);`, "handler.ts", "2:28"],
+      // A "./" or "../" prefix would make esbuild glob the server's files.
+      [
+        `export default async (e) => {\n  return import(\`../\${e.payload.file}.json\`);\n};`,
+        "handler.ts",
+        "2:10",
+      ],
+      [`export default async (e) => import(\`./\${e.payload.file}\`);`, "handler.mts", "1:29"],
+      [
+        `export default (e) => {\n  return require("./" + e.payload.file);\n};`,
+        "handler.js",
+        "2:10",
+      ],
+      [`const m = "fs";\nexport default () => require(m);`, "handler.js", "2:22"],
+    ]) {
+      const message = await refusal(source!, fileName);
+      expect(message, source).toMatch(computed);
+      expect(message, source).toContain(`${fileName}:${at}: `);
+    }
   });
 
   it("a file with no handler", async () => {

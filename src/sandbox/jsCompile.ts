@@ -27,6 +27,9 @@ export function isJavaScriptFile(name: string): boolean {
 /** What the sandbox's engine understands; QuickJS has ES2023, with margin. */
 const TARGET = "es2020";
 
+/** What every refusal of an import ends with: what the user can do instead. */
+const IMPORT_ADVICE = `a handler may import values only from "${PGFN_MODULE}" (and types from anywhere); bundle its dependencies into this one file first`;
+
 /** Imports resolved at deploy: only "pgfn", which exports types and nothing else. */
 const onlyPgfn: Plugin = {
   name: "pgfn-imports",
@@ -34,17 +37,37 @@ const onlyPgfn: Plugin = {
     b.onResolve({ filter: /.*/ }, (args) => {
       if (args.kind === "entry-point") return undefined;
       if (args.path === PGFN_MODULE) return { path: PGFN_MODULE, namespace: "pgfn" };
-      return {
-        errors: [
-          {
-            text: `imports "${args.path}": a handler may import values only from "${PGFN_MODULE}" (and types from anywhere); bundle its dependencies into this one file first`,
-          },
-        ],
-      };
+      return { errors: [{ text: `imports "${args.path}": ${IMPORT_ADVICE}` }] };
     });
     b.onLoad({ filter: /.*/, namespace: "pgfn" }, () => ({ contents: "export {};", loader: "js" }));
+    // The handler comes from stdin and "pgfn" from the line above: any file
+    // esbuild would read is the server's (a glob import, see
+    // refuseComputedImports), never the user's. Not reached while that
+    // check runs first; kept so a file's contents can never be bundled.
+    b.onLoad({ filter: /.*/, namespace: "file" }, (args) => ({
+      errors: [{ text: `imports the server's file ${args.path}: ${IMPORT_ADVICE}` }],
+    }));
   },
 };
+
+/**
+ * esbuild's own diagnosis of a load whose name is computed at run time
+ * (import(x), a template such as import(`./${y}`), require("./" + y)).
+ * It leaves such calls in its output, where QuickJS can only fail them
+ * ("could not load module"), so they are made errors, in the user's terms.
+ * Not esbuild's "indirect-require": `typeof require` in a bundled UMD
+ * wrapper is one, and there it rightly finds no require (a ReferenceError
+ * at worst, at run time, for `const r = require`).
+ */
+const COMPUTED_IMPORTS: Readonly<Record<string, string>> = {
+  "unsupported-dynamic-import": `import() of a name computed at run time cannot load anything in the sandbox: ${IMPORT_ADVICE}`,
+  "unsupported-require-call": `require() of a name computed at run time cannot load anything in the sandbox: ${IMPORT_ADVICE}`,
+};
+
+/** Those diagnoses as errors (esbuild logs them only at its debug level). */
+const COMPUTED_IMPORTS_ARE_ERRORS = Object.fromEntries(
+  Object.keys(COMPUTED_IMPORTS).map((id) => [id, "error" as const]),
+);
 
 /**
  * Compiles a handler's source to the script the sandbox runs, its source
@@ -73,13 +96,19 @@ let compiling = 0;
 
 async function compile(source: string, fileName: string): Promise<string> {
   const typescript = /\.m?ts$/i.test(fileName);
+  const stdin = {
+    contents: source,
+    loader: typescript ? "ts" : "js",
+    sourcefile: fileName,
+  } as const;
+  await refuseComputedImports(stdin);
   let result;
   try {
     // An ES module rather than a script that assigns a global: QuickJS
     // evaluates it without the helpers esbuild adds to convert exports,
     // which cost a third of an echo call (jsEngine.ts).
     result = await build({
-      stdin: { contents: source, loader: typescript ? "ts" : "js", sourcefile: fileName },
+      stdin,
       bundle: true,
       write: false,
       format: "esm",
@@ -110,8 +139,44 @@ async function compile(source: string, fileName: string): Promise<string> {
   return result.outputFiles[0]!.text;
 }
 
+/**
+ * Throws, naming each position, when the handler loads a module by a name
+ * computed at run time. A pass of its own, without bundling, because when
+ * bundling esbuild turns a template or concatenation with a "./" or "../"
+ * prefix into a glob over the server's file system, relative to the
+ * daemon's working directory, with no plugin asked first: `../${y}.json`
+ * would list, and read into the handler, every JSON file up to the root.
+ * Without bundling nothing is resolved or read, and esbuild reports every
+ * such call, globs included, with the same message ids.
+ */
+async function refuseComputedImports(stdin: {
+  contents: string;
+  loader: "ts" | "js";
+  sourcefile: string;
+}): Promise<void> {
+  try {
+    await build({
+      stdin,
+      bundle: false,
+      write: false,
+      format: "esm",
+      platform: "neutral",
+      target: TARGET,
+      logLevel: "silent",
+      logOverride: COMPUTED_IMPORTS_ARE_ERRORS,
+    });
+  } catch (error) {
+    const messages = (error as Partial<BuildFailure>).errors;
+    if (!messages) throw error;
+    const computed = messages.filter((m) => m.id in COMPUTED_IMPORTS);
+    // Anything else (a syntax error) the bundling pass reports as before.
+    if (computed.length === 0) return;
+    throw new Error(computed.map(describe).join("; "), { cause: error });
+  }
+}
+
 /** "welcome.ts:3:7: message" */
 function describe(m: Message): string {
   const at = m.location ? `${m.location.file}:${m.location.line}:${m.location.column + 1}: ` : "";
-  return `${at}${m.text}`;
+  return `${at}${COMPUTED_IMPORTS[m.id] ?? m.text}`;
 }

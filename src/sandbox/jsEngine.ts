@@ -154,7 +154,13 @@ function consume<T>(handle: QuickJSHandle, f: (handle: QuickJSHandle) => T): T {
 }
 
 /** A failed run, as the handler's code or the engine left it. */
-type Failure = { ok: false; message: string; stack?: string };
+type Failure = {
+  ok: false;
+  message: string;
+  stack?: string;
+  /** What the handler failed with is a ctx.db.query or ctx.fetch rejection, uncaught. */
+  host?: { transient: boolean };
+};
 
 /** A run's message for QuickJS itself failing: V8's stack limit inside the engine, or an abort. */
 const engineFailure = (error: unknown): Failure => {
@@ -223,6 +229,8 @@ export async function invokeJavaScript(
   // A host error inside one of ctx's functions (V8's stack limit, mostly):
   // it may have unwound QuickJS mid-update, so the run fails and the engine goes.
   let fault: unknown;
+  // Each failed host call's error, as thrown in the handler's code.
+  const hostFailures: { error: QuickJSHandle; transient: boolean }[] = [];
   // What of a string is copied out of the context for a log line or an
   // error message: what redaction needs to fill MAX_MESSAGE_CHARS.
   const window = redactionWindow(secrets, MAX_MESSAGE_CHARS);
@@ -356,25 +364,42 @@ export async function invokeJavaScript(
       const reply: HostReply = options.callHost
         ? options.callHost(name, argument)
         : { ok: false, error: { message: `${name} is not available here`, transient: false } };
-      if (!reply.ok) throw context.newError(reply.error.message);
+      if (!reply.ok) {
+        const error = context.newError(reply.error.message);
+        hostFailures.push({ error: keep(error.dup()), transient: reply.error.transient });
+        throw error;
+      }
       return reply.value;
     };
+    /** A value in a log line: its JSON, else String(value); clipped. */
+    const shown = (h: QuickJSHandle) => {
+      try {
+        return consume(call(stringify, h), (json) =>
+          context.typeof(json) === "string" ? clipped(json) : "undefined",
+        );
+      } catch (error) {
+        if (!(error instanceof Lifetime)) throw error;
+        error.dispose();
+        return clipped(h);
+      }
+    };
+    // The logger redacts and clips each line to MAX_MESSAGE_CHARS.
     const level = (name: "debug" | "info" | "warn" | "error") =>
       fn(name, (message, fields) => {
-        let suffix = "";
-        if (fields !== undefined && context.typeof(fields) !== "undefined") {
-          try {
-            suffix = ` ${consume(call(stringify, fields), (json) =>
-              context.typeof(json) === "string" ? clipped(json) : "undefined",
-            )}`;
-          } catch (error) {
-            if (!(error instanceof Lifetime)) throw error;
-            error.dispose();
-            suffix = ` ${clipped(fields)}`;
-          }
-        }
-        // The logger redacts and clips the line to MAX_MESSAGE_CHARS.
+        const suffix =
+          fields !== undefined && context.typeof(fields) !== "undefined" ? ` ${shown(fields)}` : "";
         logger[name](clipped(message ?? context.undefined) + suffix);
+        return undefined;
+      });
+    /** console.log and co.: their arguments, strings as they are, joined by spaces. */
+    const consoleLevel = (name: string, to: "debug" | "info" | "warn" | "error") =>
+      fn(name, (...args) => {
+        let line = "";
+        for (const a of args) {
+          if (line.length > window) break;
+          line += (line ? " " : "") + (context.typeof(a) === "string" ? clipped(a) : shown(a));
+        }
+        logger[to](line);
         return undefined;
       });
     const response = (r: { status: number; headers?: unknown; body?: string }) =>
@@ -400,6 +425,9 @@ export async function invokeJavaScript(
       message === undefined || context.typeof(message) === "undefined"
         ? context.newError(otherwise())
         : consume(toString(message), (s) => call(Error_, s));
+    /** The errors ctx.retryAfter and ctx.noRetry made: returned rather than thrown, they count as thrown. */
+    const retries: QuickJSHandle[] = [];
+    const said = (error: QuickJSHandle) => (retries.push(keep(error.dup())), error);
     const env: Record<string, QuickJSHandle> = {};
     for (const [key, value] of Object.entries(config)) env[key] = context.newString(value);
     const ctx = keep(
@@ -453,18 +481,38 @@ export async function invokeJavaScript(
           // Number(ms) in the context: a valueOf that throws is thrown to the handler.
           const after = ms === undefined ? NaN : consume(call(Number_, ms), context.getNumber);
           options.onRetry?.({ afterMs: Math.max(0, Math.min(after || 0, MAX_RETRY_AFTER_MS)) });
-          return retryError(
-            message,
-            () => `the handler asked to be retried after ${clipped(ms ?? context.undefined)} ms`,
+          return said(
+            retryError(
+              message,
+              () => `the handler asked to be retried after ${clipped(ms ?? context.undefined)} ms`,
+            ),
           );
         }),
         noRetry: fn("noRetry", (message) => {
           options.onRetry?.({ never: true });
-          return retryError(message, () => "the handler asked not to be retried");
+          return said(retryError(message, () => "the handler asked not to be retried"));
         }),
       }),
     );
     const input = keep(fromJson(json));
+    consume(
+      object({
+        log: consoleLevel("log", "info"),
+        info: consoleLevel("info", "info"),
+        debug: consoleLevel("debug", "debug"),
+        warn: consoleLevel("warn", "warn"),
+        error: consoleLevel("error", "error"),
+      }),
+      (c) => context.setProp(context.global, "console", c),
+    );
+    const among = (list: readonly QuickJSHandle[], h: QuickJSHandle) =>
+      list.some((x) => context.eq(x, h));
+    /** The handler's rejection: a failed host call's own error, uncaught, is the host's failure. */
+    const rejected = (error: QuickJSHandle): Failure => {
+      const failure = describe(error);
+      const host = hostFailures.find((f) => context.eq(f.error, error));
+      return host ? { ...failure, host: { transient: host.transient } } : failure;
+    };
 
     /**
      * What the handler threw, read with the context's own functions saved
@@ -559,10 +607,12 @@ export async function invokeJavaScript(
           settled = consume(jobs.error, describe);
         } else {
           const state = context.getPromiseState(promise);
-          if (state.type === "rejected") settled = consume(state.error, describe);
+          if (state.type === "rejected") settled = consume(state.error, rejected);
           else if (state.type === "fulfilled") {
             settled = consume(state.value, (value): NonNullable<typeof settled> => {
               if (context.typeof(value) === "undefined") return { ok: true, json: "null" };
+              // `return ctx.retryAfter(...)` where `throw` was meant.
+              if (among(retries, value)) return describe(value);
               let json: QuickJSHandle;
               try {
                 json = call(stringify, value);
@@ -626,7 +676,16 @@ export async function invokeJavaScript(
   }
   if (!result.ok) {
     if (result.stack) logger.error(`${result.message}\n${result.stack}`);
-    return failed(result.message);
+    if (!result.host) return failed(result.message);
+    return finish({
+      ok: false,
+      output: null,
+      error: {
+        code: "HOST_FUNCTION_ERROR",
+        message: clip(result.message),
+        transient: result.host.transient,
+      },
+    });
   }
   const bytes = Buffer.byteLength(result.json);
   if (bytes > MAX_OUTPUT_BYTES) {

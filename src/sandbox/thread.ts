@@ -133,13 +133,21 @@ port.on("message", async (msg: InvokeMessage) => {
           onRetry: (said) => (retry = said),
         });
   // Set by host calls during the invocation; TypeScript cannot see that.
+  // A WebAssembly handler that fails after a failed host call failed because
+  // of it. A JavaScript handler may catch the rejection and fail for its own
+  // reasons: the engine itself says when the host's error is what it threw.
   const failure = hostFailure as { message: string; transient: boolean } | undefined;
-  if (!outcome.ok && outcome.error?.code === "FUNCTION_ERROR" && failure) {
+  if (
+    module instanceof WebAssembly.Module &&
+    !outcome.ok &&
+    outcome.error?.code === "FUNCTION_ERROR" &&
+    failure
+  ) {
     outcome = {
       ...outcome,
       error: {
         code: "HOST_FUNCTION_ERROR",
-        // A JavaScript handler's error is often the failed call's own.
+        // The handler may fail with the failed call's own message.
         message:
           outcome.error.message === failure.message
             ? failure.message

@@ -35,6 +35,21 @@ const DANGEROUS_BUILTIN_ROLES: readonly string[] = [
 /** Schemas whose owners (or owners of anything in them) a db_role must not reach. */
 const PGFN_SCHEMAS: readonly string[] = ["pgfn", "graphile_worker"];
 
+/** The columns of pgfn.functions that hold every function's secrets (env) and code. */
+const SECRET_COLUMNS: readonly string[] = ["env", "source", "wasm"];
+
+/**
+ * pgfn's SECURITY DEFINER functions that may run for a db_role: audited
+ * (sql/000008, sql/000013; test/security.definer.test.ts keeps the list),
+ * they only record events, from a trigger, for members of pgfn_writer. Any
+ * other definer in pgfn runs with the rights of pgfn's owner, who reads
+ * every function's env and code.
+ */
+const AUDITED_DEFINERS: readonly string[] = [
+  "pgfn.record_row_event(text,text,text,text,jsonb,jsonb)",
+  "pgfn.record_row_events(text,text,text,text,jsonb[])",
+];
+
 /** The connection settings of `url` for `role`; the URL's password only if its user is `role`. */
 export function roleConnectionConfig(
   url: string,
@@ -190,9 +205,14 @@ interface RoleFacts {
   /** Roles within reach (itself included) that hold CREATE in creates_in. */
   creates_holders: string[];
   daemon_reached: boolean;
-  reads_env: string[];
-  /** Roles within reach (itself included) that may read reads_env. */
-  env_holders: string[];
+  /** pgfn.functions.env (or .source, .wasm), or a relation showing them, that it may select. */
+  reads_secrets: string[];
+  /** SECURITY DEFINER functions that may hand them over, that it may execute. */
+  runs_definers: string[];
+  /** The grants that let it do either: `revoke ... from ...;` statements. */
+  secret_revokes: string[];
+  /** The roles those grants are to, other than itself and PUBLIC. */
+  secret_holders: string[];
   /** Roles within reach (itself included) that may insert into or update pgfn.functions. */
   functions_writers: string[];
 }
@@ -218,7 +238,8 @@ async function roleFacts(
   await client.query("set search_path = pg_catalog, pg_temp", []);
   try {
     const { rows } = await client.query<RoleFacts>(
-      `with me as (select oid, rolcanlogin, rolsuper, rolcreaterole, rolreplication from pg_roles
+      `with recursive
+            me as (select oid, rolcanlogin, rolsuper, rolcreaterole, rolreplication from pg_roles
                    where rolname = $4::text),
             schemas as (select oid, nspowner from pg_namespace where nspname = any($1::text[])),
             owners as (
@@ -232,7 +253,83 @@ async function roleFacts(
             -- follows only inherited grants, but handler SQL can SET ROLE
             -- to a role it is a NOINHERIT member of and use that role's.
             reach as (select r.oid, r.rolname from pg_roles r, me
-                      where pg_has_role(me.oid, r.oid, 'MEMBER'))
+                      where pg_has_role(me.oid, r.oid, 'MEMBER')),
+            -- Whose grants it may use: those roles and PUBLIC (grantee 0).
+            grantees as (select oid from reach union all select 0::oid),
+            secret_columns as (
+              select a.attrelid as rel, a.attnum, a.attname from pg_attribute a
+              where a.attrelid in (select oid from functions) and a.attname = any($5::text[])
+                and not a.attisdropped),
+            -- Relations that show them: pgfn.functions, any relation in pgfn
+            -- with an env column (pgfn.function_info, a copy), and every view
+            -- or materialized view over one of those, in any schema. Postgres
+            -- records a view's whole-row use (select f from pgfn.functions f)
+            -- as a use of the relation, like any other, so any view over one
+            -- counts. A table filled from one (create table as) is not seen.
+            showing(rel) as (
+              select oid from functions
+              union
+              select a.attrelid from pg_attribute a join pg_class c on c.oid = a.attrelid
+              where c.relnamespace = (select oid from pg_namespace where nspname = 'pgfn')
+                and a.attname = 'env' and a.attnum > 0 and not a.attisdropped
+              union
+              select rw.ev_class from showing s
+              join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = s.rel
+                and d.classid = 'pg_rewrite'::regclass
+              join pg_rewrite rw on rw.oid = d.objid and rw.rulename = '_RETURN'),
+            -- What it may select of them: of pgfn.functions the secret
+            -- columns (a grant of its other columns is harmless), of the
+            -- others any column. Schema USAGE is not asked for: without it
+            -- pg_stats still shows the most common values of every column
+            -- a role may select.
+            readable as (
+              select sc.rel, sc.attname::text as col from secret_columns sc
+              where exists (select 1 from reach
+                            where has_column_privilege(reach.oid, sc.rel, sc.attnum, 'SELECT'))
+              union all
+              select s.rel, null from showing s
+              where s.rel not in (select oid from functions)
+                and exists (select 1 from reach
+                            where has_any_column_privilege(reach.oid, s.rel, 'SELECT'))),
+            -- SECURITY DEFINER functions that could hand them over: in pgfn
+            -- every one but the audited and triggers (which cannot be
+            -- called), elsewhere those whose SQL body uses a relation
+            -- showing them (Postgres records no uses for a plpgsql body).
+            definers as (
+              select p.oid from pg_proc p
+              where p.prosecdef
+                and ((p.pronamespace = (select oid from pg_namespace where nspname = 'pgfn')
+                      and p.prorettype not in ('trigger'::regtype, 'event_trigger'::regtype)
+                      and p.oid::regprocedure::text <> all($6::text[]))
+                     or exists (select 1 from pg_depend d
+                                where d.classid = 'pg_proc'::regclass and d.objid = p.oid
+                                  and d.refclassid = 'pg_class'::regclass
+                                  and d.refobjid in (select rel from showing)))
+                and exists (select 1 from reach
+                            where has_function_privilege(reach.oid, p.oid, 'EXECUTE'))),
+            -- The grants that give it those: to a role within reach or to
+            -- PUBLIC, on the relation, on a column, or on the function (a
+            -- function nobody granted anything is PUBLIC's to execute).
+            grants as (
+              select c.oid::regclass::text as object, null::text as cols, 'select' as privilege,
+                     g.grantee
+              from pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) g
+              where c.oid in (select rel from readable) and g.privilege_type = 'SELECT'
+                and g.grantee in (select oid from grantees)
+              union all
+              select c.oid::regclass::text, string_agg(quote_ident(a.attname), ', ' order by a.attnum),
+                     'select', g.grantee
+              from pg_class c join pg_attribute a on a.attrelid = c.oid,
+                   aclexplode(a.attacl) g
+              where c.oid in (select rel from readable) and a.attnum > 0 and not a.attisdropped
+                and (c.oid not in (select oid from functions) or a.attname = any($5::text[]))
+                and g.privilege_type = 'SELECT' and g.grantee in (select oid from grantees)
+              group by c.oid, g.grantee
+              union all
+              select 'function ' || p.oid::regprocedure::text, null, 'execute', g.grantee
+              from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) g
+              where p.oid in (select oid from definers) and g.privilege_type = 'EXECUTE'
+                and g.grantee in (select oid from grantees))
        select session_user::text as session_user, me.rolcanlogin as canlogin,
               me.rolsuper as superuser, me.rolcreaterole as createrole,
               me.rolreplication as replication,
@@ -257,29 +354,30 @@ async function roleFacts(
               -- mixed-case or dotted daemon role would be another role or none.
               coalesce((select pg_has_role(me.oid, d.oid, 'MEMBER') from pg_roles d
                         where d.rolname = $3::text), false) as daemon_reached,
-              -- pgfn.functions, and any view or table showing its env
-              -- (pgfn.function_info does, for pgfn's own functions).
-              array(select format('%I.%I', n.nspname, c.relname) from pg_attribute a
-                    join pg_class c on c.oid = a.attrelid
-                    join pg_namespace n on n.oid = c.relnamespace
-                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
-                      and not a.attisdropped
-                      and exists (select 1 from reach
-                                  where has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT'))
-                    order by 1) as reads_env,
-              array(select reach.rolname::text from reach, pg_attribute a
-                    join pg_class c on c.oid = a.attrelid
-                    join pg_namespace n on n.oid = c.relnamespace
-                    where n.nspname = 'pgfn' and a.attname = 'env' and a.attnum > 0
-                      and not a.attisdropped
-                      and has_column_privilege(reach.oid, c.oid, a.attnum, 'SELECT')
-                    group by 1 order by 1) as env_holders,
+              array(select distinct case when col is null then rel::regclass::text
+                                         else format('%s.%I', rel::regclass, col) end
+                    from readable order by 1) as reads_secrets,
+              array(select oid::regprocedure::text from definers order by 1) as runs_definers,
+              array(select distinct format('revoke %s%s on %s from %s;', privilege,
+                                           coalesce(' (' || cols || ')', ''), object,
+                                           coalesce(quote_ident(r.rolname), 'public'))
+                    from grants left join pg_roles r on r.oid = grants.grantee
+                    order by 1) as secret_revokes,
+              array(select distinct r.rolname::text from grants join pg_roles r on r.oid = grants.grantee
+                    where r.oid <> me.oid order by 1) as secret_holders,
               array(select reach.rolname::text from reach, functions f
                     where has_any_column_privilege(reach.oid, f.oid, 'INSERT')
                        or has_any_column_privilege(reach.oid, f.oid, 'UPDATE')
                     order by 1) as functions_writers
        from me`,
-      [PGFN_SCHEMAS, DANGEROUS_BUILTIN_ROLES, daemonRole ?? null, role],
+      [
+        PGFN_SCHEMAS,
+        DANGEROUS_BUILTIN_ROLES,
+        daemonRole ?? null,
+        role,
+        SECRET_COLUMNS,
+        AUDITED_DEFINERS,
+      ],
     );
     return rows[0];
   } finally {
@@ -302,8 +400,10 @@ export interface RoleRefusal {
  * of a built-in role with file, program, signal or all-data access, the
  * owner of pgfn's or graphile-worker's objects (every function's env, the
  * job queue), a role that may create objects in those schemas, the daemon's
- * own role, or a role that may read the env of `pgfn.functions` (or of a
- * view showing it, like `pgfn.function_info`) or write `pgfn.functions`.
+ * own role, a role that may write `pgfn.functions`, or one that may read
+ * its env, source or wasm (every function's secrets and code), directly,
+ * through a view showing them (like `pgfn.function_info`) or through a
+ * SECURITY DEFINER function that could return them.
  * Undefined when none of these holds.
  */
 function refusalOf(
@@ -366,10 +466,25 @@ function refusalOf(
       fix: `Revoke it: revoke insert, update on pgfn.functions from ${idents(f.functions_writers)};`,
     };
   }
-  if (f.reads_env.length > 0) {
+  if (f.reads_secrets.length > 0 || f.runs_definers.length > 0) {
+    const what = [
+      ...(f.reads_secrets.length > 0 ? [`may read ${f.reads_secrets.join(", ")}`] : []),
+      ...(f.runs_definers.length > 0
+        ? [
+            `may execute ${f.runs_definers.join(", ")}, which run${f.runs_definers.length > 1 ? "" : "s"} with the rights of an owner who may read them`,
+          ]
+        : []),
+    ];
+    const through =
+      f.secret_holders.length > 0
+        ? ` (or revoke ${idents(f.secret_holders)} from ${id}, or from the role that passes it on)`
+        : "";
     return {
-      why: `may read the env column of ${f.reads_env.join(", ")} (every function's secrets)`,
-      fix: `Revoke it: revoke select on ${f.reads_env.join(", ")} from ${idents(f.env_holders)};`,
+      why: `${what.join(" and ")} (every function's env secrets or code)`,
+      fix:
+        f.secret_revokes.length > 0
+          ? `Revoke it: ${f.secret_revokes.join(" ")}${through}`
+          : "Revoke its SELECT on them, and its membership in any role that has it.",
     };
   }
   return undefined;
