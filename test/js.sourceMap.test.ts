@@ -60,6 +60,26 @@ describe("the stored module", () => {
   });
 });
 
+describe("deploy", () => {
+  it("refuses a source map file named by the handler (esbuild would read it from the host), not an inline one", async () => {
+    await expect(
+      compileJavaScript(
+        "export default () => 1;\n//# sourceMappingURL=file:///etc/pgfn.map\n",
+        "a.js",
+      ),
+    ).rejects.toThrow(/^a\.js:2: names a source map file/);
+    const inline = Buffer.from(
+      JSON.stringify({ version: 3, sources: ["orig.ts"], mappings: "AAAA" }),
+    ).toString("base64");
+    await expect(
+      compileJavaScript(
+        `export default () => 1;\n//# sourceMappingURL=data:application/json;base64,${inline}\n`,
+        "a.js",
+      ),
+    ).resolves.toMatch(/sourceMappingURL=data:/);
+  });
+});
+
 describe("SourceMap", () => {
   it("counts columns as QuickJS does, in code points, past emoji on the line", async () => {
     const source = `function boom(): string { throw new Error("x"); }
