@@ -40,7 +40,7 @@ const h: Handler = (event, ctx) => { throw ctx.retryAfter(60_000, "mail API thro
 export default h;`,
   "never.js": `export default (event, ctx) => { throw ctx.noRetry("the address is invalid"); };`,
   "spin.js": `export default async () => { for (;;) await null; };`,
-  "busy.js": `export default () => { for (;;) {} };`,
+  "busy.js": `export default (event, ctx) => { ctx.log.info("about to spin"); for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
@@ -167,6 +167,10 @@ describe("runs", () => {
     // And a synchronous one.
     const busy = await run("busy");
     expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
+    // What it logged before it was stopped is the run's.
+    expect(busy.logs).toEqual([
+      expect.objectContaining({ level: "info", message: "about to spin" }),
+    ]);
     expect(busy.duration_ms).toBeLessThan(3000);
   });
 
