@@ -152,8 +152,8 @@ export class SandboxPool {
    * Runs one invocation, once a thread is free. Never rejects for the
    * handler's faults: a handler past its deadline comes back as TIMEOUT, a
    * crashed thread as FUNCTION_ERROR (or MEMORY_EXCEEDED when the thread ran
-   * out of heap). Still queued when the pool closes, it comes back as
-   * FUNCTION_ERROR.
+   * out of heap), each with the lines the handler logged before. Still
+   * queued when the pool closes, it comes back as FUNCTION_ERROR.
    */
   invoke(request: SandboxRequest): Promise<InvokeOutcome> {
     if (this.closed) return Promise.reject(new Error("the sandbox pool is closed"));
