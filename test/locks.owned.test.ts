@@ -8,7 +8,15 @@
 import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestRoles, enqueueManual, finishedRun, waitFor, type TestRoles } from "./helpers.js";
+import { migrate } from "../src/migrate.js";
+import {
+  createTestDatabase,
+  createTestRoles,
+  enqueueManual,
+  finishedRun,
+  waitFor,
+  type TestRoles,
+} from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
 const t = useTestDatabase("owned_locks");
@@ -16,11 +24,11 @@ let roles: TestRoles;
 let nobody: pg.Client;
 
 /** A session of the database as `user` (a test role: its password is in the pgpass file). */
-async function connectAs(user: string): Promise<pg.Client> {
+async function connectAs(user: string, databaseUrl = t.url): Promise<pg.Client> {
   const line = (await readFile(roles.pgpassFile, "utf8"))
     .split("\n")
     .find((l) => l.split(":")[3] === user);
-  const url = new URL(t.url);
+  const url = new URL(databaseUrl);
   url.username = user;
   url.password = line!.split(":")[4]!;
   const client = new pg.Client({ connectionString: url.href });
@@ -66,7 +74,9 @@ beforeAll(async () => {
   await t.deploy("victim", { example: "echo", maxConcurrency: 2 });
   await t.deploy("victim_ordered", { example: "echo" });
   await t.deploy("one_at_a_time", { example: "echo", maxConcurrency: 1 });
-  await t.pool.query(`update pgfn.functions set ordering = 'function' where name = 'victim_ordered'`);
+  await t.pool.query(
+    `update pgfn.functions set ordering = 'function' where name = 'victim_ordered'`,
+  );
   roles = await createTestRoles();
   nobody = await connectAs(await roles.create("nobody"));
 });
@@ -108,9 +118,10 @@ describe("a role without privileges on pgfn", () => {
     const id = await undispatchedEvent("victim");
     await nobody.query("begin");
     try {
-      await nobody.query(`select pg_advisory_xact_lock(hashtextextended('pgfn:replay:' || $1, 0))`, [
-        id,
-      ]);
+      await nobody.query(
+        `select pg_advisory_xact_lock(hashtextextended('pgfn:replay:' || $1, 0))`,
+        [id],
+      );
       const client = await session();
       try {
         // A deadline, not a measurement: with the old lock it waits for ever.
@@ -206,6 +217,65 @@ describe("pgfn's own callers still take turns", () => {
     } finally {
       await first.end();
       await second.end();
+    }
+  });
+});
+
+describe("migrate", () => {
+  /** migrate, or an error past a deadline (with an advisory lock of old it waited for ever). */
+  async function migrateWithin(pool: pg.Pool, ms: number) {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`migrate took over ${ms} ms`)), ms);
+    });
+    try {
+      return await Promise.race([migrate(pool), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  it("is not held up by a role without privileges holding the old migrator key", async () => {
+    const fresh = await createTestDatabase("owned_locks_mig", { migrated: false });
+    const squatter = await connectAs(await roles.create("squatter"), fresh.url);
+    try {
+      // "pgfn" in ASCII: the session advisory lock every migrator took.
+      await squatter.query("select pg_advisory_lock(x'7067666e'::bigint)");
+      const first = await migrateWithin(fresh.pool, 20_000);
+      expect(first.applied.length).toBeGreaterThan(0);
+      expect(await migrateWithin(fresh.pool, 20_000)).toMatchObject({ applied: [] });
+      await expect(
+        squatter.query("begin; lock table pgfn.migrations in share update exclusive mode"),
+      ).rejects.toMatchObject({ code: "42501" });
+    } finally {
+      await squatter.end();
+      await fresh.drop();
+    }
+  });
+
+  it("waits while another migrator holds pgfn.migrations", async () => {
+    const other = await session();
+    try {
+      await other.query("begin");
+      await other.query("lock table pgfn.migrations in share update exclusive mode");
+      let done = false;
+      const migrating = migrate(t.pool).finally(() => (done = true));
+      await waitFor(
+        async () =>
+          (
+            await t.pool.query(
+              `select 1 from pg_locks l join pg_class c on c.oid = l.relation
+               where c.relname = 'migrations' and c.relnamespace = 'pgfn'::regnamespace
+                 and l.mode = 'ShareUpdateExclusiveLock' and not l.granted`,
+            )
+          ).rowCount,
+        { message: "migrate to wait for the lock on pgfn.migrations" },
+      );
+      expect(done).toBe(false);
+      await other.query("commit");
+      expect(await migrating).toMatchObject({ applied: [] });
+    } finally {
+      await other.end();
     }
   });
 });
