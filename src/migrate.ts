@@ -1,7 +1,14 @@
 /**
  * Applies graphile-worker's migrations and then ours (`sql/NNNNNN_name.sql`),
- * each of ours in its own transaction, all under one advisory lock: twenty
- * daemons starting at once apply each migration exactly once.
+ * each of ours in its own transaction, all while one connection holds a lock
+ * on pgfn.migrations: twenty daemons starting at once apply each migration
+ * exactly once, one of them all of them.
+ *
+ * Not an advisory lock: any role may take any advisory key (pg_locks shows
+ * which), and holding ours stopped every migrator, so every daemon start.
+ * Locking pgfn.migrations takes a privilege on it. Before it exists (the
+ * very first migrate) nothing is locked: its creation is a race whose
+ * losers try again.
  *
  * A landed migration never changes: every change is a new numbered file.
  * Each applied migration's checksum is recorded, and `migrate` and the
@@ -19,8 +26,12 @@ import { PgfnError } from "./errors.js";
 /** Where the migrations live: `sql/` at the package root (one level above src/ and dist/). */
 export const SQL_DIR = fileURLToPath(new URL("../sql/", import.meta.url));
 
-/** Arbitrary, fixed: the advisory lock key every pgfn migrator takes ("pgfn" in ASCII). */
-const MIGRATION_LOCK_KEY = 0x7067666e;
+/**
+ * SQLSTATEs of a `create ... if not exists` that lost a race with another
+ * migrator's (which committed meanwhile): unique_violation (of the catalog),
+ * duplicate_schema, duplicate_table, duplicate_object.
+ */
+const CREATED_MEANWHILE = new Set(["23505", "42P06", "42P07", "42710"]);
 
 export interface Migration {
   readonly id: number;
@@ -145,69 +156,112 @@ const quietGraphileLogger = new GraphileLogger(() => (level, message) => {
 
 /**
  * Brings the database up to date. Safe to call concurrently and repeatedly.
- * Needs a role that may create schemas (the daemon's role).
+ * Needs a role that may create schemas (the daemon's role), and a pool that
+ * may open two connections.
  */
 export async function migrate(
   pool: pg.Pool,
   options: MigrationOptions = {},
 ): Promise<MigrationResult> {
   const migrations = await readMigrations(options.dir ?? SQL_DIR);
-  const client = await pool.connect();
+  await createMigrationsTable(pool);
+  const holder = await pool.connect();
+  let broken: Error | undefined;
   try {
-    await client.query("select pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
+    // Held until the rollback below, on a connection of its own, so each
+    // migration can still commit alone. SHARE UPDATE EXCLUSIVE conflicts
+    // with itself, not with the inserts into the table nor with reading it
+    // (/readyz, the daemon's start).
+    await holder.query("begin");
+    await holder.query("lock table pgfn.migrations in share update exclusive mode");
     try {
       await runMigrations({ pgPool: pool, logger: quietGraphileLogger });
-      await client.query(`
+      const client = await pool.connect();
+      try {
+        return await applyPending(client, migrations);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await holder.query("rollback").catch((error: Error) => (broken = error));
+    }
+  } finally {
+    holder.release(broken);
+  }
+}
+
+/** pgfn.migrations, created unless it exists; a migrator that loses the race to create it tries again. */
+async function createMigrationsTable(pool: pg.Pool): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await pool.query(`
         create schema if not exists pgfn;
         create table if not exists pgfn.migrations (
           id integer primary key,
           name text not null,
-          applied_at timestamptz not null default now()
-        );
-        -- sha256 of the file as applied (migrationChecksum). Null only for a
-        -- migration applied before checksums whose file is no longer shipped.
-        alter table pgfn.migrations add column if not exists checksum text`);
-      // A table from before checksums: we cannot know what text was applied
-      // then, so we record the files as they are now. From here on, an edit
-      // to a landed file is caught.
-      await client.query(
-        `update pgfn.migrations m set checksum = f.checksum
-           from unnest($1::int[], $2::text[]) as f (id, checksum)
-          where m.id = f.id and m.checksum is null`,
-        [migrations.map((m) => m.id), migrations.map((m) => m.checksum)],
-      );
-      const { pending, changed } = compare(migrations, await appliedMigrations(client));
-      if (changed.length > 0) throw changedMigrationsError(changed);
-      const applied: string[] = [];
-      for (const m of migrations) {
-        if (!pending.includes(m.name)) continue;
-        try {
-          await client.query("begin");
-          await client.query(m.text);
-          await client.query(
-            "insert into pgfn.migrations (id, name, checksum) values ($1, $2, $3)",
-            [m.id, m.name, m.checksum],
-          );
-          await client.query("commit");
-        } catch (error) {
-          await client.query("rollback").catch(() => undefined);
-          throw new PgfnError(
-            "INTERNAL",
-            `Migration ${m.name} failed: ${(error as Error).message}. Nothing of it was applied.`,
-            { cause: error },
-          );
-        }
-        applied.push(m.name);
-      }
-      return { applied, alreadyApplied: migrations.length - applied.length };
-    } finally {
-      await client
-        .query("select pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY])
-        .catch(() => undefined);
+          applied_at timestamptz not null default now(),
+          -- sha256 of the file as applied (migrationChecksum). Null only for a
+          -- migration applied before checksums whose file is no longer shipped.
+          checksum text
+        )`);
+      break;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === undefined || !CREATED_MEANWHILE.has(code) || attempt >= 5) throw error;
     }
-  } finally {
-    client.release();
   }
+  // Only when missing: an ALTER waiting behind a running migrator's lock
+  // would hold up every reader of the table behind it.
+  const { rows } = await pool.query<{ missing: boolean }>(
+    `select not exists (
+       select 1 from pg_attribute
+       where attrelid = 'pgfn.migrations'::regclass and attname = 'checksum' and not attisdropped
+     ) as missing`,
+  );
+  if (rows[0]?.missing) {
+    await pool.query("alter table pgfn.migrations add column if not exists checksum text");
+  }
+}
+
+/** Our pending migrations, each in a transaction of its own; call under the lock on pgfn.migrations. */
+async function applyPending(
+  client: pg.PoolClient,
+  migrations: readonly ShippedMigration[],
+): Promise<MigrationResult> {
+  // A table from before checksums: we cannot know what text was applied
+  // then, so we record the files as they are now. From here on, an edit to
+  // a landed file is caught.
+  await client.query(
+    `update pgfn.migrations m set checksum = f.checksum
+       from unnest($1::int[], $2::text[]) as f (id, checksum)
+      where m.id = f.id and m.checksum is null`,
+    [migrations.map((m) => m.id), migrations.map((m) => m.checksum)],
+  );
+  const { pending, changed } = compare(migrations, await appliedMigrations(client));
+  if (changed.length > 0) throw changedMigrationsError(changed);
+  const applied: string[] = [];
+  for (const m of migrations) {
+    if (!pending.includes(m.name)) continue;
+    try {
+      await client.query("begin");
+      await client.query(m.text);
+      await client.query("insert into pgfn.migrations (id, name, checksum) values ($1, $2, $3)", [
+        m.id,
+        m.name,
+        m.checksum,
+      ]);
+      await client.query("commit");
+    } catch (error) {
+      await client.query("rollback").catch(() => undefined);
+      throw new PgfnError(
+        "INTERNAL",
+        `Migration ${m.name} failed: ${(error as Error).message}. Nothing of it was applied.`,
+        { cause: error },
+      );
+    }
+    applied.push(m.name);
+  }
+  return { applied, alreadyApplied: migrations.length - applied.length };
 }
 
 /**

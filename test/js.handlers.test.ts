@@ -40,7 +40,7 @@ const h: Handler = (event, ctx) => { throw ctx.retryAfter(60_000, "mail API thro
 export default h;`,
   "never.js": `export default (event, ctx) => { throw ctx.noRetry("the address is invalid"); };`,
   "spin.js": `export default async () => { for (;;) await null; };`,
-  "busy.js": `export default () => { for (;;) {} };`,
+  "busy.js": `export default (event, ctx) => { ctx.log.info("about to spin"); for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
   // Type-only lines and a helper: the compiled lines are not the file's.
   "stacked.ts": `import type { Handler } from "pgfn";
@@ -222,6 +222,10 @@ describe("runs", () => {
     // And a synchronous one.
     const busy = await run("busy");
     expect(busy).toMatchObject({ status: "failed", error_code: "TIMEOUT" });
+    // What it logged before it was stopped is the run's.
+    expect(busy.logs).toEqual([
+      expect.objectContaining({ level: "info", message: "about to spin" }),
+    ]);
     expect(busy.duration_ms).toBeLessThan(3000);
   });
 

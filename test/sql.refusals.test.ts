@@ -206,12 +206,12 @@ describe("a second retry or replay of the same event", () => {
         () => "accepted",
         (error: pg.DatabaseError) => error.message,
       );
-      // b waits for a's lock on the event's replays until a commits.
+      // b waits for a's lock on the event's replays (a row of the event's, sql/000022) until a commits.
       await waitFor(
         async () =>
           (
             await t.pool.query(
-              `select 1 from pg_stat_activity where pid = $1 and wait_event = 'advisory'`,
+              `select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'`,
               [(b as unknown as { processID: number }).processID],
             )
           ).rowCount,

@@ -25,7 +25,7 @@ import type { ErrorCode } from "../errors.js";
 import { redactAndClip, secretValues } from "./host/redact.js";
 import { HostMemory, type HostContext } from "./hostMemory.js";
 import { isReusable, KeptPlugin, type Hooks, type InstanceCache } from "./instances.js";
-import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
+import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog, type LogSink } from "./logs.js";
 import {
   GUARD_INITIAL_PAGES_SECTION,
   GUARD_NAMESPACE,
@@ -112,6 +112,8 @@ export interface InvokeOptions {
    * their state after start-up. (Default: a new instance per invocation)
    */
   readonly instances?: InstanceCache;
+  /** Told of each log line as it is kept (logRelay.ts). (Default: none) */
+  readonly logSink?: LogSink;
 }
 
 /** Handler output beyond this is an error: it would be kept in a run row. (1 MiB) */
@@ -220,7 +222,7 @@ export async function invokeHandler(
   }
   budget.begin(Buffer.byteLength(json));
 
-  const logger = captureLogger(logs, clip);
+  const logger = captureLogger(logs, clip, options.logSink);
   const hooks: Hooks = {
     guard: isGuarded(module) ? guard : {},
     // Extism merges these over its own kernel functions: every allocation a

@@ -46,7 +46,7 @@ import { formatBytes } from "./hostMemory.js";
 import { redactAndClip, redactionWindow, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
-import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog } from "./logs.js";
+import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog, type LogSink } from "./logs.js";
 import { DEFAULT_ENTRY } from "./module.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
 import { JS_MODULE_FILE } from "./sourceMap.js";
@@ -66,6 +66,8 @@ export interface JsInvokeOptions {
   readonly callHost?: (name: string, payload: unknown) => HostReply;
   /** `ctx.retryAfter(ms)` and `ctx.noRetry()`: what the handler said about retrying. */
   readonly onRetry?: (retry: { afterMs?: number; never?: boolean }) => void;
+  /** Told of each `ctx.log` line as it is kept (logRelay.ts). (Default: none) */
+  readonly logSink?: LogSink;
 }
 
 /** How long a retry may be asked to wait, as pgfn_retry_after allows. (1 day) */
@@ -190,7 +192,7 @@ export async function invokeJavaScript(
   const config = options.config ?? {};
   const secrets = secretValues(config);
   const clip = (text: string) => redactAndClip(text, secrets, MAX_MESSAGE_CHARS);
-  const logger = captureLogger(logs, clip);
+  const logger = captureLogger(logs, clip, options.logSink);
   const started = performance.now();
   let peak: number | undefined;
   const finish = (o: { ok: boolean; output: unknown; error?: InvokeOutcome["error"] }) => ({

@@ -10,6 +10,8 @@
  */
 import { Worker } from "node:worker_threads";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
+import { LogRelay } from "./logRelay.js";
+import type { HandlerLog } from "./logs.js";
 import { threadModule, type HandlerModule } from "./module.js";
 import {
   HOST_BUFFER_BYTES,
@@ -68,6 +70,8 @@ interface Slot {
   retired: boolean;
   /** Modules this thread already holds (recycling the thread forgets them). */
   readonly modules: Set<number>;
+  /** The lines its run logged so far, for when no outcome comes (logRelay.ts). */
+  readonly logs: LogRelay;
 }
 
 interface Job {
@@ -149,8 +153,8 @@ export class SandboxPool {
    * Runs one invocation, once a thread is free. Never rejects for the
    * handler's faults: a handler past its deadline comes back as TIMEOUT, a
    * crashed thread as FUNCTION_ERROR (or MEMORY_EXCEEDED when the thread ran
-   * out of heap). Still queued when the pool closes, it comes back as
-   * FUNCTION_ERROR.
+   * out of heap), each with the lines the handler logged before. Still
+   * queued when the pool closes, it comes back as FUNCTION_ERROR.
    */
   invoke(request: SandboxRequest): Promise<InvokeOutcome> {
     if (this.closed) return Promise.reject(new Error("the sandbox pool is closed"));
@@ -179,7 +183,12 @@ export class SandboxPool {
       if (slot.job)
         this.finish(
           slot.job,
-          this.failure(slot.job, "FUNCTION_ERROR", "The sandbox shut down during the run."),
+          this.failure(
+            slot.job,
+            "FUNCTION_ERROR",
+            "The sandbox shut down during the run.",
+            slot.logs.take(),
+          ),
         );
       slot.job = undefined;
     }
@@ -189,9 +198,11 @@ export class SandboxPool {
   private spawn(): Slot {
     const { source, eval: isEval } = threadSource();
     const hostBuffer = new SharedArrayBuffer(HOST_HEADER_BYTES + HOST_BUFFER_BYTES);
+    const logs = new LogRelay();
     const thread = new Worker(source, {
       eval: isEval,
-      workerData: { hostBuffer, warmJavaScript: this.ranJavaScript },
+      workerData: { hostBuffer, warmJavaScript: this.ranJavaScript, logs: logs.threadEnd },
+      transferList: [logs.threadEnd.port],
       resourceLimits: { maxOldGenerationSizeMb: this.heapMb },
       // Handler output never reaches the daemon's own stdout/stderr.
       stdout: true,
@@ -203,6 +214,7 @@ export class SandboxPool {
       data: new Uint8Array(hostBuffer, HOST_HEADER_BYTES),
       invocations: 0,
       modules: new Set(),
+      logs,
       job: undefined,
       ready: false,
       retired: false,
@@ -215,9 +227,10 @@ export class SandboxPool {
       this.onMessage(slot, msg),
     );
     thread.on("error", (error) => this.onCrash(slot, error));
-    thread.on("exit", (code) =>
-      this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`)),
-    );
+    thread.on("exit", (code) => {
+      this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`));
+      logs.close();
+    });
     thread.unref();
     this.slots.add(slot);
     return slot;
@@ -306,7 +319,9 @@ export class SandboxPool {
     }
     slot.job = undefined;
     slot.thread.unref();
-    this.finish(job, mapLogs(job.request.module, msg.outcome));
+    // The outcome carries the lines the relay holds.
+    slot.logs.clear();
+    this.finish(job, msg.outcome);
     if (msg.recycle || slot.invocations >= this.maxInvocations) {
       this.counters.recycled++;
       void this.retire(slot);
@@ -344,13 +359,15 @@ export class SandboxPool {
   /** The deadline passed: kill the thread running the job. */
   private expire(job: Job): void {
     const slot = [...this.slots].find((s) => s.job === job);
+    // Taken before the kill: the lines logged up to the deadline.
+    const logs = slot?.logs.take() ?? [];
     if (slot) {
       this.counters.killed++;
       slot.job = undefined;
       void this.retire(slot);
       this.replace();
     }
-    this.finish(job, this.failure(job, "TIMEOUT"));
+    this.finish(job, this.failure(job, "TIMEOUT", undefined, logs));
     this.schedule();
   }
 
@@ -375,6 +392,8 @@ export class SandboxPool {
     if (slot.ready) this.replace();
     if (job) {
       const oom = (error as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY";
+      // Everything the thread posted before it died is in the relay.
+      const logs = slot.logs.take();
       this.finish(
         job,
         oom
@@ -382,8 +401,14 @@ export class SandboxPool {
               job,
               "MEMORY_EXCEEDED",
               `The sandbox thread ran out of heap (${error.message}); the instance was stopped.`,
+              logs,
             )
-          : this.failure(job, "FUNCTION_ERROR", `The sandbox thread crashed: ${error.message}`),
+          : this.failure(
+              job,
+              "FUNCTION_ERROR",
+              `The sandbox thread crashed: ${error.message}`,
+              logs,
+            ),
       );
     }
     this.schedule();
@@ -408,13 +433,16 @@ export class SandboxPool {
 
   private finish(job: Job, outcome: InvokeOutcome): void {
     clearTimeout(job.timer);
-    job.resolve(outcome);
+    // Every way a job ends: a stopped run's relayed lines may hold positions too.
+    job.resolve(mapLogs(job.request.module, outcome));
   }
 
   private failure(
     job: Job,
     code: "TIMEOUT" | "MEMORY_EXCEEDED" | "FUNCTION_ERROR" | "INTERNAL_SHUTDOWN",
     message?: string,
+    /** What the handler logged before it was stopped. */
+    logs: readonly HandlerLog[] = [],
   ): InvokeOutcome {
     const durationMs = job.running ? Date.now() - job.running.started : 0;
     if (code === "TIMEOUT") {
@@ -422,6 +450,8 @@ export class SandboxPool {
         "TIMEOUT",
         `The handler ran past its ${job.request.timeoutMs} ms limit and was stopped.`,
         durationMs,
+        undefined,
+        logs,
       );
     }
     if (code === "INTERNAL_SHUTDOWN") {
@@ -431,23 +461,24 @@ export class SandboxPool {
         durationMs,
       );
     }
-    return failedOutcome(code, message ?? code, durationMs);
+    return failedOutcome(code, message ?? code, durationMs, undefined, logs);
   }
 }
 
-/** An outcome for a handler the pool stopped or never ran: no output, no logs. */
+/** An outcome for a handler the pool stopped or never ran: no output, the lines it logged before. */
 function failedOutcome(
   code: InvokeErrorCode,
   message: string,
   durationMs: number,
   transient?: boolean,
+  logs: readonly HandlerLog[] = [],
 ): InvokeOutcome {
   return {
     ok: false,
     output: null,
     error: { code, message, ...(transient !== undefined && { transient }) },
     durationMs,
-    logs: [],
+    logs,
   };
 }
 

@@ -11,6 +11,7 @@ import { threadExternalMemory, type HostContext } from "./hostMemory.js";
 import { InstanceCache } from "./instances.js";
 import { invokeHandler, type HostFunction } from "./invocation.js";
 import { invokeJavaScript, warmJavaScript } from "./jsEngine.js";
+import { relaySink, type ThreadLogEnd } from "./logRelay.js";
 import type { HandlerModule } from "./module.js";
 import {
   HOST_HEADER_BYTES,
@@ -25,6 +26,9 @@ const { hostBuffer: shared, warmJavaScript: warm } = workerData as {
   hostBuffer: SharedArrayBuffer;
   warmJavaScript: boolean;
 };
+// Each log line reaches the pool as it is written: a run killed at its
+// deadline, or whose thread dies, keeps them (logRelay.ts).
+const logSink = relaySink((workerData as { logs: ThreadLogEnd }).logs);
 const header = new Int32Array(shared, 0, 2);
 const data = new Uint8Array(shared, HOST_HEADER_BYTES);
 
@@ -124,6 +128,7 @@ port.on("message", async (msg: InvokeMessage) => {
           threadMemory: threadExternalMemory,
           onThreadMemoryExceeded: () => (recycle = true),
           instances,
+          logSink,
         })
       : await invokeJavaScript(module.code, msg.input, {
           entry: msg.entry,
@@ -131,6 +136,7 @@ port.on("message", async (msg: InvokeMessage) => {
           config: msg.config,
           callHost,
           onRetry: (said) => (retry = said),
+          logSink,
         });
   // Set by host calls during the invocation; TypeScript cannot see that.
   // A WebAssembly handler that fails after a failed host call failed because

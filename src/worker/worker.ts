@@ -16,6 +16,17 @@
  * Released jobs get back the attempt graphile-worker counted when it fetched
  * them (pgfn.release_jobs): a job held by a few stopped runners must not run out of
  * graphile attempts before pgfn's own count says the event is done.
+ *
+ * graphile-worker also stops its runner when it hears a "breaking" notice on
+ * the `worker:migrate` channel (a newer graphile-worker announcing a schema
+ * change this one does not understand). Any role that can connect may
+ * NOTIFY any channel, handlers' db_roles included, and graphile-worker
+ * trusts the notice (graphile/worker#361): one `select pg_notify(...)` from
+ * a handler would stop every daemon's runner, and stall all their work
+ * until the slowest run under way ended. So the supervisor takes such
+ * notices from graphile-worker before it acts on them and believes one only
+ * if graphile_worker.migrations, which only pgfn's owner writes, holds a
+ * breaking migration newer than the revisions our graphile-worker knows.
  */
 import { EventEmitter } from "node:events";
 import {
@@ -25,6 +36,9 @@ import {
   type Task,
   type WorkerEvents,
 } from "graphile-worker";
+// Not part of graphile-worker's API, but the list its own startup check
+// compares the database with; the version is pinned in package.json.
+import { migrations as graphileMigrations } from "graphile-worker/dist/generated/sql.js";
 import type pg from "pg";
 import type { Logger } from "pino";
 import { z } from "zod";
@@ -47,6 +61,24 @@ const runPayload = z.union([
  * for recording the outcome.
  */
 export const DRAIN_TIMEOUT_MS = 330_000;
+
+/**
+ * The newest graphile_worker schema revision the graphile-worker we ship
+ * knows (19 for 0.17.3). A breaking migration past it makes our runner
+ * unsafe, as graphile-worker's startup check says.
+ */
+export const GRAPHILE_SCHEMA_REVISION = Math.max(
+  ...Object.keys(graphileMigrations).map((file) => Number.parseInt(file, 10)),
+);
+
+/** Where graphile-worker announces its migrations. */
+const MIGRATE_CHANNEL = "worker:migrate";
+
+/**
+ * How often, at most, a warning says that worker:migrate notices were
+ * ignored: anyone may send them, as fast as they like. (60000 ms)
+ */
+const IGNORED_NOTICE_LOG_INTERVAL_MS = 60_000;
 
 /**
  * The pause before the next try at replacing a stopped runner: 200 ms
@@ -146,6 +178,13 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   /** A stopping runner's runs never finished: it is never replaced here (see fail). */
   let fatal = false;
   const stopController = new AbortController();
+  /** A check of worker:migrate notices under way, and whether one came in meanwhile. */
+  let checkingNotice: Promise<void> | undefined;
+  let noticeAgain = false;
+  /** Notices found false since the last warning, and the sender of the latest. */
+  let ignoredNotices = 0;
+  let noticePid: number | undefined;
+  let ignoredLoggedAt = -Infinity;
 
   const startRunner = async (): Promise<Generation> => {
     const gen: Generation = {
@@ -177,6 +216,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     events.on("job:complete", ({ job }) => done(String(job.id)));
     events.on("localQueue:returnJobs", ({ jobs }) => {
       for (const job of jobs) done(String(job.id));
+    });
+    events.on("pool:listen:notification", ({ message }) => {
+      if (message.channel !== MIGRATE_CHANNEL) return;
+      // graphile-worker looks at the channel right after this event, on this
+      // very object: renamed, the notice is passed over (logged at debug).
+      // checkMigrateNotice decides, from the database, whether to stop.
+      message.channel = `${MIGRATE_CHANNEL} (checked by pgfn)`;
+      ignoredNotices++;
+      noticePid = message.processId;
+      checkMigrateNotice();
     });
     events.on("pool:fatalError", ({ error, action }) => {
       gen.reason ??= `${action} failed: ${coerceError(error).message}`;
@@ -247,6 +296,66 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       const timer = setTimeout(done, ms);
       signal.addEventListener("abort", done);
     });
+
+  /**
+   * Whether the database holds a breaking graphile_worker migration newer
+   * than our graphile-worker knows; if so, stops the running runner as
+   * graphile-worker would have (its runs finish first), and replacing it
+   * fails on graphile-worker's own startup check until pgfn is upgraded.
+   */
+  const checkMigrations = async () => {
+    const { rows } = await pool.query<{ id: number | null }>(
+      "select max(id) as id from graphile_worker.migrations where breaking and id > $1",
+      [GRAPHILE_SCHEMA_REVISION],
+    );
+    const breaking = rows[0]?.id ?? null;
+    if (breaking !== null) {
+      const gen = current;
+      if (stopController.signal.aborted || !gen?.runner || gen.reason !== undefined) return;
+      gen.reason = `the graphile_worker schema has breaking migration ${breaking}, and this pgfn's graphile-worker knows revisions up to ${GRAPHILE_SCHEMA_REVISION}: upgrade pgfn`;
+      logger.error({ operation: "worker", worker_id: daemonId, error: gen.reason }, gen.reason);
+      void gen.runner.stop(gen.reason).catch(() => undefined);
+      return;
+    }
+    if (Date.now() - ignoredLoggedAt >= IGNORED_NOTICE_LOG_INTERVAL_MS) {
+      ignoredLoggedAt = Date.now();
+      logger.warn(
+        {
+          operation: "worker",
+          worker_id: daemonId,
+          notices: ignoredNotices,
+          sender_pid: noticePid,
+        },
+        `ignored ${MIGRATE_CHANNEL} notices: graphile_worker.migrations has no breaking migration past revision ${GRAPHILE_SCHEMA_REVISION}, so no newer graphile-worker sent them (any database role can)`,
+      );
+      ignoredNotices = 0;
+    }
+  };
+
+  /**
+   * One check at a time however many notices come in; a notice that comes
+   * during a check gets a check after it, since the migration it announces
+   * may have committed after the first one read.
+   */
+  const checkMigrateNotice = () => {
+    noticeAgain = true;
+    if (checkingNotice || stopController.signal.aborted) return;
+    checkingNotice = (async () => {
+      while (noticeAgain && !stopController.signal.aborted) {
+        noticeAgain = false;
+        try {
+          await checkMigrations();
+        } catch (error) {
+          logger.warn(
+            { operation: "worker", worker_id: daemonId, error: coerceError(error).message },
+            `could not check a ${MIGRATE_CHANNEL} notice against graphile_worker.migrations; the runner goes on`,
+          );
+        }
+      }
+      // In the same step as the last look at noticeAgain: no notice slips between.
+      checkingNotice = undefined;
+    })();
+  };
 
   /** A stopped runner that cannot be replaced in this process. */
   const fail = (gen: Generation) => {
@@ -337,6 +446,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         stopController.abort();
         state = "stopped";
         await replacing;
+        await checkingNotice;
         // graphile-worker's stop waits for the jobs under way; a runner that
         // stopped on its own says it is "already stopped".
         await current?.runner?.stop().catch(() => undefined);
