@@ -205,7 +205,8 @@ export const FUNCTION_COLUMNS = {
     ...text(),
     default: "handle",
     setBy: "sql",
-    description: "the module's export called for each event",
+    description:
+      "the export called for each event (for runtime js, 'handle' is the default export, else handle)",
   },
   enabled: {
     sqlType: "boolean",

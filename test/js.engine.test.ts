@@ -162,6 +162,32 @@ describe("the engine", () => {
     expect((await run(`export default () => new Error("mine")`)).ok).toBe(true);
   });
 
+  it("calls the entrypoint's export; with the default, the default export or else handle", async () => {
+    const both = `export default () => "default"; export const handle = () => "handle"; export const other = () => "other";`;
+    expect((await run(both)).output).toBe("default");
+    expect((await run(both, { entry: "handle" })).output).toBe("default");
+    expect((await run(both, { entry: "other" })).output).toBe("other");
+    expect((await run(`export const handle = () => "handle";`)).output).toBe("handle");
+    expect((await run(`export default 1; export const handle = () => "handle";`)).output).toBe(
+      "handle",
+    );
+    expect((await run(`export default 1;`)).error).toEqual({
+      code: "FUNCTION_ERROR",
+      message:
+        'The handler exports no function to call: export default a function (event, ctx) => result, or export one named "handle" (it exports default).',
+    });
+    expect((await run(both, { entry: "nope" })).error).toEqual({
+      code: "FUNCTION_ERROR",
+      message:
+        'The handler does not export a function named "nope", the function\'s entrypoint; export it, or set entrypoint to one it exports (it exports default, handle, other).',
+    });
+    // A long list is cut.
+    const many = Array.from({ length: 25 }, (_, i) => `export const e${i} = ${i};`).join("\n");
+    expect(
+      (await run(`${many}\nexport default () => 1;`, { entry: "nope" })).error?.message,
+    ).toMatch(/\(it exports default, e0, e1, e10, .*, e24, e3, 6 more\)\.$/);
+  });
+
   it("fails a handler that waits for ever, without waiting for the deadline", async () => {
     const r = await run(`export default () => new Promise(() => {})`);
     expect(r.error?.message).toMatch(/promise never settled/);

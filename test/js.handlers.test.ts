@@ -42,6 +42,34 @@ export default h;`,
   "spin.js": `export default async () => { for (;;) await null; };`,
   "busy.js": `export default (event, ctx) => { ctx.log.info("about to spin"); for (;;) {} };`,
   "bomb.js": `export default () => { const keep = []; for (;;) keep.push("x".repeat(1 << 20) + keep.length); };`,
+  // Type-only lines and a helper: the compiled lines are not the file's.
+  "stacked.ts": `import type { Handler } from "pgfn";
+
+interface Order { id: number }
+
+function check(order: Order): void {
+  if (order.id > 0) {
+    throw new Error("order " + order.id + " is invalid");
+  }
+}
+
+const h: Handler = () => {
+  check({ id: 7 });
+};
+export default h;`,
+  "caught.ts": `type Nothing = never;
+export default (event: unknown, ctx: any) => {
+  try {
+    null!.boom();
+  } catch (e) {
+    ctx.log.warn((e as Error).stack);
+  }
+  return "ok";
+};`,
+  "entries.ts": `export default () => "default";
+export const handle = () => "handle";
+export function other(event: { payload: unknown }) { return { other: event.payload }; }
+export const notfn = 1;`,
   "careful.js": `export default async (event, ctx) => {
   try { await ctx.db.query("select 1"); } catch {}
   throw new Error("row is invalid");
@@ -215,6 +243,71 @@ describe("runs", () => {
     expect(bomb).toMatchObject({ status: "failed", error_code: "MEMORY_EXCEEDED" });
     expect(bomb.error_message).toMatch(/32 MB/);
     expect((await run("echo", { after: "bomb" })).result).toEqual({ echo: { after: "bomb" } });
+  });
+});
+
+describe("stack traces", () => {
+  it("name the deployed file and its lines, not the compiled module's", async () => {
+    const r = await run("stacked");
+    expect(r).toMatchObject({ error_code: "FUNCTION_ERROR", error_message: "order 7 is invalid" });
+    const stack = r.logs.at(-1).message as string;
+    // `new Error(` on line 7, check( on line 12, as stacked.ts has them.
+    expect(stack).toMatch(
+      /^order 7 is invalid\n\s+at check \(stacked\.ts:7:15\)\n\s+at h \(stacked\.ts:12:3\)/,
+    );
+    expect(stack).not.toMatch(/handler\.js/);
+  });
+
+  it("are mapped in what a handler logs itself, when it succeeds too", async () => {
+    const r = await run("caught");
+    expect(r).toMatchObject({ status: "succeeded", result: "ok" });
+    expect(r.logs[0].message).toMatch(/at \w+ \(caught\.ts:4:5\)/);
+  });
+
+  it("name the compiled module of a function deployed before maps were kept", async () => {
+    // Its stored module as deploys wrote it then: no trailing source map.
+    const { rows } = await t.pool.query(
+      `select convert_from(wasm, 'UTF8') as code from pgfn.functions where name = 'stacked'`,
+    );
+    const code = (rows[0].code as string).replace(/\/\/# sourceMappingURL=.*\n?$/, "");
+    expect(code).not.toBe(rows[0].code);
+    await t.pool.query(
+      `update pgfn.functions set wasm = convert_to($1, 'UTF8'), wasm_sha256 = encode(sha256(convert_to($1, 'UTF8')), 'hex') where name = 'stacked'`,
+      [code],
+    );
+    const r = await run("stacked");
+    expect(r).toMatchObject({ error_code: "FUNCTION_ERROR", error_message: "order 7 is invalid" });
+    expect(r.logs.at(-1).message).toMatch(/at check \(handler\.js:\d+:\d+\)/);
+  });
+});
+
+describe("entrypoint", () => {
+  const entrypoint = (value: string) =>
+    t.pool.query(`update pgfn.functions set entrypoint = $1 where name = 'entries'`, [value]);
+
+  it("'handle' calls the default export, any other the export of that name", async () => {
+    expect((await run("entries")).result).toBe("default");
+    await entrypoint("other");
+    expect((await run("entries", { n: 1 })).result).toEqual({ other: { n: 1 } });
+    await entrypoint("handle");
+    expect((await run("entries")).result).toBe("default");
+    // Without a default export, "handle" is the export named handle.
+    expect((await run("echo", { n: 2 })).result).toEqual({ echo: { n: 2 } });
+  });
+
+  it("a missing or non-function export fails the run once, naming it and the exports", async () => {
+    for (const name of ["missing", "notfn"]) {
+      await entrypoint(name);
+      const r = await run("entries");
+      expect(r).toMatchObject({
+        status: "failed",
+        error_code: "FUNCTION_ERROR",
+        attempt: 1,
+        will_retry: false,
+        error_message: `The handler does not export a function named "${name}", the function's entrypoint; export it, or set entrypoint to one it exports (it exports default, handle, notfn, other).`,
+      });
+    }
+    await entrypoint("handle");
   });
 });
 

@@ -70,7 +70,8 @@ const COMPUTED_IMPORTS_ARE_ERRORS = Object.fromEntries(
 );
 
 /**
- * Compiles a handler's source to the script the sandbox runs. Throws an
+ * Compiles a handler's source to the script the sandbox runs, its source
+ * map appended as an inline `//# sourceMappingURL=` comment. Throws an
  * Error naming the file, line and column of each problem (a syntax error, a
  * value import, no handler exported).
  *
@@ -101,6 +102,7 @@ async function compile(source: string, fileName: string): Promise<string> {
     sourcefile: fileName,
   } as const;
   await refuseComputedImports(stdin);
+  refuseSourceMapFiles(source, fileName);
   let result;
   try {
     // An ES module rather than a script that assigns a global: QuickJS
@@ -118,6 +120,11 @@ async function compile(source: string, fileName: string): Promise<string> {
       logLevel: "silent",
       charset: "utf8",
       legalComments: "none",
+      // Appended to the module as its trailing comment: stack traces are
+      // mapped back to the user's file and lines (sourceMap.ts). The source
+      // itself is not copied in: pgfn.functions.source keeps it.
+      sourcemap: "inline",
+      sourcesContent: false,
     });
   } catch (error) {
     const messages = (error as Partial<BuildFailure>).errors;
@@ -131,6 +138,22 @@ async function compile(source: string, fileName: string): Promise<string> {
     );
   }
   return result.outputFiles[0]!.text;
+}
+
+/**
+ * Throws, naming the line, for a `sourceMappingURL` that is not inline
+ * (data:). With source maps on, esbuild reads the one a file names, and a
+ * file: URL is a path on the daemon's host: its contents would be read at
+ * deploy and its file names put in stack traces. Conservative: the text
+ * anywhere, in a comment or not.
+ */
+function refuseSourceMapFiles(source: string, fileName: string): void {
+  const found = /\/[/*][#@][ \t]*sourceMappingURL[ \t]*=[ \t]*(?!data:)/.exec(source);
+  if (!found) return;
+  const line = source.slice(0, found.index).split("\n").length;
+  throw new Error(
+    `${fileName}:${line}: names a source map file; a handler's source map may only be inline (data:), so remove the sourceMappingURL comment or inline the map`,
+  );
 }
 
 /**

@@ -36,6 +36,7 @@ import quickjsSyncExport from "@jitl/quickjs-wasmfile-release-sync";
 import {
   newQuickJSWASMModuleFromVariant,
   newVariant,
+  type QuickJSContext,
   type QuickJSHandle,
   type QuickJSSyncVariant,
   type QuickJSWASMModule,
@@ -46,10 +47,17 @@ import { redactAndClip, redactionWindow, secretValues } from "./host/redact.js";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog, type LogSink } from "./logs.js";
+import { DEFAULT_ENTRY } from "./module.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
+import { JS_MODULE_FILE } from "./sourceMap.js";
 
 /** Options of {@link invokeJavaScript}. */
 export interface JsInvokeOptions {
+  /**
+   * The function's entrypoint: the export called. "handle" means the
+   * default export, else the one named `handle`. (Default: "handle")
+   */
+  readonly entry?: string;
   /** The instance's linear memory may not grow past this. (Default: no cap) */
   readonly memoryLimitBytes?: number;
   /** `ctx.env`: the function's env. (Default: {}) */
@@ -561,7 +569,7 @@ export async function invokeJavaScript(
 
     // The module's evaluation: its namespace, or a promise for it when the
     // module awaits at top level (settled, if ever, by the pending jobs).
-    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    const evaluated = context.evalCode(code, JS_MODULE_FILE, { type: "module" });
     let m: QuickJSHandle | undefined;
     if (evaluated.error) {
       settled = consume(evaluated.error, describe);
@@ -576,18 +584,17 @@ export async function invokeJavaScript(
         m = loaded.notAPromise ? loaded.value : keep(loaded.value);
     }
     if (m) {
+      const entry = options.entry ?? DEFAULT_ENTRY;
       const kind = context.typeof(m);
       let handler: QuickJSHandle | undefined;
       if (kind === "object" || kind === "function") {
-        const d = get(m, "default");
-        handler = context.typeof(d) === "function" ? d : get(m, "handle");
+        if (entry === DEFAULT_ENTRY) {
+          const d = get(m, "default");
+          handler = context.typeof(d) === "function" ? d : get(m, entry);
+        } else handler = get(m, entry);
       }
       if (!handler || context.typeof(handler) !== "function") {
-        settled = {
-          ok: false,
-          message:
-            "The handler's file exports no function: export default a function (event, ctx) => result, or export one named handle.",
-        };
+        settled = { ok: false, message: noEntry(entry, exportNames(context, m, clipped)) };
       } else {
         const result = context.callFunction(handler, context.undefined, input, ctx);
         const promise = keep(
@@ -691,4 +698,38 @@ export async function invokeJavaScript(
   } catch {
     return failed(`handler output is not JSON: ${result.json.slice(0, 200)}`);
   }
+}
+
+/** Export names a message lists at most. */
+const SHOWN_EXPORTS = 20;
+
+/**
+ * The module's exports, by name, for a message, each read with `read` (a
+ * cut copy); [] if they cannot be read.
+ */
+function exportNames(
+  context: QuickJSContext,
+  m: QuickJSHandle,
+  read: (name: QuickJSHandle) => string,
+): string[] {
+  const names = context.getOwnPropertyNames(m, { strings: true, onlyEnumerable: true });
+  if (names.error) {
+    names.error.dispose();
+    return [];
+  }
+  try {
+    const shown = names.value.slice(0, SHOWN_EXPORTS).map(read);
+    const more = names.value.length - shown.length;
+    return more > 0 ? [...shown, `${more} more`] : shown;
+  } finally {
+    names.value.dispose();
+  }
+}
+
+/** Why the entrypoint cannot be called, in the terms the user set it in. */
+function noEntry(entry: string, exports: readonly string[]): string {
+  const found = exports.length ? `it exports ${exports.join(", ")}` : "it exports nothing";
+  return entry === DEFAULT_ENTRY
+    ? `The handler exports no function to call: export default a function (event, ctx) => result, or export one named "${DEFAULT_ENTRY}" (${found}).`
+    : `The handler does not export a function named "${entry}", the function's entrypoint; export it, or set entrypoint to one it exports (${found}).`;
 }

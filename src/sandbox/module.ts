@@ -9,6 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Runtime } from "../interfaces.js";
+import { splitSourceMap, type SourceMap } from "./sourceMap.js";
 
 /** The export called when none is named. */
 export const DEFAULT_ENTRY = "handle";
@@ -20,11 +21,28 @@ export const DEFAULT_ENTRY = "handle";
  */
 export interface JsModule {
   readonly runtime: "js";
+  /** Without the source map deploy appended to it. */
   readonly code: string;
+  /**
+   * The map from `code`'s positions to the user's file (sourceMap.ts), kept
+   * on the main thread: threadModule leaves it out of what a thread is sent.
+   * Absent for a handler deployed before maps were kept.
+   */
+  readonly sourceMap?: SourceMap;
 }
 
 /** What a sandbox thread runs: a compiled WebAssembly module or a JavaScript handler. */
 export type HandlerModule = WebAssembly.Module | JsModule;
+
+/**
+ * What a sandbox thread is sent of a module: a JavaScript handler's code
+ * without its source map, which only the main thread reads (when a run's
+ * logs name a compiled position).
+ */
+export function threadModule(module: HandlerModule): HandlerModule {
+  if (module instanceof WebAssembly.Module || !module.sourceMap) return module;
+  return { runtime: module.runtime, code: module.code };
+}
 
 /**
  * Import namespaces a pgfn instance can satisfy: Extism's kernel, WASI
@@ -156,7 +174,7 @@ export class ModuleCache {
         // The stored bytes are verified; what prepare makes of them is compiled.
         verifySha256(wasm, sha256);
         if (runtime === "js")
-          return { runtime, code: new TextDecoder().decode(wasm) } satisfies JsModule;
+          return { runtime, ...splitSourceMap(new TextDecoder().decode(wasm)) } satisfies JsModule;
         return compile(this.prepare ? await this.prepare(wasm) : wasm);
       });
     const current = entry;

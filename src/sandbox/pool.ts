@@ -12,7 +12,7 @@ import { Worker } from "node:worker_threads";
 import type { InvokeErrorCode, InvokeOutcome } from "./invocation.js";
 import { LogRelay } from "./logRelay.js";
 import type { HandlerLog } from "./logs.js";
-import type { HandlerModule } from "./module.js";
+import { threadModule, type HandlerModule } from "./module.js";
 import {
   HOST_BUFFER_BYTES,
   HOST_HEADER_BYTES,
@@ -21,6 +21,7 @@ import {
   type InvokeMessage,
   type ResultMessage,
 } from "./protocol.js";
+import { mapLogs } from "./sourceMap.js";
 
 /** A host function's main-thread half. Throw to fail the call; `transient` on the error says a retry may help. */
 export type HostBinding = (payload: unknown) => Promise<unknown>;
@@ -290,7 +291,7 @@ export class SandboxPool {
         type: "invoke",
         id: job.id,
         moduleId,
-        ...(!known && { module: request.module }),
+        ...(!known && { module: threadModule(request.module) }),
         input: request.input,
         entry: request.entry ?? "handle",
         memoryLimitBytes: request.memoryLimitBytes,
@@ -432,7 +433,8 @@ export class SandboxPool {
 
   private finish(job: Job, outcome: InvokeOutcome): void {
     clearTimeout(job.timer);
-    job.resolve(outcome);
+    // Every way a job ends: a stopped run's relayed lines may hold positions too.
+    job.resolve(mapLogs(job.request.module, outcome));
   }
 
   private failure(

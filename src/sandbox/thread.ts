@@ -131,6 +131,7 @@ port.on("message", async (msg: InvokeMessage) => {
           logSink,
         })
       : await invokeJavaScript(module.code, msg.input, {
+          entry: msg.entry,
           memoryLimitBytes: msg.memoryLimitBytes,
           config: msg.config,
           callHost,
