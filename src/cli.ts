@@ -266,7 +266,7 @@ Environment:
     .argument("<name>", `function name, ${FUNCTION_NAME.source}`)
     .argument(
       "<file>",
-      `the .wasm file (Extism plugin exporting \`handle\`), or a ${JAVASCRIPT_EXTENSIONS.join("/")} file whose default export (or \`handle\`) is (event, ctx) => result`,
+      `the .wasm file (Extism plugin exporting \`handle\`), or a ${JAVASCRIPT_EXTENSIONS.join("/")} file (at most 1 MiB) whose default export (or \`handle\`) is (event, ctx) => result`,
     );
   for (const option of settingOptions) deploy.addOption(option);
   deploy

@@ -25,11 +25,23 @@ import {
 } from "./functionColumns.js";
 import { dbRoleProblem, refusalText, sqlIdent } from "./sandbox/host/dbRole.js";
 import { compileJavaScript } from "./sandbox/jsCompile.js";
+import { checkJavaScript } from "./sandbox/jsEngine.js";
 import { sha256Hex, validateWasm } from "./sandbox/module.js";
 import { guardMemory } from "./sandbox/memoryGuard.js";
 
-/** The failure spec's limit for a module: 10 MiB. The same holds for a JavaScript file. */
+/** The failure spec's limit for a module: 10 MiB. */
 export const MAX_WASM_BYTES = 10 * 1024 * 1024;
+
+/**
+ * The limit for a JavaScript or TypeScript handler's source: 1 MiB. Real
+ * handlers, dependencies bundled in, are a few to a few hundred KiB; esbuild
+ * spends CPU and memory at deploy in proportion to what it is given, in the
+ * daemon's host for an HTTP deploy (jsNesting.ts).
+ */
+export const MAX_SOURCE_BYTES = 1024 * 1024;
+
+/** What deploy lets a handler's top-level code use when it evaluates it, without a memory_limit_mb given. */
+const CHECK_MEMORY_MB = 128;
 
 /**
  * A function to store: a WebAssembly module (`wasm`), or a JavaScript or
@@ -94,7 +106,12 @@ export async function deployFunction(
   assertFunctionName(rest.name);
   assertSettings(rest.name, rest, Boolean(rest.update), names);
   if (source !== undefined) {
-    const compiled = await compileSource(rest.name, source, request.fileName);
+    const compiled = await compileSource(
+      rest.name,
+      source,
+      request.fileName,
+      (rest.memoryLimitMb ?? CHECK_MEMORY_MB) * 1024 * 1024,
+    );
     await assertReferences(db, rest.name, rest, names, options);
     const { fileName: _, ...input } = request;
     return upsertFunction(db, {
@@ -130,23 +147,32 @@ export async function deployFunction(
 }
 
 /** A JavaScript or TypeScript handler compiled for the sandbox (jsCompile.ts), or the refusal. */
-async function compileSource(name: string, source: string, fileName: string): Promise<Buffer> {
+async function compileSource(
+  name: string,
+  source: string,
+  fileName: string,
+  memoryLimitBytes: number,
+): Promise<Buffer> {
   const bytes = Buffer.byteLength(source);
-  if (bytes > MAX_WASM_BYTES) {
+  if (bytes > MAX_SOURCE_BYTES) {
     throw new PgfnError(
       "PAYLOAD_TOO_LARGE",
-      `The handler ${fileName} for "${name}" is ${bytes} bytes; the limit is ${MAX_WASM_BYTES} bytes (10 MiB).`,
+      `The handler ${fileName} for "${name}" is ${bytes} bytes; a TypeScript/JavaScript source may be at most ${MAX_SOURCE_BYTES} bytes (1 MiB).`,
     );
   }
+  const invalid = (message: string, cause?: unknown) =>
+    new PgfnError("INVALID_REQUEST", `Invalid handler for "${name}": ${message}`, { cause });
+  let code: string;
   try {
-    return Buffer.from(await compileJavaScript(source, fileName));
+    code = await compileJavaScript(source, fileName);
   } catch (error) {
-    throw new PgfnError(
-      "INVALID_REQUEST",
-      `Invalid handler for "${name}": ${(error as Error).message}`,
-      { cause: error },
-    );
+    throw invalid((error as Error).message, error);
   }
+  // What would fail every run, found now: the file evaluated once, as a run
+  // would before calling its handler (not called here).
+  const problem = await checkJavaScript(code, { memoryLimitBytes });
+  if (problem !== undefined) throw invalid(`${fileName}: ${problem}.`);
+  return Buffer.from(code);
 }
 
 /**

@@ -322,6 +322,18 @@ describe("deploy refuses, naming the line", () => {
     return (error as PgfnError).message;
   };
 
+  it("a source over 1 MiB, as 413 in the user's terms", async () => {
+    const source = `export default () => ${JSON.stringify("x".repeat(1024 * 1024))};`;
+    const error = await deployFunction(t.db, { name: "refused", source, fileName: "big.js" }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toMatchObject({ code: "PAYLOAD_TOO_LARGE" });
+    expect((error as Error).message).toBe(
+      `The handler big.js for "refused" is ${source.length} bytes; a TypeScript/JavaScript source may be at most 1048576 bytes (1 MiB).`,
+    );
+  });
+
   it("a syntax error", async () => {
     expect(await refusal(`export default (event) => {\n  const x: number = ;\n};`)).toMatch(
       /^Invalid handler for "refused": handler\.ts:2:21: /,
@@ -333,12 +345,14 @@ describe("deploy refuses, naming the line", () => {
       await refusal(
         `import type { Handler } from "pgfn";\nimport { readFile } from "node:fs";\nexport default () => readFile;`,
       ),
-    ).toMatch(/handler\.ts:2:\d+: imports "node:fs": a handler may import values only from "pgfn"/);
+    ).toMatch(
+      /handler\.ts:2:\d+: imports "node:fs": a handler may import only types \(`import type`\), from "pgfn" or anywhere else/,
+    );
   });
 
   it("an import() or require() of a name computed at run time, globs included", async () => {
     const computed =
-      /: (import|require)\(\) of a name computed at run time cannot load anything in the sandbox: a handler may import values only from "pgfn"/;
+      /: (import|require)\(\) of a name computed at run time cannot load anything in the sandbox: a handler may import only types \(`import type`\), from "pgfn" or anywhere else/;
     for (const [source, fileName, at] of [
       [`const name = "./util.js";\nexport default async () => import(name);`, "handler.ts", "2:28"],
       // A "./" or "../" prefix would make esbuild glob the server's files.
@@ -358,6 +372,58 @@ describe("deploy refuses, naming the line", () => {
       const message = await refusal(source!, fileName);
       expect(message, source).toMatch(computed);
       expect(message, source).toContain(`${fileName}:${at}: `);
+    }
+  });
+
+  it("a value import from pgfn, in our words", async () => {
+    expect(
+      await refusal(
+        `import { run } from "pgfn";\nexport default () => run;`,
+        "handlers/valueimport.ts",
+      ),
+    ).toBe(
+      'Invalid handler for "refused": handlers/valueimport.ts:1:10: imports the value run from "pgfn", which has none in the sandbox: a handler may import only types from "pgfn" (`import type { Handler } from "pgfn"`)',
+    );
+  });
+
+  it("nesting past 1000 levels, before esbuild parses it (500,000 levels crashed it)", async () => {
+    for (const [source, at] of [
+      ["export default () => " + "[".repeat(100_000) + "]".repeat(100_000), "1:1021"],
+      ["let a;\nexport default () => " + "!".repeat(100_000) + "a", "2:1021"],
+      ["let a;\nexport default () => a" + "\n.a".repeat(100_000), "1002:1"],
+      ["let a;\nexport default () => " + "a?a:".repeat(100_000) + "0", "2:4019"],
+    ] as const) {
+      expect(await refusal(source, "deep.js")).toBe(
+        `Invalid handler for "refused": deep.js:${at}: nests more than 1000 levels deep (brackets, calls, or operators inside one another): split the expression up`,
+      );
+    }
+  });
+
+  it("a default export that is not a function, top-level code that throws, loops or overflows the stack", async () => {
+    const cases: [string, string][] = [
+      [
+        `export default { handle(event, ctx) { return 1; } };`,
+        "it exports no function: `export default` a function (event, ctx) => result, or export one named `handle` (an object with a handle method is not one).",
+      ],
+      [`export const handle = 42;`, "it exports no function"],
+      [
+        `const config = JSON.parse("{");\nexport default () => config;`,
+        "its top-level code threw SyntaxError: ",
+      ],
+      [`throw "no config";\nexport default () => 1;`, "its top-level code threw no config"],
+      [
+        `for (;;) {}\nexport default () => 1;`,
+        "its top-level code ran for more than 1000 ms (a loop?)",
+      ],
+
+      [
+        `function f(n) { return f(n + 1) + 1; }\nf(0);\nexport default () => 1;`,
+        "its top-level code",
+      ],
+    ];
+    for (const [source, expected] of cases) {
+      const message = await refusal(source, "odd.js");
+      expect(message, source).toContain(`Invalid handler for "refused": odd.js: ${expected}`);
     }
   });
 

@@ -60,7 +60,7 @@ it("400 naming the line for a source that does not compile; 400 for both wasm an
   });
   expect(computed.status).toBe(400);
   expect((computed.body as { message: string }).message).toContain(
-    'computed.js:2:3: import() of a name computed at run time cannot load anything in the sandbox: a handler may import values only from "pgfn"',
+    'computed.js:2:3: import() of a name computed at run time cannot load anything in the sandbox: a handler may import only types (`import type`), from "pgfn" or anywhere else',
   );
   for (const json of [
     { name: "both", source: HELLO, wasm: await wasmBase64("echo") },
@@ -72,6 +72,17 @@ it("400 naming the line for a source that does not compile; 400 for both wasm an
   }
   const { rows } = await t.pool.query(`select name from pgfn.functions order by name`);
   expect(rows).toEqual([{ name: "hello" }]);
+});
+
+it("413 for a source over 1 MiB, naming file_name's file", async () => {
+  const source = `export default () => "${"x".repeat(1024 * 1024)}";`;
+  const r = await api(daemon, "POST", "/functions/v1/deploy", {
+    json: { name: "big", source, file_name: "big.js" },
+  });
+  expect(r.status, r.text).toBe(413);
+  expect((r.body as { message: string }).message).toBe(
+    `The handler big.js for "big" is ${source.length} bytes; a TypeScript/JavaScript source may be at most 1048576 bytes (1 MiB).`,
+  );
 });
 
 it("400 naming db_role for a role that may read other functions' code or env, and stores nothing", async () => {

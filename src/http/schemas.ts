@@ -104,7 +104,7 @@ export const DeployBody = z
       .string()
       .optional()
       .describe(
-        "A TypeScript or JavaScript handler, as text: its default export (or `handle`) is (event, ctx) => result. Give this or wasm.",
+        "A TypeScript or JavaScript handler, as text: its default export (or `handle`) is (event, ctx) => result; at most 1 MiB. Give this or wasm.",
       ),
     file_name: z
       .string()

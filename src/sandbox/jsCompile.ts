@@ -9,6 +9,7 @@
  * types, so `import type { Handler } from "pgfn"` costs nothing at run time.
  */
 import { build, stop, type BuildFailure, type Message, type Plugin } from "esbuild";
+import { deepestNesting, MAX_NESTING } from "./jsNesting.js";
 
 /** File endings deployed as a JavaScript handler; any other file is a WebAssembly module. */
 export const JAVASCRIPT_EXTENSIONS = [".ts", ".mts", ".js", ".mjs"] as const;
@@ -28,7 +29,14 @@ export function isJavaScriptFile(name: string): boolean {
 const TARGET = "es2020";
 
 /** What every refusal of an import ends with: what the user can do instead. */
-const IMPORT_ADVICE = `a handler may import values only from "${PGFN_MODULE}" (and types from anywhere); bundle its dependencies into this one file first`;
+const IMPORT_ADVICE = `a handler may import only types (\`import type\`), from "${PGFN_MODULE}" or anywhere else; bundle its dependencies into this one file first`;
+
+/**
+ * esbuild's words for a value imported from "pgfn", whose module here is
+ * empty (`export {}`): the package exports values for Node (`run`), which
+ * type-check, but nothing of them is in the sandbox.
+ */
+const PGFN_VALUE_IMPORT = /^No matching export in "pgfn:pgfn" for import "(.*)"$/;
 
 /** Imports resolved at deploy: only "pgfn", which exports types and nothing else. */
 const onlyPgfn: Plugin = {
@@ -95,6 +103,12 @@ export async function compileJavaScript(source: string, fileName: string): Promi
 let compiling = 0;
 
 async function compile(source: string, fileName: string): Promise<string> {
+  const deep = deepestNesting(source);
+  if (deep) {
+    throw new Error(
+      `${fileName}:${deep.line}:${deep.column}: nests more than ${MAX_NESTING} levels deep (brackets, calls, or operators inside one another): split the expression up`,
+    );
+  }
   const typescript = /\.m?ts$/i.test(fileName);
   const stdin = {
     contents: source,
@@ -195,5 +209,9 @@ async function refuseComputedImports(stdin: {
 /** "welcome.ts:3:7: message" */
 function describe(m: Message): string {
   const at = m.location ? `${m.location.file}:${m.location.line}:${m.location.column + 1}: ` : "";
+  const value = PGFN_VALUE_IMPORT.exec(m.text)?.[1];
+  if (value !== undefined) {
+    return `${at}imports the value ${value} from "${PGFN_MODULE}", which has none in the sandbox: a handler may import only types from "${PGFN_MODULE}" (\`import type { Handler } from "${PGFN_MODULE}"\`)`;
+  }
   return `${at}${COMPUTED_IMPORTS[m.id] ?? m.text}`;
 }

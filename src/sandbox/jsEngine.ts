@@ -733,3 +733,88 @@ function noEntry(entry: string, exports: readonly string[]): string {
     ? `The handler exports no function to call: export default a function (event, ctx) => result, or export one named "${DEFAULT_ENTRY}" (${found}).`
     : `The handler does not export a function named "${entry}", the function's entrypoint; export it, or set entrypoint to one it exports (${found}).`;
 }
+
+/** How long a handler's top-level code may run when deploy evaluates it. */
+const CHECK_DEADLINE_MS = 1000;
+
+/**
+ * Evaluates a compiled handler once, as a run would before calling it, and
+ * says what would fail every run: its top-level code throws, loops, runs
+ * out of memory or overflows the stack, awaits for ever, or `exportName`
+ * (else the default export, else `handle`) is not a function. Undefined
+ * when it would be called. The handler is not called and no ctx exists, so
+ * nothing reaches outside; a fresh instance, dropped afterwards, so nothing
+ * is left behind. Bounded: `deadlineMs` of QuickJS's interrupt handler, and
+ * linear memory capped as a run's is.
+ *
+ * @example
+ * const problem = await checkJavaScript(await compileJavaScript(source, "h.ts"));
+ */
+export async function checkJavaScript(
+  code: string,
+  options: { memoryLimitBytes?: number; exportName?: string; deadlineMs?: number } = {},
+): Promise<string | undefined> {
+  const e = await Engine.create();
+  e.capBytes = Math.max(options.memoryLimitBytes ?? Infinity, e.initialBytes);
+  const deadlineMs = options.deadlineMs ?? CHECK_DEADLINE_MS;
+  const runtime = e.quickjs.newRuntime();
+  const deadline = performance.now() + deadlineMs;
+  let late = false;
+  runtime.setInterruptHandler(() => (late = performance.now() > deadline));
+  const context = runtime.newContext();
+  const top = "its top-level code";
+  const failure = (error: QuickJSHandle) => {
+    if (late) return `${top} ran for more than ${deadlineMs} ms (a loop?)`;
+    if (e.refused) return `${top} ran out of memory (${formatBytes(e.capBytes)})`;
+    /** A string no longer than a log line's, copied out; else undefined. */
+    const short = (h: QuickJSHandle) => {
+      if (context.typeof(h) !== "string") return undefined;
+      const length = context.getNumber(context.getProp(h, "length"));
+      return length > MAX_MESSAGE_CHARS ? undefined : context.getString(h);
+    };
+    // A getter may throw, or run out the deadline: then that part is not shown.
+    const text = (key: string) => {
+      try {
+        return short(context.getProp(error, key));
+      } catch {
+        return undefined;
+      }
+    };
+    const kind = context.typeof(error);
+    const shown =
+      kind === "object" || kind === "function"
+        ? [text("name"), text("message")].filter(Boolean).join(": ")
+        : kind === "string"
+          ? short(error)
+          : String(context.dump(error));
+    return `${top} threw ${shown || "a value that cannot be shown"}`;
+  };
+  try {
+    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    if (evaluated.error) return failure(evaluated.error);
+    let loaded = context.getPromiseState(evaluated.value);
+    if (loaded.type === "pending") {
+      const jobs = runtime.executePendingJobs(-1);
+      if (jobs.error) return failure(jobs.error);
+      loaded = context.getPromiseState(evaluated.value);
+    }
+    if (loaded.type === "rejected") return failure(loaded.error);
+    if (loaded.type === "pending") {
+      return `${top} awaits something that never settles (there are no timers, and no ctx outside a call)`;
+    }
+    const m = loaded.value;
+    const pick = (name: string) => context.getProp(m, name);
+    const name = options.exportName;
+    const handler = name !== undefined ? pick(name) : pick("default");
+    if (context.typeof(handler) === "function") return undefined;
+    if (name === undefined && context.typeof(pick("handle")) === "function") return undefined;
+    return name !== undefined
+      ? `its export ${name} is not a function (event, ctx) => result`
+      : "it exports no function: `export default` a function (event, ctx) => result, or export one named `handle` (an object with a handle method is not one)";
+  } catch (error) {
+    // QuickJS itself failed: V8's stack limit inside the engine, or a refused grow.
+    if (e.refused) return `${top} ran out of memory (${formatBytes(e.capBytes)})`;
+    return engineFailure(error).message.replace(/^The handler/, top);
+  }
+  // Nothing is disposed: the instance, with everything in it, is left to the garbage collector.
+}
