@@ -125,6 +125,27 @@ function deploySettingsOf(
   return settingsByName(byColumn) as DeploySettings & EnvChangeSettings;
 }
 
+/**
+ * The settings other than env that a deploy's flags set, by column name:
+ * "settings: timeout_ms 5000; on_error alert". On an update they are the
+ * ones that changed (the rest kept their values); env has its own line,
+ * which never shows values.
+ */
+function givenSettingsText(
+  opts: Record<string, unknown>,
+  options: readonly Option[],
+): string | undefined {
+  const parts = DEPLOY_COLUMNS.flatMap((column, i) => {
+    const value = opts[options[i]!.attributeName()];
+    if (column === "env" || value === undefined) return [];
+    const text = Array.isArray(value) ? value.join(", ") : String(value);
+    return [
+      `${column} ${/[\s;,"]/.test(text) && !Array.isArray(value) ? JSON.stringify(text) : text}`,
+    ];
+  });
+  return parts.length > 0 ? `settings: ${parts.join("; ")}` : undefined;
+}
+
 /** The database a connection string names, if it names one. */
 function databaseName(url: string): string | undefined {
   try {
@@ -304,6 +325,8 @@ Environment:
       );
       const env = describeEnvOutcome(result.env);
       if (env) console.log(env);
+      const given = givenSettingsText(opts, settingOptions);
+      if (given) console.log(given);
     });
 
   program
