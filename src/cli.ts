@@ -201,7 +201,7 @@ export function buildProgram(): Command {
   const program = new Command()
     .name("pgfn")
     .description(
-      "Committed Postgres rows run sandboxed WebAssembly handlers; every outcome is a row in pgfn.function_runs.",
+      "Committed Postgres rows run your sandboxed TypeScript/JavaScript (or WebAssembly) handlers; every outcome is a row in pgfn.function_runs.",
     )
     .version(PACKAGE_VERSION, "-V, --version", "print pgfn's version")
     // Usage errors look like every other error: one line, "pgfn: ...".
@@ -424,7 +424,10 @@ Environment:
       "Try pgfn: embedded Postgres (unless DATABASE_URL is set), a demo function, table, trigger and rows; prints runs until Ctrl-C.",
     )
     .option("--no-keep-running", "exit after the demo rows have run")
-    .option("--typescript", "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts)")
+    .option(
+      "--typescript",
+      "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts; its path is printed)",
+    )
     .action(async (opts: { keepRunning: boolean; typescript?: boolean }) => {
       await runDev({ keepRunning: opts.keepRunning, typescript: opts.typescript === true });
     });
