@@ -104,22 +104,6 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(r.stdout).toMatch(/fail attempt 1: failed in .* FUNCTION_ERROR .*demo failure/);
   });
 
-  it("writing into a closed pipe (pgfn invoke f | head -1) ends quietly with the command's own status", async () => {
-    // Each of these writes to stdout after the reader has gone.
-    expect(await pgfnIntoClosedPipe(["deploy", "piped", exampleWasm("echo")])).toEqual({
-      code: 0,
-      stderr: "",
-    });
-    expect(await pgfnIntoClosedPipe(["invoke", "piped", '{"a":1}'])).toEqual({
-      code: 0,
-      stderr: "",
-    });
-    expect(await pgfnIntoClosedPipe(["runs"])).toEqual({ code: 0, stderr: "" });
-    // The run happened; a failed one is still exit 1, as without the pipe.
-    await pgfn(["deploy", "piped_fail", exampleWasm("fail")]);
-    expect(await pgfnIntoClosedPipe(["invoke", "piped_fail"])).toEqual({ code: 1, stderr: "" });
-  });
-
   it("retry runs a failed run's event again, as a new event", async () => {
     const failed = (
       await t.pool.query<{ id: string; event_id: string }>(
@@ -281,5 +265,23 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(v.stdout.trim()).toBe(version);
     const runs = await pgfn(["runs", "--help"]);
     expect(runs.stdout).toMatch(/--limit <n>\s+how many \(default: 20\)\n/);
+  });
+
+  it("writing into a closed pipe (pgfn invoke f | head -1) ends quietly with the command's own status", async () => {
+    // Each of these writes to stdout after the reader has gone.
+    expect(await pgfnIntoClosedPipe(["deploy", "piped", exampleWasm("echo")])).toEqual({
+      code: 0,
+      stderr: "",
+    });
+    expect(await pgfnIntoClosedPipe(["invoke", "piped", '{"a":1}'])).toEqual({
+      code: 0,
+      stderr: "",
+    });
+    expect(await pgfnIntoClosedPipe(["runs"])).toEqual({ code: 0, stderr: "" });
+    // The run happened; a failed one is still exit 1, as without the pipe.
+    await pgfn(["deploy", "piped_fail", exampleWasm("fail")]);
+    expect(await pgfnIntoClosedPipe(["invoke", "piped_fail"])).toEqual({ code: 1, stderr: "" });
+    // Other tests count this database's functions.
+    await t.pool.query(`delete from pgfn.functions where name in ('piped', 'piped_fail')`);
   });
 });
