@@ -125,6 +125,27 @@ function deploySettingsOf(
   return settingsByName(byColumn) as DeploySettings & EnvChangeSettings;
 }
 
+/**
+ * The settings other than env that a deploy's flags set, by column name:
+ * "settings: timeout_ms 5000; on_error alert". On an update they are the
+ * ones that changed (the rest kept their values); env has its own line,
+ * which never shows values.
+ */
+function givenSettingsText(
+  opts: Record<string, unknown>,
+  options: readonly Option[],
+): string | undefined {
+  const parts = DEPLOY_COLUMNS.flatMap((column, i) => {
+    const value = opts[options[i]!.attributeName()];
+    if (column === "env" || value === undefined) return [];
+    const text = Array.isArray(value) ? value.join(", ") : String(value);
+    return [
+      `${column} ${/[\s;,"]/.test(text) && !Array.isArray(value) ? JSON.stringify(text) : text}`,
+    ];
+  });
+  return parts.length > 0 ? `settings: ${parts.join("; ")}` : undefined;
+}
+
 /** The database a connection string names, if it names one. */
 function databaseName(url: string): string | undefined {
   try {
@@ -180,7 +201,7 @@ export function buildProgram(): Command {
   const program = new Command()
     .name("pgfn")
     .description(
-      "Committed Postgres rows run sandboxed WebAssembly handlers; every outcome is a row in pgfn.function_runs.",
+      "Committed Postgres rows run your sandboxed TypeScript/JavaScript (or WebAssembly) handlers; every outcome is a row in pgfn.function_runs.",
     )
     .version(PACKAGE_VERSION, "-V, --version", "print pgfn's version")
     // Usage errors look like every other error: one line, "pgfn: ...".
@@ -304,6 +325,8 @@ Environment:
       );
       const env = describeEnvOutcome(result.env);
       if (env) console.log(env);
+      const given = givenSettingsText(opts, settingOptions);
+      if (given) console.log(given);
     });
 
   program
@@ -401,7 +424,10 @@ Environment:
       "Try pgfn: embedded Postgres (unless DATABASE_URL is set), a demo function, table, trigger and rows; prints runs until Ctrl-C.",
     )
     .option("--no-keep-running", "exit after the demo rows have run")
-    .option("--typescript", "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts)")
+    .option(
+      "--typescript",
+      "deploy the demo handler in TypeScript (examples/demo-ts/welcome.ts; its path is printed)",
+    )
     .action(async (opts: { keepRunning: boolean; typescript?: boolean }) => {
       await runDev({ keepRunning: opts.keepRunning, typescript: opts.typescript === true });
     });

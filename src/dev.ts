@@ -40,6 +40,12 @@ export interface DevOptions {
   readonly typescript?: boolean;
 }
 
+/** `file` relative to the working directory when it is below it (node_modules/pgfn/...), else absolute. */
+function shownPath(file: string): string {
+  const relative = path.relative(process.cwd(), file);
+  return relative.startsWith("..") || path.isAbsolute(relative) ? file : relative;
+}
+
 export async function runDev(options: DevOptions = {}): Promise<void> {
   const print = options.print ?? ((line: string) => console.log(line));
   const base = loadConfig(options.env);
@@ -100,6 +106,10 @@ export async function runDev(options: DevOptions = {}): Promise<void> {
       update: true,
     });
     print(`deployed ${deployed.name} (sha256 ${deployed.wasmSha256.slice(0, 12)}…)`);
+    // Where the file is, to read or copy as a first handler of one's own:
+    // in an installed package it is deep in node_modules, not where a
+    // reader of the help text would look.
+    if (options.typescript) print(`handler: ${shownPath(DEMO_TS)} (copy it to write your own)`);
     await setup.query(`
       create table if not exists ${DEMO_TABLE} (
         id serial primary key,

@@ -278,7 +278,7 @@ export const FUNCTION_COLUMNS = {
     setBy: "deploy",
     shown: true,
     description:
-      "values the handler reads with config_get; an update merges the keys given into the stored ones; secret-looking ones are never shown",
+      "values the handler reads as ctx.env (JavaScript) or with config_get (WebAssembly); an update merges the keys given into the stored ones; secret-looking ones are never shown",
     cli: { flag: "--env", value: "KEY=VALUE" },
   },
   allowed_hosts: {
@@ -291,7 +291,8 @@ export const FUNCTION_COLUMNS = {
     default: [],
     setBy: "deploy",
     shown: true,
-    description: "hosts http_fetch may reach",
+    description:
+      "hosts ctx.fetch (JavaScript) or http_fetch (WebAssembly) may reach: host (any port), host:port, or *.domain for its subdomains",
     cli: { flag: "--allow-host", value: "host" },
   },
   db_role: {

@@ -10,5 +10,18 @@ process.on("warning", (warning) => {
   console.error(`${warning.name}: ${warning.message}`);
 });
 
+// A reader that stops reading (`pgfn invoke f | head -1`) closes the pipe,
+// and the next write fails with EPIPE, which Node throws as an unhandled
+// 'error' event: a stack trace for what is no failure of the command. The
+// writes are dropped instead and the command finishes as it would have:
+// its exit status stays its own (0, or invoke's 1 for a failed run), not
+// 141 (killed by SIGPIPE), which `set -o pipefail` scripts would take for a
+// failure of work that was done.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code !== "EPIPE") throw error;
+  });
+}
+
 const { main } = await import("./cli.js");
 await main(process.argv);

@@ -1,5 +1,5 @@
 // `pgfn deploy --update` as a user runs it: env merges and the output says
-// what happened to each key; --unset-env and --replace-env remove keys;
+// what happened to each key, and which other settings it set; --unset-env and --replace-env remove keys;
 // contradicting flags, and a --db-role or --on-error that cannot serve, are
 // one line naming the flag, exit code 1, and change nothing.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -83,6 +83,43 @@ describe("pgfn deploy", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       "env: removed X",
     ]);
     expect(await env("api")).toEqual({});
+  });
+
+  it("says which other settings it set, on_error among them; the rest kept their values", async () => {
+    ok(await pgfn(["deploy", "watchdog", echo]));
+    ok(await pgfn(["deploy", "watched", echo, "--timeout-ms", "5000"]));
+    expect(
+      ok(await pgfn(["deploy", "watched", echo, "--update", "--on-error", "watchdog"])),
+    ).toEqual([expect.stringMatching(/^updated watched /), "settings: on_error watchdog"]);
+    expect(
+      ok(
+        await pgfn([
+          "deploy",
+          "watched",
+          echo,
+          "--update",
+          "--allow-host",
+          "a.example.com",
+          "--allow-host",
+          "b.example.com:8443",
+          "--description",
+          "greets; politely",
+        ]),
+      ),
+    ).toEqual([
+      expect.stringMatching(/^updated watched /),
+      'settings: description "greets; politely"; allowed_hosts a.example.com, b.example.com:8443',
+    ]);
+    const { rows } = await t.pool.query(
+      `select timeout_ms, on_error, allowed_hosts from pgfn.functions where name = 'watched'`,
+    );
+    expect(rows).toEqual([
+      {
+        timeout_ms: 5000,
+        on_error: "watchdog",
+        allowed_hosts: ["a.example.com", "b.example.com:8443"],
+      },
+    ]);
   });
 
   it("contradicting env flags are one line in the flags' own terms, and change nothing", async () => {

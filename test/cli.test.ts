@@ -5,12 +5,43 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { createTestDatabase, exampleWasm } from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
-import { PGFN_MAIN, runTs, SPAWNING_TEST_TIMEOUT_MS, type ChildResult } from "./processes.js";
+import {
+  CHILD_DEADLINE_MS,
+  PGFN_MAIN,
+  runTs,
+  SPAWNING_TEST_TIMEOUT_MS,
+  startTs,
+  type ChildResult,
+} from "./processes.js";
 
 const t = useTestDatabase("cli");
 
 function pgfn(args: string[], env: Record<string, string | undefined> = {}): Promise<ChildResult> {
   return runTs(PGFN_MAIN, args, { env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn", ...env } });
+}
+
+/**
+ * `pgfn ARGS | head -1` when head has already gone: the reading end of
+ * stdout is closed before the child writes, so every write fails (EPIPE).
+ */
+async function pgfnIntoClosedPipe(args: string[]): Promise<{ code: number; stderr: string }> {
+  const child = startTs(PGFN_MAIN, args, {
+    env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout!.destroy();
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`pgfn ${args.join(" ")} did not end within ${CHILD_DEADLINE_MS} ms`));
+    }, CHILD_DEADLINE_MS);
+    child.once("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
 }
 
 /** A user-facing failure: exit 1, one line on stderr saying what is wrong, no stack trace. */
@@ -234,5 +265,23 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(v.stdout.trim()).toBe(version);
     const runs = await pgfn(["runs", "--help"]);
     expect(runs.stdout).toMatch(/--limit <n>\s+how many \(default: 20\)\n/);
+  });
+
+  it("writing into a closed pipe (pgfn invoke f | head -1) ends quietly with the command's own status", async () => {
+    // Each of these writes to stdout after the reader has gone.
+    expect(await pgfnIntoClosedPipe(["deploy", "piped", exampleWasm("echo")])).toEqual({
+      code: 0,
+      stderr: "",
+    });
+    expect(await pgfnIntoClosedPipe(["invoke", "piped", '{"a":1}'])).toEqual({
+      code: 0,
+      stderr: "",
+    });
+    expect(await pgfnIntoClosedPipe(["runs"])).toEqual({ code: 0, stderr: "" });
+    // The run happened; a failed one is still exit 1, as without the pipe.
+    await pgfn(["deploy", "piped_fail", exampleWasm("fail")]);
+    expect(await pgfnIntoClosedPipe(["invoke", "piped_fail"])).toEqual({ code: 1, stderr: "" });
+    // Other tests count this database's functions.
+    await t.pool.query(`delete from pgfn.functions where name in ('piped', 'piped_fail')`);
   });
 });

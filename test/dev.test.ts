@@ -55,6 +55,8 @@ describe("pgfn dev --typescript", () => {
     });
     const out = lines.join("\n");
     expect(out).toMatch(/deployed send_welcome_email \(sha256 [0-9a-f]{12}…\)/);
+    // Where the deployed file is (the tests run from the repository's root).
+    expect(lines).toContain("handler: examples/demo-ts/welcome.ts (copy it to write your own)");
     const runtime = await t.pool.query<{ runtime: string }>(
       "select runtime from pgfn.functions where name = 'send_welcome_email'",
     );
