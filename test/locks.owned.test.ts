@@ -178,22 +178,7 @@ describe("pgfn's own callers still take turns", () => {
 
   it("a replay waits for a replay of the same event to commit, then refuses to run it twice", async () => {
     const id = await undispatchedEvent("victim");
-    const first = await session();
-    const second = await session();
-    try {
-      await first.query("begin");
-      await first.query(`select pgfn.replay($1)`, [id]);
-      const again = second.query(`select pgfn.replay($1)`, [id]).then(
-        () => undefined,
-        (error: unknown) => error,
-      );
-      await waitsForLock(second);
-      await first.query("commit");
-      expect(await again).toMatchObject({ message: expect.stringMatching(/already replayed/) });
-    } finally {
-      await first.end();
-      await second.end();
-    }
+    await secondReplayRefused(id);
   });
 
   it("replays of an event whose original was pruned take turns on the oldest event left", async () => {
@@ -202,22 +187,7 @@ describe("pgfn's own callers still take turns", () => {
     const copy = rows[0]!.id;
     await t.pool.query(`update pgfn.events set dispatched_at = now() where id = $1`, [copy]);
     await t.pool.query(`delete from pgfn.events where id = $1`, [original]);
-    const first = await session();
-    const second = await session();
-    try {
-      await first.query("begin");
-      await first.query(`select pgfn.replay($1)`, [copy]);
-      const again = second.query(`select pgfn.replay($1)`, [copy]).then(
-        () => undefined,
-        (error: unknown) => error,
-      );
-      await waitsForLock(second);
-      await first.query("commit");
-      expect(await again).toMatchObject({ message: expect.stringMatching(/already replayed/) });
-    } finally {
-      await first.end();
-      await second.end();
-    }
+    await secondReplayRefused(copy);
   });
 });
 
@@ -279,3 +249,23 @@ describe("migrate", () => {
     }
   });
 });
+
+/** Two sessions replay event `id`: the second waits for the first to commit, then is refused. */
+async function secondReplayRefused(id: string): Promise<void> {
+  const first = await session();
+  const second = await session();
+  try {
+    await first.query("begin");
+    await first.query(`select pgfn.replay($1)`, [id]);
+    const again = second.query(`select pgfn.replay($1)`, [id]).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await waitsForLock(second);
+    await first.query("commit");
+    expect(await again).toMatchObject({ message: expect.stringMatching(/already replayed/) });
+  } finally {
+    await first.end();
+    await second.end();
+  }
+}
