@@ -227,6 +227,7 @@ export class SandboxPool {
       this.onMessage(slot, msg),
     );
     thread.on("error", (error) => this.onCrash(slot, error));
+    thread.on("messageerror", (error) => this.onUnreadable(slot, error));
     thread.on("exit", (code) => {
       this.onCrash(slot, new Error(`the sandbox thread exited with code ${code}`));
       logs.close();
@@ -299,7 +300,27 @@ export class SandboxPool {
         hostFunctions: Object.keys(host),
         deadline,
       };
-      slot.thread.postMessage(message);
+      try {
+        slot.thread.postMessage(message);
+      } catch (error) {
+        // The copy to the thread was refused: an event nested thousands of
+        // levels deep (jsonb allows 10,000) overflows the structured clone's
+        // stack. The thread never got the job. Thrown on, this would end the
+        // daemon, from inside a thread's message listener.
+        slot.job = undefined;
+        slot.invocations--;
+        if (!known) slot.modules.delete(moduleId);
+        slot.thread.unref();
+        this.finish(
+          job,
+          failedOutcome(
+            "INVALID_REQUEST",
+            `The event could not be passed to the sandbox (${(error as Error).message}): is its JSON nested thousands of levels deep?`,
+            0,
+            false,
+          ),
+        );
+      }
     }
   }
 
@@ -368,6 +389,32 @@ export class SandboxPool {
       this.replace();
     }
     this.finish(job, this.failure(job, "TIMEOUT", undefined, logs));
+    this.schedule();
+  }
+
+  /**
+   * A message of the thread's that cannot be read here: a result or a host
+   * call's argument nested thousands of levels deep (the thread's copy
+   * succeeded, this side's overflowed). The run cannot go on, and would
+   * otherwise wait for its deadline; the thread is replaced, its state being
+   * unknown.
+   */
+  private onUnreadable(slot: Slot, error: Error): void {
+    const job = slot.job;
+    if (!job || slot.retired) return;
+    const logs = slot.logs.take();
+    slot.job = undefined;
+    void this.retire(slot);
+    this.replace();
+    this.finish(
+      job,
+      this.failure(
+        job,
+        "FUNCTION_ERROR",
+        `The handler's result or host call could not be passed back from the sandbox (${error.message}): is it nested thousands of levels deep?`,
+        logs,
+      ),
+    );
     this.schedule();
   }
 
