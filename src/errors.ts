@@ -72,6 +72,9 @@ export const SQLSTATE = Object.freeze({
   SERIALIZATION_FAILURE: "40001",
   DEADLOCK_DETECTED: "40P01",
   UNDEFINED_TABLE: "42P01",
+  DUPLICATE_SCHEMA: "42P06",
+  DUPLICATE_TABLE: "42P07",
+  DUPLICATE_OBJECT: "42710",
   /** pgfn.retry / pgfn.replay of an event that was run again already (sql/000016). */
   OBJECT_NOT_IN_PREREQUISITE_STATE: "55000",
   INVALID_SCHEMA_NAME: "3F000",

@@ -21,7 +21,7 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import type pg from "pg";
 import { runMigrations, Logger as GraphileLogger } from "graphile-worker";
-import { PgfnError } from "./errors.js";
+import { PgfnError, SQLSTATE } from "./errors.js";
 
 /** Where the migrations live: `sql/` at the package root (one level above src/ and dist/). */
 export const SQL_DIR = fileURLToPath(new URL("../sql/", import.meta.url));
@@ -31,7 +31,12 @@ export const SQL_DIR = fileURLToPath(new URL("../sql/", import.meta.url));
  * migrator's (which committed meanwhile): unique_violation (of the catalog),
  * duplicate_schema, duplicate_table, duplicate_object.
  */
-const CREATED_MEANWHILE = new Set(["23505", "42P06", "42P07", "42710"]);
+const CREATED_MEANWHILE = new Set<string>([
+  SQLSTATE.UNIQUE_VIOLATION,
+  SQLSTATE.DUPLICATE_SCHEMA,
+  SQLSTATE.DUPLICATE_TABLE,
+  SQLSTATE.DUPLICATE_OBJECT,
+]);
 
 export interface Migration {
   readonly id: number;

@@ -17,8 +17,6 @@
  * own, to answer it; and QuickJS's columns need converting first either way
  * (SourceMap.units).
  */
-import type { InvokeOutcome } from "./invocation.js";
-import type { HandlerModule } from "./module.js";
 
 /** The name the engine evaluates a compiled module under: its stack traces name it. */
 export const JS_MODULE_FILE = "handler.js";
@@ -229,7 +227,11 @@ export function mapPositions(text: string, map: SourceMap): string {
  * stack, or one the handler logged itself), when the module has a map. A run
  * whose logs name no compiled position costs a substring search per line.
  */
-export function mapLogs(module: HandlerModule, outcome: InvokeOutcome): InvokeOutcome {
+export function mapLogs<O extends { readonly logs: readonly { readonly message: string }[] }>(
+  // Shapes rather than module.ts's and invocation.ts's types, which import this file.
+  module: WebAssembly.Module | { readonly sourceMap?: SourceMap },
+  outcome: O,
+): O {
   if (module instanceof WebAssembly.Module || !module.sourceMap) return outcome;
   const map = module.sourceMap;
   if (!outcome.logs.some((l) => l.message.includes(JS_MODULE_FILE))) return outcome;
