@@ -12,6 +12,9 @@ import { startDaemon, startInvoker } from "./daemon.js";
 import { createDb } from "./db/database.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
+
+/** The first four bytes of every WebAssembly module. */
+const WASM_MAGIC = Buffer.from([0x00, 0x61, 0x73, 0x6d]);
 import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
@@ -309,7 +312,15 @@ Environment:
           `Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}.`,
         );
       }
-      const code = isJavaScriptFile(file)
+      const javascript = isJavaScriptFile(file);
+      // A WebAssembly module is known by its first bytes, whatever its name.
+      if (!javascript && !/\.wasm$/i.test(file) && !bytes.subarray(0, 4).equals(WASM_MAGIC)) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          `${file} is neither a WebAssembly module (.wasm) nor a ${JAVASCRIPT_EXTENSIONS.join("/")} handler: pgfn deploy takes one of those.`,
+        );
+      }
+      const code = javascript
         ? { source: bytes.toString("utf8"), fileName: file }
         : { wasm: bytes };
       const url = requireDatabaseUrl(config);

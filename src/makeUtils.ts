@@ -11,10 +11,12 @@ import type { DeployResult } from "./db/functions.js";
 import { createPool, ping } from "./db/pool.js";
 import type { Run } from "./db/runs.js";
 import { deployFunction } from "./deploy.js";
+import { PgfnError } from "./errors.js";
 import type { DeploySettings } from "./functionColumns.js";
 import { invokeNow } from "./invokeNow.js";
 import { silentLogger } from "./logger.js";
 import { migrate, type MigrationResult } from "./migrate.js";
+import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
 
 export interface UtilsOptions {
   /** The database pgfn is (or is to be) installed in (a postgres:// URL). */
@@ -92,15 +94,27 @@ export async function makeUtils(options: UtilsOptions): Promise<Utils> {
   let released: Promise<void> | undefined;
   return {
     migrate: () => migrate(pool),
-    deploy: (name, handler, settings = {}) =>
-      deployFunction(db, {
+    async deploy(name, handler, settings = {}) {
+      if (
+        !(handler instanceof Uint8Array) &&
+        (typeof handler?.source !== "string" ||
+          typeof handler.fileName !== "string" ||
+          !isJavaScriptFile(handler.fileName))
+      ) {
+        throw new PgfnError(
+          "INVALID_REQUEST",
+          `deploy takes a module's bytes (a Uint8Array) or { source, fileName } with fileName ending ${JAVASCRIPT_EXTENSIONS.join(", ")}.`,
+        );
+      }
+      return deployFunction(db, {
         ...settings,
         name,
         ...(handler instanceof Uint8Array
           ? { wasm: handler }
           : { source: handler.source, fileName: handler.fileName }),
         update: settings.update ?? false,
-      }),
+      });
+    },
     async invoke(name, payload = {}) {
       if (!invoker) {
         const starting = startInvoker({

@@ -60,6 +60,16 @@ export default handle;`,
       utils.deploy("broken", { source: "export default (e) => {", fileName: "broken.js" }),
     ).rejects.toThrow(/broken\.js:1:\d+/);
 
+    for (const wrong of [
+      { source: "export default () => 1", fileName: "x.py" },
+      { source: "export default () => 1" },
+      "export default () => 1",
+    ]) {
+      await expect(utils.deploy("wrong", wrong as never)).rejects.toThrow(
+        /takes a module's bytes \(a Uint8Array\) or \{ source, fileName \}/,
+      );
+    }
+
     await expect(utils.invoke("nosuch")).rejects.toThrow(/"nosuch" is not deployed/);
   } finally {
     await utils.release();

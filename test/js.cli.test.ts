@@ -67,4 +67,14 @@ export default handle;
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/^pgfn: Invalid handler for "broken": .*broken\.mts:2:\d+: /);
   });
+
+  it("refuses a file that is neither a module nor a handler by its name, naming the endings it takes", async () => {
+    const file = path.join(dir, "handler.cjs");
+    await writeFile(file, `module.exports = () => 1;\n`);
+    const r = await pgfn(["deploy", "cjs", file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(
+      `pgfn: ${file} is neither a WebAssembly module (.wasm) nor a .ts/.mts/.js/.mjs handler: pgfn deploy takes one of those.`,
+    );
+  });
 });

@@ -69,7 +69,7 @@ const onlyPgfn: Plugin = {
  */
 const COMPUTED_IMPORTS: Readonly<Record<string, string>> = {
   "unsupported-dynamic-import": `import() of a name computed at run time cannot load anything in the sandbox: ${IMPORT_ADVICE}`,
-  "unsupported-require-call": `require() of a name computed at run time cannot load anything in the sandbox: ${IMPORT_ADVICE}`,
+  "unsupported-require-call": `require() cannot load anything in the sandbox (there is no require there): ${IMPORT_ADVICE}`,
 };
 
 /** Those diagnoses as errors (esbuild logs them only at its debug level). */
