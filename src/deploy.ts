@@ -8,6 +8,7 @@ import { parseIntoClientConfig } from "pg-connection-string";
 import type { Db } from "./db/database.js";
 import {
   changeFunction,
+  getFunction,
   upsertFunction,
   type DeployInput,
   type DeployResult,
@@ -26,7 +27,7 @@ import {
 import { dbRoleProblem, refusalText, sqlIdent } from "./sandbox/host/dbRole.js";
 import { compileJavaScript } from "./sandbox/jsCompile.js";
 import { checkJavaScript } from "./sandbox/jsEngine.js";
-import { sha256Hex, validateWasm } from "./sandbox/module.js";
+import { DEFAULT_ENTRY, sha256Hex, validateWasm } from "./sandbox/module.js";
 import { guardMemory } from "./sandbox/memoryGuard.js";
 
 /** The failure spec's limit for a module: 10 MiB. */
@@ -105,11 +106,15 @@ export async function deployFunction(
   const names = options.names ?? TS_NAMES;
   assertFunctionName(rest.name);
   assertSettings(rest.name, rest, Boolean(rest.update), names);
+  // The export runs will call: an update keeps the function's entrypoint
+  // (set in SQL), so the new code is checked for that one.
+  const entry = (rest.update && (await getFunction(db, rest.name))?.entrypoint) || DEFAULT_ENTRY;
   if (source !== undefined) {
     const compiled = await compileSource(
       rest.name,
       source,
       request.fileName,
+      entry,
       (rest.memoryLimitMb ?? CHECK_MEMORY_MB) * 1024 * 1024,
     );
     await assertReferences(db, rest.name, rest, names, options);
@@ -129,7 +134,7 @@ export async function deployFunction(
     );
   }
   try {
-    await validateWasm(wasm, "handle");
+    await validateWasm(wasm, entry);
     // The memory limit depends on rewriting the module (memoryGuard.ts): a
     // module that cannot be rewritten cannot run, so it is refused now.
     await guardMemory(wasm);
@@ -151,6 +156,7 @@ async function compileSource(
   name: string,
   source: string,
   fileName: string,
+  entry: string,
   memoryLimitBytes: number,
 ): Promise<Buffer> {
   const bytes = Buffer.byteLength(source);
@@ -164,13 +170,16 @@ async function compileSource(
     new PgfnError("INVALID_REQUEST", `Invalid handler for "${name}": ${message}`, { cause });
   let code: string;
   try {
-    code = await compileJavaScript(source, fileName);
+    code = await compileJavaScript(source, fileName, entry);
   } catch (error) {
     throw invalid((error as Error).message, error);
   }
   // What would fail every run, found now: the file evaluated once, as a run
   // would before calling its handler (not called here).
-  const problem = await checkJavaScript(code, { memoryLimitBytes });
+  const problem = await checkJavaScript(code, {
+    memoryLimitBytes,
+    ...(entry !== DEFAULT_ENTRY && { exportName: entry }),
+  });
   if (problem !== undefined) throw invalid(`${fileName}: ${problem}.`);
   return Buffer.from(code);
 }

@@ -309,6 +309,21 @@ describe("entrypoint", () => {
     }
     await entrypoint("handle");
   });
+
+  it("an update is checked for the function's entrypoint, not for the default export", async () => {
+    const deploy = (source: string) =>
+      deployFunction(t.db, { name: "picky", source, fileName: "picky.ts", update: true });
+    await deploy(`export default () => "default";`);
+    await t.pool.query(`update pgfn.functions set entrypoint = 'onSignup' where name = 'picky'`);
+    await expect(deploy(`export default () => "default";`)).rejects.toThrow(
+      /picky\.ts does not export onSignup, the function's entrypoint/,
+    );
+    await expect(deploy(`export const onSignup = 5;`)).rejects.toThrow(
+      /its export onSignup is not a function/,
+    );
+    await deploy(`export const onSignup = (e: { payload: unknown }) => ({ signup: e.payload });`);
+    expect((await run("picky", { n: 3 })).result).toEqual({ signup: { n: 3 } });
+  });
 });
 
 describe("deploy refuses, naming the line", () => {

@@ -10,6 +10,7 @@
  */
 import { build, stop, type BuildFailure, type Message, type Plugin } from "esbuild";
 import { deepestNesting, MAX_NESTING } from "./jsNesting.js";
+import { DEFAULT_ENTRY } from "./module.js";
 
 /** File endings deployed as a JavaScript handler; any other file is a WebAssembly module. */
 export const JAVASCRIPT_EXTENSIONS = [".ts", ".mts", ".js", ".mjs"] as const;
@@ -88,10 +89,15 @@ const COMPUTED_IMPORTS_ARE_ERRORS = Object.fromEntries(
  * @example
  * const code = await compileJavaScript(await readFile("welcome.ts", "utf8"), "welcome.ts");
  */
-export async function compileJavaScript(source: string, fileName: string): Promise<string> {
+export async function compileJavaScript(
+  source: string,
+  fileName: string,
+  /** The export a run calls: "handle" (the default export, else handle) or another name. */
+  entry = DEFAULT_ENTRY,
+): Promise<string> {
   compiling++;
   try {
-    return await compile(source, fileName);
+    return await compile(source, fileName, entry);
   } finally {
     // esbuild's service is a child process: deploys are rare, so it is not
     // kept running between them (a daemon or a CLI would hold it for ever).
@@ -102,7 +108,7 @@ export async function compileJavaScript(source: string, fileName: string): Promi
 /** Compilations under way: the service stops when the last one ends. */
 let compiling = 0;
 
-async function compile(source: string, fileName: string): Promise<string> {
+async function compile(source: string, fileName: string, entry: string): Promise<string> {
   const deep = deepestNesting(source);
   if (deep) {
     throw new Error(
@@ -146,7 +152,12 @@ async function compile(source: string, fileName: string): Promise<string> {
     throw new Error(messages.map(describe).join("; "), { cause: error });
   }
   const exports = Object.values(result.metafile.outputs)[0]?.exports ?? [];
-  if (!exports.includes("default") && !exports.includes("handle")) {
+  if (entry !== DEFAULT_ENTRY && !exports.includes(entry)) {
+    throw new Error(
+      `${fileName} does not export ${entry}, the function's entrypoint (pgfn.functions.entrypoint): export it, or set entrypoint to 'handle'`,
+    );
+  }
+  if (entry === DEFAULT_ENTRY && !exports.includes("default") && !exports.includes("handle")) {
     throw new Error(
       `${fileName} exports no handler: \`export default\` a function (event, ctx) => result, or export one named \`handle\``,
     );
