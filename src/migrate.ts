@@ -177,8 +177,26 @@ export async function migrate(
     // migration can still commit alone. SHARE UPDATE EXCLUSIVE conflicts
     // with itself, not with the inserts into the table nor with reading it
     // (/readyz, the daemon's start).
-    await holder.query("begin");
-    await holder.query("lock table pgfn.migrations in share update exclusive mode");
+    const lock = async () => {
+      await holder.query("begin");
+      await holder.query("lock table pgfn.migrations in share update exclusive mode");
+    };
+    await lock();
+    // A table from before checksums gets its column here, under the lock and
+    // on the holder's own connection: an ALTER queued from elsewhere while a
+    // migrator holds the lock would queue that migrator's own inserts behind
+    // it, each waiting for the other, unseen by Postgres's deadlock check.
+    const { rows } = await holder.query<{ missing: boolean }>(
+      `select not exists (
+         select 1 from pg_attribute
+         where attrelid = 'pgfn.migrations'::regclass and attname = 'checksum' and not attisdropped
+       ) as missing`,
+    );
+    if (rows[0]?.missing) {
+      await holder.query("alter table pgfn.migrations add column if not exists checksum text");
+      await holder.query("commit");
+      await lock();
+    }
     try {
       await runMigrations({ pgPool: pool, logger: quietGraphileLogger });
       const client = await pool.connect();
@@ -214,17 +232,6 @@ async function createMigrationsTable(pool: pg.Pool): Promise<void> {
       const code = (error as { code?: string }).code;
       if (code === undefined || !CREATED_MEANWHILE.has(code) || attempt >= 5) throw error;
     }
-  }
-  // Only when missing: an ALTER waiting behind a running migrator's lock
-  // would hold up every reader of the table behind it.
-  const { rows } = await pool.query<{ missing: boolean }>(
-    `select not exists (
-       select 1 from pg_attribute
-       where attrelid = 'pgfn.migrations'::regclass and attname = 'checksum' and not attisdropped
-     ) as missing`,
-  );
-  if (rows[0]?.missing) {
-    await pool.query("alter table pgfn.migrations add column if not exists checksum text");
   }
 }
 

@@ -8,6 +8,8 @@
 import { readFile } from "node:fs/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createPool } from "../src/db/pool.js";
+import { silentLogger } from "../src/logger.js";
 import { migrate } from "../src/migrate.js";
 import {
   createTestDatabase,
@@ -246,6 +248,53 @@ describe("migrate", () => {
       expect(await migrating).toMatchObject({ applied: [] });
     } finally {
       await other.end();
+    }
+  });
+
+  it("upgrading a table from before checksums, queues nothing that holds up the inserts of the migrator under way", async () => {
+    const fresh = await createTestDatabase("owned_locks_upgrade", { migrated: false });
+    const other = new pg.Client({ connectionString: fresh.url });
+    await other.connect();
+    try {
+      await migrate(fresh.pool);
+      await fresh.pool.query("alter table pgfn.migrations drop column checksum");
+      // `other` stands for a migrator under way: it holds the lock, and its
+      // second connection (here: fresh.pool) will write to the table.
+      await other.query("begin");
+      await other.query("lock table pgfn.migrations in share update exclusive mode");
+      const upgrading = createPool(fresh.url, 2, silentLogger());
+      try {
+        const migrating = migrate(upgrading);
+        await waitFor(
+          async () =>
+            (
+              await fresh.pool.query(
+                `select 1 from pg_locks l join pg_class c on c.oid = l.relation
+                 where c.relname = 'migrations' and c.relnamespace = 'pgfn'::regnamespace
+                   and not l.granted`,
+              )
+            ).rowCount,
+          { message: "the second migrate to wait for pgfn.migrations" },
+        );
+        // With an ALTER queued for ACCESS EXCLUSIVE, this insert would wait
+        // behind it, and the ALTER for `other`, which waits for the insert.
+        const writer = await fresh.pool.connect();
+        try {
+          await writer.query("begin");
+          await writer.query("set local lock_timeout = '10s'");
+          await writer.query("insert into pgfn.migrations (id, name) values (999999, 'probe')");
+          await writer.query("rollback");
+        } finally {
+          writer.release();
+        }
+        await other.query("commit");
+        expect(await migrating).toMatchObject({ applied: [] });
+      } finally {
+        await upgrading.end();
+      }
+    } finally {
+      await other.end();
+      await fresh.drop();
     }
   });
 });
