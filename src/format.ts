@@ -119,12 +119,15 @@ export function formatFunctionsTable(functions: readonly FunctionSummary[]): str
 export function formatLogLines(lines: readonly RunLogLine[]): string {
   return formatTable(
     ["time", "level", "run", "message"],
-    lines.map((l) => [
-      l.at.toISOString().replace("T", " ").slice(0, 23),
-      l.level,
-      l.runId,
-      l.message.replace(/\r?\n/g, "\\n"),
-    ]),
+    // A stack or any multi-line message keeps its lines: the later ones go
+    // under the message column, so the other columns still read as one line.
+    lines.flatMap((l) => {
+      const [first = "", ...rest] = l.message.split(/\r?\n/);
+      return [
+        [l.at.toISOString().replace("T", " ").slice(0, 23), l.level, l.runId, first],
+        ...rest.map((more) => ["", "", "", more]),
+      ];
+    }),
   );
 }
 

@@ -248,12 +248,16 @@ describe("pgfn logs", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(r.code, r.stderr).toBe(0);
     const [header, , ...lines] = r.stdout.trimEnd().split("\n");
     expect(header).toMatch(/^time\s+level\s+run\s+message$/);
-    expect(lines).toHaveLength(3);
+    // A multi-line message (a stack) keeps its lines, the later ones under
+    // the message column.
+    expect(lines).toHaveLength(4);
     expect(lines[0]).toMatch(new RegExp(`^2026-01-02 03:04:02\\.000\\s+debug\\s+${first}\\s+two$`));
     expect(lines[1]).toMatch(
-      new RegExp(`^2026-01-02 03:04:03\\.000\\s+warn\\s+${third}\\s+three\\\\nand a half$`),
+      new RegExp(`^2026-01-02 03:04:03\\.000\\s+warn\\s+${third}\\s+three$`),
     );
-    expect(lines[2]).toMatch(
+    const column = lines[1]!.indexOf("three");
+    expect(lines[2]).toBe(`${" ".repeat(column)}and a half`);
+    expect(lines[3]).toMatch(
       new RegExp(`^2026-01-02 03:04:04\\.000\\s+error\\s+${third}\\s+four$`),
     );
 

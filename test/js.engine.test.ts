@@ -158,6 +158,15 @@ describe("the engine", () => {
     expect(said).toEqual([{ afterMs: 2000 }]);
     const never = await run(`export default async (e, ctx) => ctx.noRetry()`);
     expect(never.error?.message).toBe("the handler asked not to be retried");
+    // A decision, not a fault: the message is the run's, no stack is logged;
+    // an error of the handler's own, thrown, logs its stack.
+    expect(r.logs).toEqual([]);
+    const thrown = await run(`export default (e, ctx) => { throw ctx.noRetry("bad row"); }`);
+    expect([thrown.error?.message, thrown.logs]).toEqual(["bad row", []]);
+    const fault = await run(`export default () => { throw new Error("oops"); }`);
+    expect(fault.logs).toEqual([
+      expect.objectContaining({ level: "error", message: expect.stringMatching(/^oops\n.*at /s) }),
+    ]);
     // An error of the handler's own, returned, is a result like any other.
     expect((await run(`export default () => new Error("mine")`)).ok).toBe(true);
   });

@@ -162,6 +162,8 @@ type Failure = {
   stack?: string;
   /** What the handler failed with is a ctx.db.query or ctx.fetch rejection, uncaught. */
   host?: { transient: boolean };
+  /** It is an error ctx.retryAfter or ctx.noRetry made: a decision, not a fault to trace. */
+  asked?: true;
 };
 
 /** A run's message for QuickJS itself failing: V8's stack limit inside the engine, or an abort. */
@@ -512,6 +514,7 @@ export async function invokeJavaScript(
     /** The handler's rejection: a failed host call's own error, uncaught, is the host's failure. */
     const rejected = (error: QuickJSHandle): Failure => {
       const failure = describe(error);
+      if (among(retries, error)) return { ...failure, asked: true };
       const host = hostFailures.find((f) => context.eq(f.error, error));
       return host ? { ...failure, host: { transient: host.transient } } : failure;
     };
@@ -614,7 +617,7 @@ export async function invokeJavaScript(
             settled = consume(state.value, (value): NonNullable<typeof settled> => {
               if (context.typeof(value) === "undefined") return { ok: true, json: "null" };
               // `return ctx.retryAfter(...)` where `throw` was meant.
-              if (among(retries, value)) return describe(value);
+              if (among(retries, value)) return { ...describe(value), asked: true };
               let json: QuickJSHandle;
               try {
                 json = call(stringify, value);
@@ -677,7 +680,8 @@ export async function invokeJavaScript(
     );
   }
   if (!result.ok) {
-    if (result.stack) logger.error(`${result.message}\n${result.stack}`);
+    // The message is the run's error_message either way; the stack is for a fault.
+    if (result.stack && !result.asked) logger.error(`${result.message}\n${result.stack}`);
     if (!result.host) return failed(result.message);
     return finish({
       ok: false,
