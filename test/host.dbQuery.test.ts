@@ -292,7 +292,7 @@ describe("the role boundary (issue 10, finding 2)", () => {
     }
   });
 
-  it("refuses roles with server file or program access, CREATEROLE, or pgfn's secrets", async () => {
+  it("refuses roles with server file or program access, other sessions' queries, CREATEROLE, or pgfn's secrets", async () => {
     const programs = await roles.create("programs");
     await db.pool.query(`grant pg_execute_server_program to ${programs}`);
     const creator = await roles.create("creator", "createrole");
@@ -305,6 +305,8 @@ describe("the role boundary (issue 10, finding 2)", () => {
     const replicator = await roles.create("replicator", "replication");
     const signaller = await roles.create("signaller");
     await db.pool.query(`grant pg_signal_backend to ${signaller}`);
+    const monitor = await roles.create("monitor");
+    await db.pool.query(`grant pg_monitor to ${monitor}`);
     const creatorInPgfn = await roles.create("pgfncreate");
     await db.pool.query(`grant usage, create on schema pgfn to ${creatorInPgfn}`);
     const deployer = await roles.create("deployer");
@@ -324,6 +326,8 @@ describe("the role boundary (issue 10, finding 2)", () => {
         [ownerMember, `"${owner}", which owns pgfn's or graphile-worker's objects`],
         [replicator, `alter role ${replicator} noreplication`],
         [signaller, `revoke pg_signal_backend from ${signaller}`],
+        // Reaches pg_read_all_stats: other sessions' query text.
+        [monitor, `revoke pg_monitor, pg_read_all_stats from ${monitor}`],
         [creatorInPgfn, `revoke create on schema pgfn from ${creatorInPgfn}`],
         [deployer, `revoke insert, update on pgfn.functions from ${deployer}`],
       ];

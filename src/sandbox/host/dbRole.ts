@@ -20,8 +20,10 @@ import { HostFunctionError } from "./errors.js";
  * Built-in roles that reach the server's files and programs, other roles'
  * sessions (the daemon's own, when it is not a superuser) or every table
  * (`copy ... to program`, `pg_read_file`, `pg_terminate_backend`, reading
- * `pgfn.functions.env`). The last two exist from Postgres 14 on; a missing
- * one is skipped.
+ * `pgfn.functions.env`), or the text of every session's current query (other
+ * handlers' SQL, with whatever literals it holds: pg_read_all_stats, which
+ * pg_monitor includes). pg_read_all_data and pg_write_all_data exist from
+ * Postgres 14 on; a missing one is skipped.
  */
 const DANGEROUS_BUILTIN_ROLES: readonly string[] = [
   "pg_execute_server_program",
@@ -30,6 +32,8 @@ const DANGEROUS_BUILTIN_ROLES: readonly string[] = [
   "pg_write_server_files",
   "pg_read_all_data",
   "pg_write_all_data",
+  "pg_read_all_stats",
+  "pg_monitor",
 ];
 
 /** Schemas whose owners (or owners of anything in them) a db_role must not reach. */
@@ -444,7 +448,7 @@ function refusalOf(
   }
   if (f.builtins_reached.length > 0) {
     return {
-      why: `is a member of ${list(f.builtins_reached)} (server files, programs or every table)`,
+      why: `is a member of ${list(f.builtins_reached)} (server files, programs, every table or every session's queries)`,
       fix: `Revoke it: revoke ${f.builtins_reached.join(", ")} from ${id};`,
     };
   }
