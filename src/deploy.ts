@@ -180,7 +180,10 @@ async function compileSource(
     memoryLimitBytes,
     ...(entry !== DEFAULT_ENTRY && { exportName: entry }),
   });
-  if (problem !== undefined) throw invalid(`${fileName}: ${problem}.`);
+  // Named as a syntax error is (file:line:column), when the stack says where.
+  if (problem !== undefined) {
+    throw invalid(`${fileName}:${problem.at ? `${problem.at}:` : ""} ${problem.message}.`);
+  }
   return Buffer.from(code);
 }
 

@@ -421,9 +421,15 @@ describe("deploy refuses, naming the line", () => {
         "it exports no function: `export default` a function (event, ctx) => result, or export one named `handle` (an object with a handle method is not one).",
       ],
       [`export const handle = 42;`, "it exports no function"],
+      // A throw is named by its line, as a syntax error is: in the user's
+      // file, through the source map (the type annotation shifts columns).
       [
         `const config = JSON.parse("{");\nexport default () => config;`,
-        "its top-level code threw SyntaxError: ",
+        "1:21: its top-level code threw SyntaxError: ",
+      ],
+      [
+        `// settings\nconst n: number = 1;\n  if (n) throw new RangeError("n is " + n);\nexport default () => 1;`,
+        "3:20: its top-level code threw RangeError: n is 1.",
       ],
       [`throw "no config";\nexport default () => 1;`, "its top-level code threw no config"],
       [
@@ -437,8 +443,9 @@ describe("deploy refuses, naming the line", () => {
       ],
     ];
     for (const [source, expected] of cases) {
-      const message = await refusal(source, "odd.js");
-      expect(message, source).toContain(`Invalid handler for "refused": odd.js: ${expected}`);
+      const message = await refusal(source, "odd.ts");
+      const at = /^\d+:\d+: /.test(expected) ? "" : " ";
+      expect(message, source).toContain(`Invalid handler for "refused": odd.ts:${at}${expected}`);
     }
   });
 

@@ -49,7 +49,7 @@ import { inputJson, MAX_OUTPUT_BYTES } from "./invocation.js";
 import { captureLogger, MAX_MESSAGE_CHARS, type HandlerLog, type LogSink } from "./logs.js";
 import { DEFAULT_ENTRY } from "./module.js";
 import { MAX_HOST_ARGUMENT_BYTES, type HostReply } from "./protocol.js";
-import { JS_MODULE_FILE } from "./sourceMap.js";
+import { firstOriginalPosition, JS_MODULE_FILE, splitSourceMap } from "./sourceMap.js";
 
 /** Options of {@link invokeJavaScript}. */
 export interface JsInvokeOptions {
@@ -741,12 +741,19 @@ function noEntry(entry: string, exports: readonly string[]): string {
 /** How long a handler's top-level code may run when deploy evaluates it. */
 const CHECK_DEADLINE_MS = 1000;
 
+/** What would fail every run of a handler, and where in the user's file ("LINE:COLUMN"), when known. */
+export interface DeployProblem {
+  readonly message: string;
+  readonly at?: string;
+}
+
 /**
  * Evaluates a compiled handler once, as a run would before calling it, and
  * says what would fail every run: its top-level code throws, loops, runs
  * out of memory or overflows the stack, awaits for ever, or `exportName`
  * (else the default export, else `handle`) is not a function. Undefined
- * when it would be called. The handler is not called and no ctx exists, so
+ * when it would be called. A throw names the line of the user's file it
+ * came from, through the module's source map. The handler is not called and no ctx exists, so
  * nothing reaches outside; a fresh instance, dropped afterwards, so nothing
  * is left behind. Bounded: `deadlineMs` of QuickJS's interrupt handler, and
  * linear memory capped as a run's is.
@@ -757,8 +764,9 @@ const CHECK_DEADLINE_MS = 1000;
 export async function checkJavaScript(
   code: string,
   options: { memoryLimitBytes?: number; exportName?: string; deadlineMs?: number } = {},
-): Promise<string | undefined> {
+): Promise<DeployProblem | undefined> {
   const e = await Engine.create();
+  const { sourceMap } = splitSourceMap(code);
   e.capBytes = Math.max(options.memoryLimitBytes ?? Infinity, e.initialBytes);
   const deadlineMs = options.deadlineMs ?? CHECK_DEADLINE_MS;
   const runtime = e.quickjs.newRuntime();
@@ -767,9 +775,8 @@ export async function checkJavaScript(
   runtime.setInterruptHandler(() => (late = performance.now() > deadline));
   const context = runtime.newContext();
   const top = "its top-level code";
-  const failure = (error: QuickJSHandle) => {
-    if (late) return `${top} ran for more than ${deadlineMs} ms (a loop?)`;
-    if (e.refused) return `${top} ran out of memory (${formatBytes(e.capBytes)})`;
+  const failure = (error: QuickJSHandle): DeployProblem => {
+    if (e.refused) return { message: `${top} ran out of memory (${formatBytes(e.capBytes)})` };
     /** A string no longer than a log line's, copied out; else undefined. */
     const short = (h: QuickJSHandle) => {
       if (context.typeof(h) !== "string") return undefined;
@@ -784,17 +791,24 @@ export async function checkJavaScript(
         return undefined;
       }
     };
+    // An interrupt's stack names the module's first line, not the loop.
+    if (late) return { message: `${top} ran for more than ${deadlineMs} ms (a loop?)` };
     const kind = context.typeof(error);
+    const stack = kind === "object" ? text("stack") : undefined;
+    const at = stack && sourceMap && firstOriginalPosition(stack, sourceMap);
     const shown =
       kind === "object" || kind === "function"
         ? [text("name"), text("message")].filter(Boolean).join(": ")
         : kind === "string"
           ? short(error)
           : String(context.dump(error));
-    return `${top} threw ${shown || "a value that cannot be shown"}`;
+    return {
+      message: `${top} threw ${shown || "a value that cannot be shown"}`,
+      ...(at && { at }),
+    };
   };
   try {
-    const evaluated = context.evalCode(code, "handler.js", { type: "module" });
+    const evaluated = context.evalCode(code, JS_MODULE_FILE, { type: "module" });
     if (evaluated.error) return failure(evaluated.error);
     let loaded = context.getPromiseState(evaluated.value);
     if (loaded.type === "pending") {
@@ -804,7 +818,9 @@ export async function checkJavaScript(
     }
     if (loaded.type === "rejected") return failure(loaded.error);
     if (loaded.type === "pending") {
-      return `${top} awaits something that never settles (there are no timers, and no ctx outside a call)`;
+      return {
+        message: `${top} awaits something that never settles (there are no timers, and no ctx outside a call)`,
+      };
     }
     const m = loaded.value;
     const pick = (name: string) => context.getProp(m, name);
@@ -812,13 +828,16 @@ export async function checkJavaScript(
     const handler = name !== undefined ? pick(name) : pick("default");
     if (context.typeof(handler) === "function") return undefined;
     if (name === undefined && context.typeof(pick("handle")) === "function") return undefined;
-    return name !== undefined
-      ? `its export ${name} is not a function (event, ctx) => result`
-      : "it exports no function: `export default` a function (event, ctx) => result, or export one named `handle` (an object with a handle method is not one)";
+    return {
+      message:
+        name !== undefined
+          ? `its export ${name} is not a function (event, ctx) => result`
+          : "it exports no function: `export default` a function (event, ctx) => result, or export one named `handle` (an object with a handle method is not one)",
+    };
   } catch (error) {
     // QuickJS itself failed: V8's stack limit inside the engine, or a refused grow.
-    if (e.refused) return `${top} ran out of memory (${formatBytes(e.capBytes)})`;
-    return engineFailure(error).message.replace(/^The handler/, top);
+    if (e.refused) return { message: `${top} ran out of memory (${formatBytes(e.capBytes)})` };
+    return { message: engineFailure(error).message.replace(/^The handler/, top) };
   }
   // Nothing is disposed: the instance, with everything in it, is left to the garbage collector.
 }

@@ -223,6 +223,18 @@ export function mapPositions(text: string, map: SourceMap): string {
 }
 
 /**
+ * The user's line and column ("LINE:COLUMN") of the first compiled position
+ * in `text` (a stack, innermost frame first) that the map knows.
+ */
+export function firstOriginalPosition(text: string, map: SourceMap): string | undefined {
+  for (const [, line, column] of text.matchAll(COMPILED_POSITION)) {
+    const o = map.original(Number(line), column === undefined ? 1 : Number(column));
+    if (o) return `${o.line}:${o.column}`;
+  }
+  return undefined;
+}
+
+/**
  * The outcome with its logs' compiled positions mapped (a failed run's
  * stack, or one the handler logged itself), when the module has a map. A run
  * whose logs name no compiled position costs a substring search per line.
