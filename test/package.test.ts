@@ -156,6 +156,9 @@ console.log(JSON.stringify(out));
         deadlineMs: 120_000,
       });
       expectSuccess(used, "node use.mjs");
+      // Nothing on the user's stderr: no warning of Node's about WASI, which
+      // Extism imports, from merely using the package.
+      expect(used.stderr).toBe("");
       const out = JSON.parse(used.stdout) as Record<string, unknown>;
       expect(out).toMatchObject({ status: "succeeded", payload: { from: "package" } });
       expect(out.applied).toBeGreaterThan(0);

@@ -17,7 +17,7 @@
  * a question of Extism's and WASI's state, apart from what one invocation
  * does with the instance it is given (invocation.ts).
  */
-import createPlugin, { type CallContext, type Plugin } from "@extism/extism";
+import type { CallContext, Plugin } from "@extism/extism";
 import { LOG_LEVELS } from "./logs.js";
 import {
   GUARD_MEMORY_EXPORT,
@@ -104,6 +104,10 @@ export class KeptPlugin {
         (message: unknown) => kept.current?.logger[level](message),
       ]),
     ) as unknown as Console;
+    // Loaded at the first instance, not at import: Extism imports node:wasi,
+    // and Node warns on that (experimental) in whatever process imports
+    // pgfn's package, which may never run a WebAssembly handler itself.
+    const { default: createPlugin } = await import("@extism/extism");
     kept.plugin = await createPlugin(
       // No config and no memory options for Extism: config_get is ours
       // (hostMemory.ts), and Extism's maxPages check comes after the allocation.

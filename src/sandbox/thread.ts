@@ -7,6 +7,10 @@
  * thread can still be killed at any moment by the pool's timeout.
  */
 import { parentPort, workerData } from "node:worker_threads";
+// Loaded with the thread, not at its first WebAssembly call (instances.ts
+// imports it lazily, for the package's other users): a call's deadline
+// should not pay for it.
+import "@extism/extism";
 import { threadExternalMemory, type HostContext } from "./hostMemory.js";
 import { InstanceCache } from "./instances.js";
 import { invokeHandler, type HostFunction } from "./invocation.js";
