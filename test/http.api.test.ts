@@ -146,9 +146,23 @@ describe("read, change, delete", () => {
   it("DELETE removes it; a second DELETE is 404", async () => {
     const r = await api(daemon, "DELETE", "/functions/v1/secretive");
     expect(r.status).toBe(200);
-    expect(r.body).toEqual({ name: "secretive", deleted: true });
+    expect(r.body).toEqual({ name: "secretive", deleted: true, schedule: null });
     expect((await api(daemon, "DELETE", "/functions/v1/secretive")).status).toBe(404);
     expect((await api(daemon, "GET", "/functions/v1/secretive")).status).toBe(404);
+  });
+
+  it("DELETE names the schedule a function leaves behind", async () => {
+    await deploy("ticking", "echo");
+    await t.pool.query(
+      `select pgfn.schedule('ticking', '*/5 * * * *', timezone => 'Europe/Berlin')`,
+    );
+    const r = await api(daemon, "DELETE", "/functions/v1/ticking");
+    expect(r.status).toBe(200);
+    expect(r.body).toEqual({
+      name: "ticking",
+      deleted: true,
+      schedule: { cron: "*/5 * * * *", timezone: "Europe/Berlin" },
+    });
   });
 
   it("an unknown route is a JSON 404", async () => {

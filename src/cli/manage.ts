@@ -90,19 +90,11 @@ export function addManageCommands(program: Command): void {
     .argument("<name>", "function name")
     .action(async (name: string) => {
       assertFunctionName(name);
-      const scheduled = await withDb(async (db) => {
-        if (!(await deleteFunction(db, name))) throw notDeployed(name);
-        const schedule = await db
-          .selectFrom("pgfn.schedules")
-          .select("cron")
-          .where("function_name", "=", name)
-          .executeTakeFirst();
-        return schedule !== undefined;
-      });
+      const { schedule } = await withDb(
+        async (db) => (await deleteFunction(db, name)) ?? Promise.reject(notDeployed(name)),
+      );
       console.log(`deleted ${name}; its events and runs stay`);
-      // The schedule has no foreign key (sql/000007_schedules.sql): it stays,
-      // and each slot fails as FUNCTION_NOT_FOUND until it is removed.
-      if (scheduled)
+      if (schedule)
         console.log(
           `${name} still has a schedule, whose runs will fail: \`pgfn unschedule ${name}\` removes it`,
         );

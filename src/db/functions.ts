@@ -274,11 +274,23 @@ export async function changeFunction(
 
 /**
  * Deletes a function; its events and runs stay (they are history). Events
- * that arrive for it later fail as FUNCTION_NOT_FOUND. False when there was none.
+ * that arrive for it later fail as FUNCTION_NOT_FOUND. Undefined when there
+ * was none; else the schedule it leaves behind, which has no foreign key
+ * (sql/000007_schedules.sql): each of its slots fails the same way until
+ * pgfn.unschedule removes it, so the caller says so.
  */
-export async function deleteFunction(db: Db, name: string): Promise<boolean> {
+export async function deleteFunction(
+  db: Db,
+  name: string,
+): Promise<{ schedule: { cron: string; timezone: string } | null } | undefined> {
   const result = await db.deleteFrom("pgfn.functions").where("name", "=", name).executeTakeFirst();
-  return result.numDeletedRows > 0n;
+  if (result.numDeletedRows === 0n) return undefined;
+  const schedule = await db
+    .selectFrom("pgfn.schedules")
+    .select(["cron", "timezone"])
+    .where("function_name", "=", name)
+    .executeTakeFirst();
+  return { schedule: schedule ?? null };
 }
 
 /**

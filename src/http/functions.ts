@@ -197,8 +197,9 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
     async (request) => {
       const { name } = request.params;
       assertFunctionName(name);
-      if (!(await deleteFunction(db, name))) throw notFound(name);
-      return { name, deleted: true as const };
+      const deleted = await deleteFunction(db, name);
+      if (!deleted) throw notFound(name);
+      return { name, deleted: true as const, schedule: deleted.schedule };
     },
   );
 

@@ -150,7 +150,11 @@ export const FunctionView = z
   .meta({ id: "Function" });
 
 export const FunctionListItem = FunctionView.extend({
-  runtime: z.string().describe('What runs the function: "wasm" (an Extism plugin).'),
+  runtime: z
+    .string()
+    .describe(
+      'What runs the function: "wasm" (an Extism plugin) or "js" (a TypeScript or JavaScript handler).',
+    ),
   schedule: z
     .object({
       cron: z.string(),
@@ -182,7 +186,16 @@ export const FunctionList = z
   .meta({ id: "FunctionList" });
 
 export const DeleteResponse = z
-  .object({ name: z.string(), deleted: z.literal(true) })
+  .object({
+    name: z.string(),
+    deleted: z.literal(true),
+    schedule: z
+      .object({ cron: z.string(), timezone: z.string() })
+      .nullable()
+      .describe(
+        "The schedule the function still has, or null: it stays, and each slot fails as FUNCTION_NOT_FOUND until pgfn.unschedule removes it (or the function is deployed again).",
+      ),
+  })
   .meta({ id: "DeleteResponse" });
 
 export const RunView = z
