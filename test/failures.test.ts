@@ -115,7 +115,7 @@ describe("retries", () => {
     }
   });
 
-  it("retries a timeout up to max_attempts, then reports it to the error handler with the event", async () => {
+  it("retries a timeout up to max_attempts, then reports it to the error handler with the event, once", async () => {
     const id = await enqueueManual(t.pool, "spin", { job: "nightly" });
     const runs = await settled(id, 2, 20_000);
     expect(runs.map((r) => [r.attempt, r.error_code, r.will_retry])).toEqual([
@@ -130,12 +130,19 @@ describe("retries", () => {
       );
       return rows[0]?.result;
     });
-    // The watchdog (an echo) got the original event, the failed run and the error.
+    // The watchdog (an echo) got the original event as spin's handler did,
+    // the failed run and the error.
     expect(handled).toMatchObject({
       trigger: "error_handler",
       function: "watchdog",
       payload: {
-        event: { id: Number(id), trigger: "manual", function: "spin", payload: { job: "nightly" } },
+        event: {
+          id: Number(id),
+          attempt: 2,
+          trigger: "manual",
+          function: "spin",
+          payload: { job: "nightly" },
+        },
         run: { attempt: 2, error_code: "TIMEOUT", http_status: 504 },
         error: {
           code: "TIMEOUT",
@@ -143,6 +150,12 @@ describe("retries", () => {
         },
       },
     });
+    const reports = await t.pool.query(
+      `select count(*)::int as n from pgfn.events
+       where source = 'error_handler' and (payload->'event'->>'id')::bigint = $1`,
+      [id],
+    );
+    expect(reports.rows[0].n).toBe(1);
   }, 30_000);
 
   it("does not let a failing error handler trigger another error handler", async () => {

@@ -8,7 +8,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
 import { getFunction } from "../src/db/functions.js";
-import { toEventInput } from "../src/worker/eventInput.js";
+import type { ErrorHandlerEvent } from "../src/interfaces.js";
+import { handlerInput } from "../src/worker/eventInput.js";
 import { recordOutcome } from "../src/worker/outcome.js";
 import { RUN_TASK } from "../src/worker/tasks.js";
 import { useTestDatabase } from "./fixture.js";
@@ -20,6 +21,7 @@ const t = useTestDatabase("contract");
 beforeAll(async () => {
   await t.deploy("echo", { maxAttempts: 3 });
   await t.deploy("solo", { example: "echo", maxAttempts: 1 });
+  await t.deploy("watched", { example: "echo", maxAttempts: 1, onError: "echo" });
 });
 
 /** A new event of `fn`; `dispatched`: as if a job had been made for it. */
@@ -68,6 +70,16 @@ const jobsOf = async (eventIds: string[]) =>
 
 const runOf = async (runId: string) =>
   (await t.pool.query(`select * from pgfn.function_runs where id = $1`, [runId])).rows[0];
+
+/** The error handlers' events that report `eventId`'s failure (replays of them aside). */
+const handlerEventsOf = async (eventId: string) =>
+  (
+    await t.pool.query(
+      `select * from pgfn.events
+       where source = 'error_handler' and payload -> 'event' ->> 'id' = $1 and replay_of is null`,
+      [eventId],
+    )
+  ).rows;
 
 const openDeadLetters = async (eventId: string) =>
   (
@@ -220,13 +232,13 @@ describe("dead letters", () => {
     expect(letters[0]).toMatchObject({ last_run_id: second, error_code: "FUNCTION_ERROR" });
   });
 
-  it("a stalled daemon's real outcome replaces the reaper's dead letter for the same run", async () => {
+  it("a stalled daemon's real outcome replaces the reaper's dead letter for the same run, and on_error hears once", async () => {
     // The reaper takes the daemon for dead: its last attempt is abandoned
     // and the event dead-lettered as TIMEOUT (the reaper at max_attempts).
     await t.pool.query(
       `insert into pgfn.daemons (id, heartbeat_at) values ('stalled', now() - interval '1 hour')`,
     );
-    const event = await newEvent("solo");
+    const event = await newEvent("watched");
     const run = await newRun(event, { worker: "stalled", jobId: "601" });
     await t.pool.query(
       `select pgfn.reap_dead_daemons(interval '60 seconds', interval '2 seconds')`,
@@ -234,6 +246,11 @@ describe("dead letters", () => {
     expect(await runOf(run)).toMatchObject({ status: "abandoned", error_code: "TIMEOUT" });
     const [reaped] = await openDeadLetters(event);
     expect(reaped).toMatchObject({ last_run_id: run, error_code: "TIMEOUT" });
+    // The reaper's dead letter goes to on_error like any other.
+    const reported = await handlerEventsOf(event);
+    expect(reported).toEqual([
+      expect.objectContaining({ function_name: "echo", dispatched_at: null }),
+    ]);
 
     // Then the daemon wakes up and records what the handler did.
     const eventRow = await t.db
@@ -243,16 +260,10 @@ describe("dead letters", () => {
       .executeTakeFirstOrThrow();
     const recorded = await recordOutcome(
       t.db,
-      {
-        event: eventRow,
-        input: toEventInput(eventRow, 1),
-        fn: await getFunction(t.db, "solo"),
-        attempt: 1,
-        sync: false,
-      },
+      { event: eventRow, fn: await getFunction(t.db, "watched"), attempt: 1, sync: false },
       {
         runId: run,
-        functionName: "solo",
+        functionName: "watched",
         status: "failed",
         errorCode: "FUNCTION_ERROR",
         httpStatus: 500,
@@ -271,6 +282,116 @@ describe("dead letters", () => {
       error_code: "FUNCTION_ERROR",
       error_message: "the handler threw",
     });
+    // One dead letter, one report: a second word about it is not a second failure.
+    expect((await handlerEventsOf(event)).map((e) => e.id)).toEqual([reported[0].id]);
+  });
+
+  it("a new dead letter adds one event for the function's on_error, naming the event and holding the run", async () => {
+    const event = await newEvent("watched");
+    const run = await newRun(event, { status: "failed", error: "MEMORY_EXCEEDED" });
+    await t.pool.query(
+      `update pgfn.function_runs set http_status = 507, duration_ms = 12.5 where id = $1`,
+      [run],
+    );
+    await t.pool.query(`select pgfn.dead_letter($1)`, [run]);
+    const reported = await handlerEventsOf(event);
+    expect(reported).toEqual([
+      expect.objectContaining({
+        function_name: "echo",
+        source: "error_handler",
+        payload: {
+          event: { id: Number(event) },
+          run: {
+            id: Number(run),
+            attempt: 1,
+            status: "failed",
+            error_code: "MEMORY_EXCEEDED",
+            http_status: 507,
+            error_message: "MEMORY_EXCEEDED (test)",
+            duration_ms: 12.5,
+          },
+          error: { code: "MEMORY_EXCEEDED", message: "MEMORY_EXCEEDED (test)" },
+        },
+      }),
+    ]);
+    // The same letter again (an outcome recorded twice) reports nothing more.
+    await t.pool.query(`select pgfn.dead_letter($1)`, [run]);
+    expect(await handlerEventsOf(event)).toHaveLength(1);
+
+    // The error handler's own failure goes no further, nor does its replay's,
+    // even for a handler that handles itself.
+    const handlerEvent = reported[0].id as string;
+    await t.pool.query(`update pgfn.functions set on_error = 'echo' where name = 'echo'`);
+    try {
+      const handlerRun = await newRun(handlerEvent, { status: "failed", error: "FUNCTION_ERROR" });
+      await t.pool.query(`select pgfn.dead_letter($1)`, [handlerRun]);
+      expect(await openDeadLetters(handlerEvent)).toHaveLength(1);
+      const { rows } = await t.pool.query<{ id: string }>(`select pgfn.replay($1) as id`, [
+        handlerEvent,
+      ]);
+      const replayRun = await newRun(rows[0]!.id, { status: "failed", error: "FUNCTION_ERROR" });
+      await t.pool.query(`select pgfn.dead_letter($1)`, [replayRun]);
+      expect(await handlerEventsOf(handlerEvent)).toEqual([]);
+      expect(await handlerEventsOf(rows[0]!.id)).toEqual([]);
+    } finally {
+      await t.pool.query(`update pgfn.functions set on_error = null where name = 'echo'`);
+    }
+
+    // A dead letter of the event after the first was dealt with is a new failure.
+    await t.pool.query(`update pgfn.dead_letters set resolved_at = now() where event_id = $1`, [
+      event,
+    ]);
+    await t.pool.query(`select pgfn.dead_letter($1)`, [run]);
+    expect(await handlerEventsOf(event)).toHaveLength(2);
+  });
+
+  it("an error handler is given the event that failed whole; a payload written whole is given as it is", async () => {
+    const event = await newEvent("watched");
+    const run = await newRun(event, { status: "failed", error: "FUNCTION_ERROR" });
+    await t.pool.query(`select pgfn.dead_letter($1)`, [run]);
+    const [reported] = await handlerEventsOf(event);
+    const rowOf = (id: string) =>
+      t.db.selectFrom("pgfn.events").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
+    const given = (await handlerInput(t.db, await rowOf(reported.id), 1)) as ErrorHandlerEvent;
+    expect(given).toMatchObject({
+      trigger: "error_handler",
+      payload: {
+        event: { id: Number(event), attempt: 1, trigger: "manual", function: "watched" },
+        run: { id: Number(run), error_code: "FUNCTION_ERROR" },
+      },
+    });
+    // As a daemon wrote it before sql/000023.
+    const whole = await rowOf(reported.id);
+    const legacy = { ...whole, payload: given.payload };
+    expect(await handlerInput(t.db, legacy, 1)).toEqual(given);
+    // The event gone (deleted by hand): the handler is not run on half a report.
+    await t.pool.query(`delete from pgfn.events where id = $1`, [event]);
+    await expect(handlerInput(t.db, await rowOf(reported.id), 1)).rejects.toMatchObject({
+      code: "INVALID_REQUEST",
+      message: expect.stringMatching(/reports event \d+, which is no longer in pgfn\.events/),
+    });
+  });
+
+  it("prune keeps an event while an error handler's event names it", async () => {
+    const event = await newEvent("watched", { ageDays: 30 });
+    const run = await newRun(event, { status: "failed", error: "FUNCTION_ERROR" });
+    await t.pool.query(`select pgfn.dead_letter($1)`, [run]);
+    await t.pool.query(`update pgfn.dead_letters set resolved_at = now() where event_id = $1`, [
+      event,
+    ]);
+    const [reported] = await handlerEventsOf(event);
+    // The report ran long ago: both are old enough to go.
+    await t.pool.query(
+      `update pgfn.events set created_at = now() - interval '20 days', dispatched_at = now() where id = $1`,
+      [reported.id],
+    );
+    await newRun(reported.id, { status: "succeeded" });
+    const exists = async (id: string) =>
+      (await t.pool.query(`select 1 from pgfn.events where id = $1`, [id])).rowCount === 1;
+    await t.pool.query(`select pgfn.prune('10 days')`);
+    expect([await exists(reported.id), await exists(event)]).toEqual([false, true]);
+    await t.pool.query(`select pgfn.prune('10 days')`);
+    expect(await exists(event)).toBe(false);
   });
 });
 
@@ -285,8 +406,11 @@ describe("one owner", () => {
       )
     ).rows.map((r) => r.name);
 
-  it("in SQL, one function writes a dead letter and one abandons an attempt", async () => {
+  it("in SQL, one function writes a dead letter and its error handler's event, and one abandons an attempt", async () => {
     expect(await functionsMatching(`insert\\s+into\\s+pgfn\\.dead_letters`)).toEqual([
+      "dead_letter",
+    ]);
+    expect(await functionsMatching(`insert\\s+into\\s+pgfn\\.events[^;]*'error_handler'`)).toEqual([
       "dead_letter",
     ]);
     expect(await functionsMatching(`status\\s*=\\s*'abandoned'\\s*,`)).toEqual(["abandon_run"]);
@@ -301,6 +425,7 @@ describe("one owner", () => {
       ["a job key", /pgfn:(event|batch|retry|wait):/],
       ["a job insert", /graphile_worker\.add_jobs?\b/],
       ["a dead letter", /into\s+pgfn\.dead_letters/i],
+      ["an error handler's event", /source:\s*"error_handler"/],
       ["an abandon", /status:\s*"abandoned"|status\s*=\s*'abandoned'/],
     ];
     for (const file of files) {

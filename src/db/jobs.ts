@@ -31,7 +31,8 @@ export async function addWaitJob(db: Db, eventId: string, delayMs: number): Prom
 }
 
 /**
- * Puts the run's event in the dead letters with the run's error; an open
+ * Puts the run's event in the dead letters with the run's error, and a new
+ * dead letter's event in the function's on_error handler's hands; an open
  * dead letter of the event follows its latest run (pgfn.dead_letter).
  */
 export async function deadLetter(db: Db, runId: string): Promise<void> {

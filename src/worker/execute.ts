@@ -28,7 +28,7 @@ import { roundMs } from "../format.js";
 import { HTTP_STATUS } from "../http/errors.js";
 import type { ModuleCache } from "../sandbox/module.js";
 import type { HostBinding, SandboxPool } from "../sandbox/pool.js";
-import { toEventInput } from "./eventInput.js";
+import { handlerInput } from "./eventInput.js";
 import { classifyOutcome, cleanText, recordOutcome, type OutcomeContext } from "./outcome.js";
 import type { SuccessRecorder } from "./recorder.js";
 import type { Slots } from "./slots.js";
@@ -146,7 +146,6 @@ async function runBegun(
   }
   const attempt: Attempt = {
     event,
-    input: toEventInput(event, slot.attempt),
     fn,
     attempt: slot.attempt,
     sync: options.sync ?? false,
@@ -223,11 +222,12 @@ async function runAttempt(deps: ExecutorDeps, a: Attempt): Promise<Run> {
   try {
     if (a.attempt > 1 && a.jobId !== null) await endEarlierAttempts(deps, a);
     const fn = runnableFunction(a);
+    const input = await handlerInput(deps.db, a.event, a.attempt);
     const module = await loadModule(deps, fn);
     started = performance.now();
     const outcome = await deps.sandbox.invoke({
       module,
-      input: a.input,
+      input,
       entry: fn.entrypoint,
       timeoutMs: fn.timeout_ms,
       memoryLimitBytes: fn.memory_limit_mb * 1024 * 1024,

@@ -2,20 +2,19 @@
  * What an attempt came to, and recording it. classifyOutcome turns what
  * the sandbox returned into the run's row and what the failure says about
  * retrying; recordOutcome writes it in one transaction: the run row, and
- * then either the next attempt's job, or a dead letter and the function's
- * error handler. A crash between them cannot lose the retry or the dead
- * letter. The jobs' keys and the dead letter's rules are SQL's
- * (sql/000015_job_contract.sql).
+ * then either the next attempt's job, or a dead letter (which adds the
+ * function's error handler's event, pgfn.dead_letter in sql/000023). A crash
+ * between them cannot lose the retry or the dead letter. The jobs' keys and
+ * the dead letter's rules are SQL's (sql/000015_job_contract.sql).
  */
 import { sql } from "kysely";
 import type { Db } from "../db/database.js";
-import { insertEvent, type EventRow } from "../db/events.js";
+import type { EventRow } from "../db/events.js";
 import type { FunctionInfo } from "../db/functions.js";
 import { addRetryJob, deadLetter } from "../db/jobs.js";
 import { storableText, unstorableJson } from "../db/jsonb.js";
 import { finishRun, type FinishRunInput, type Run } from "../db/runs.js";
 import { HTTP_STATUS } from "../http/errors.js";
-import type { ErrorHandlerEvent, EventInput } from "../interfaces.js";
 import { redactAndClip, secretValues } from "../sandbox/host/redact.js";
 import type { InvokeOutcome } from "../sandbox/invocation.js";
 import { MAX_MESSAGE_CHARS } from "../sandbox/logs.js";
@@ -24,7 +23,6 @@ import type { SuccessRecorder } from "./recorder.js";
 
 export interface OutcomeContext {
   readonly event: EventRow;
-  readonly input: EventInput;
   /** Undefined when the function is missing. */
   readonly fn: FunctionInfo | undefined;
   readonly attempt: number;
@@ -128,33 +126,6 @@ export async function recordOutcome(
 
     const run = await finishRun(trx, finish);
     await deadLetter(trx, run.id);
-    // The watchdog: the error handler gets the event that failed, the run and
-    // the error. An error handler's own failure goes no further.
-    if (fn?.on_error && event.source !== "error_handler") {
-      await insertEvent(trx, {
-        functionName: fn.on_error,
-        source: "error_handler",
-        payload: errorHandlerPayload(context.input, run),
-        dispatched: false,
-      });
-    }
     return run;
   });
-}
-
-/** What an error handler receives: the event that failed, its last run and the error. */
-function errorHandlerPayload(input: EventInput, run: Run): ErrorHandlerEvent["payload"] {
-  return {
-    event: input,
-    run: {
-      id: Number(run.id),
-      attempt: run.attempt,
-      status: run.status,
-      error_code: run.error_code,
-      http_status: run.http_status,
-      error_message: run.error_message,
-      duration_ms: run.duration_ms,
-    },
-    error: { code: run.error_code, message: run.error_message },
-  };
 }
