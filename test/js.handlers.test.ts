@@ -75,6 +75,9 @@ export const notfn = 1;`,
   throw new Error("row is invalid");
 };`,
   "careless.js": `export default async (event, ctx) => (await ctx.db.query("select 1")).rows;`,
+  // Top-level await: the module settles before its handler is called.
+  "awaits.ts": `const settings: { greeting: string } = await Promise.resolve({ greeting: "hello" });
+export default () => settings.greeting;`,
   "counter.js": `let calls = 0;
 export default () => { calls += 1; globalThis.seen = (globalThis.seen ?? 0) + 1; return { calls, seen: globalThis.seen }; };`,
 };
@@ -197,6 +200,10 @@ describe("runs", () => {
       will_retry: false,
       next_attempt_at: null,
     });
+  });
+
+  it("evaluates top-level await before the handler is called", async () => {
+    expect(await run("awaits")).toMatchObject({ status: "succeeded", result: "hello" });
   });
 
   it("keeps no state between runs: module variables and globals start over", async () => {
@@ -432,6 +439,10 @@ describe("deploy refuses, naming the line", () => {
         "3:20: its top-level code threw RangeError: n is 1.",
       ],
       [`throw "no config";\nexport default () => 1;`, "its top-level code threw no config"],
+      [
+        `await new Promise(() => {});\nexport default () => 1;`,
+        "its top-level code awaits something that never settles",
+      ],
       [
         `for (;;) {}\nexport default () => 1;`,
         "its top-level code ran for more than 1000 ms (a loop?)",

@@ -135,6 +135,9 @@ async function compile(source: string, fileName: string, entry: string): Promise
       format: "esm",
       platform: "neutral",
       target: TARGET,
+      // QuickJS evaluates a module's top-level await (the module's promise
+      // settles before the handler is called), which esbuild cannot lower.
+      supported: { "top-level-await": true },
       metafile: true,
       plugins: [onlyPgfn],
       logLevel: "silent",
