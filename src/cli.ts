@@ -34,7 +34,7 @@ import {
   type DeploySettings,
   type EnvChangeSettings,
 } from "./functionColumns.js";
-import { formatRunLine, formatRunsTable, redactUrl } from "./format.js";
+import { formatRunFailure, formatRunLine, formatRunsTable, redactUrl } from "./format.js";
 import { runView } from "./http/views.js";
 import { invokeNow } from "./invokeNow.js";
 import { createLogger, silentLogger, type Logger } from "./logger.js";
@@ -368,7 +368,9 @@ Environment:
       if (opts.json) console.log(JSON.stringify(runView(run)));
       else {
         console.log(formatRunLine(run));
-        if (run.status === "succeeded") console.log(JSON.stringify(run.result, null, 2));
+        console.log(
+          run.status === "succeeded" ? JSON.stringify(run.result, null, 2) : formatRunFailure(run),
+        );
       }
       if (run.status !== "succeeded") process.exitCode = 1;
     });

@@ -40,6 +40,26 @@ export function formatRunLine(run: Run): string {
   return `run ${run.id} event ${run.event_id} ${run.function_name} attempt ${run.attempt}: ${run.status} in ${ms} ${outcome}`;
 }
 
+/**
+ * A failed run's whole message and the lines its handler logged (a thrown
+ * error's stack among them): what the run's line cuts short, for one run
+ * looked at on purpose (`pgfn invoke`).
+ */
+export function formatRunFailure(run: Run): string {
+  const failure = `${run.error_code ?? "failed"}: ${run.error_message ?? "(no message)"}`;
+  const logged: RunLogLine[] = (Array.isArray(run.logs) ? run.logs : []).map((line) => {
+    const l = (line ?? {}) as { at?: unknown; level?: unknown; message?: unknown };
+    const at = typeof l.at === "string" ? new Date(l.at) : undefined;
+    return {
+      runId: run.id,
+      at: at && !Number.isNaN(at.getTime()) ? at : run.started_at,
+      level: typeof l.level === "string" ? l.level : "info",
+      message: typeof l.message === "string" ? l.message : JSON.stringify(line),
+    };
+  });
+  return logged.length === 0 ? failure : `${failure}\n\n${formatLogLines(logged)}`;
+}
+
 /** A plain text table. */
 export function formatTable(
   headers: readonly string[],

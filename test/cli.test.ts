@@ -104,6 +104,32 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(r.stdout).toMatch(/fail attempt 1: failed in .* FUNCTION_ERROR .*demo failure/);
   });
 
+  it("invoke of a failed run prints its whole message and what it logged, the stack with the file's lines", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "pgfn-invoke-"));
+    try {
+      const file = path.join(dir, "loud.ts");
+      const reason = "the mail API said no: " + "x".repeat(100) + " (end)";
+      await writeFile(
+        file,
+        `export default (event: unknown, ctx: { log: { info(m: string): void } }) => {\n  ctx.log.info("about to fail");\n  throw new Error(${JSON.stringify(reason)});\n};\n`,
+      );
+      const deployed = await pgfn(["deploy", "loud", file]);
+      expect(deployed.code, deployed.stderr).toBe(0);
+      const r = await pgfn(["invoke", "loud"]);
+      expect(r.code).toBe(1);
+      const lines = r.stdout.trimEnd().split("\n");
+      expect(lines[0]).toMatch(/^run \d+ event \d+ loud attempt 1: failed in .* FUNCTION_ERROR /);
+      expect(lines[1]).toBe(`FUNCTION_ERROR: ${reason}`);
+      expect(r.stdout).toMatch(/\binfo\s+\d+\s+about to fail$/m);
+      expect(r.stdout).toMatch(/\berror\s+\d+\s+the mail API said no: x+ \(end\)$/m);
+      expect(r.stdout).toMatch(/^\s+at .*loud\.ts:3:/m);
+    } finally {
+      // The later tests count the functions deployed.
+      await t.pool.query(`delete from pgfn.functions where name = 'loud'`);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("retry runs a failed run's event again, as a new event", async () => {
     const failed = (
       await t.pool.query<{ id: string; event_id: string }>(
