@@ -83,6 +83,8 @@ function settingOption(column: DeployColumn): Option {
     range,
     byDefault !== undefined && `default ${byDefault}`,
     isRepeatable(column) && "repeatable",
+    // env merges on an update (its own flags say so); any other list is replaced.
+    isRepeatable(column) && column !== "env" && "with --update, replaces the stored list",
   ]
     .filter(Boolean)
     .join(", ");
@@ -137,13 +139,19 @@ function deploySettingsOf(
 function givenSettingsText(
   opts: Record<string, unknown>,
   options: readonly Option[],
+  hostsRemoved: readonly string[],
 ): string | undefined {
   const parts = DEPLOY_COLUMNS.flatMap((column, i) => {
     const value = opts[options[i]!.attributeName()];
     if (column === "env" || value === undefined) return [];
     const text = Array.isArray(value) ? value.join(", ") : String(value);
+    // The hosts given replace the list: say which ones that dropped.
+    const removed =
+      column === "allowed_hosts" && hostsRemoved.length > 0
+        ? ` (replaced the list; no longer allowed: ${hostsRemoved.join(", ")})`
+        : "";
     return [
-      `${column} ${/[\s;,"]/.test(text) && !Array.isArray(value) ? JSON.stringify(text) : text}`,
+      `${column} ${/[\s;,"]/.test(text) && !Array.isArray(value) ? JSON.stringify(text) : text}${removed}`,
     ];
   });
   return parts.length > 0 ? `settings: ${parts.join("; ")}` : undefined;
@@ -336,7 +344,7 @@ Environment:
       );
       const env = describeEnvOutcome(result.env);
       if (env) console.log(env);
-      const given = givenSettingsText(opts, settingOptions);
+      const given = givenSettingsText(opts, settingOptions, result.allowedHostsRemoved);
       if (given) console.log(given);
     });
 

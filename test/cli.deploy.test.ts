@@ -120,6 +120,13 @@ describe("pgfn deploy", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
         allowed_hosts: ["a.example.com", "b.example.com:8443"],
       },
     ]);
+    // The hosts given replace the list: the ones that dropped are named.
+    expect(
+      ok(await pgfn(["deploy", "watched", echo, "--update", "--allow-host", "b.example.com:8443"])),
+    ).toEqual([
+      expect.stringMatching(/^updated watched /),
+      "settings: allowed_hosts b.example.com:8443 (replaced the list; no longer allowed: a.example.com)",
+    ]);
   });
 
   it("contradicting env flags are one line in the flags' own terms, and change nothing", async () => {

@@ -110,10 +110,12 @@ describe("httpFetch", () => {
       httpFetch(ctx(["api.example.com"]), { url: `http://127.0.0.1:${port}/echo` }),
     );
     expect(error.transient).toBe(false);
+    // The list as it is: the hosts to give again with the new one.
     expect(error.message).toBe(
-      `http_fetch to 127.0.0.1:${port} is not allowed; add it with --allow-host`,
+      `http_fetch to 127.0.0.1:${port} is not allowed; add it with --allow-host (allowed_hosts is api.example.com; on deploy --update, --allow-host replaces the list: give every host)`,
     );
-    await failure(httpFetch(ctx([]), { url: `http://127.0.0.1:${port}/echo` }));
+    const none = await failure(httpFetch(ctx([]), { url: `http://127.0.0.1:${port}/echo` }));
+    expect(none.message).toContain("(allowed_hosts is empty;");
   });
 
   it("refuses another port when the entry names one", async () => {

@@ -83,6 +83,12 @@ export interface DeployResult {
   readonly createdAt: Date;
   readonly updatedAt: Date;
   readonly env: EnvOutcome;
+  /**
+   * Hosts an update's allowed_hosts left out that were allowed before: a
+   * list given replaces the stored one, which a user adding one host may
+   * not expect, so the CLI names them.
+   */
+  readonly allowedHostsRemoved: readonly string[];
 }
 
 type Env = Record<string, string>;
@@ -108,7 +114,7 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
     return await db.transaction().execute(async (trx) => {
       // Read only to say what happened; the row lock makes that exact, the
       // merge itself is SQL (envUpdate), as atomic as any other update.
-      const before = input.update ? await lockedEnv(trx, input.name) : undefined;
+      const before = input.update ? await lockedBefore(trx, input.name) : undefined;
       const row = await trx
         .insertInto("pgfn.functions")
         .values({ name: input.name, ...values })
@@ -123,6 +129,7 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
           "created_at",
           "updated_at",
           "env",
+          "allowed_hosts",
           // xmax = 0 only for a freshly inserted row.
           sql<boolean>`(xmax = 0)`.as("created"),
         ])
@@ -133,7 +140,10 @@ export async function upsertFunction(db: Db, input: DeployInput): Promise<Deploy
         created: row.created,
         createdAt: row.created_at,
         updatedAt: row.updated_at,
-        env: envOutcome(before, row.env, input),
+        env: envOutcome(before?.env, row.env, input),
+        allowedHostsRemoved: (before?.allowed_hosts ?? []).filter(
+          (h) => !row.allowed_hosts.includes(h),
+        ),
       };
     });
   } catch (error) {
@@ -201,14 +211,16 @@ function envUpdate(s: FunctionPatch): { env?: RawBuilder<string> } {
 }
 
 /** The stored env, its row locked until the transaction ends; undefined when there is no row. */
-async function lockedEnv(trx: Db, name: string): Promise<Env | undefined> {
-  const row = await trx
+async function lockedBefore(
+  trx: Db,
+  name: string,
+): Promise<{ env: Env; allowed_hosts: string[] } | undefined> {
+  return trx
     .selectFrom("pgfn.functions")
-    .select("env")
+    .select(["env", "allowed_hosts"])
     .where("name", "=", name)
     .forUpdate()
     .executeTakeFirst();
-  return row?.env;
 }
 
 function envOutcome(before: Env | undefined, after: Env, change: FunctionPatch): EnvOutcome {
@@ -257,7 +269,7 @@ export async function changeFunction(
   const { env: _given, ...values } = settingColumns(patch);
   try {
     return await db.transaction().execute(async (trx) => {
-      const before = await lockedEnv(trx, name);
+      const before = (await lockedBefore(trx, name))?.env;
       if (before === undefined) return undefined;
       const fn = await trx
         .updateTable("pgfn.functions")

@@ -130,7 +130,7 @@ export async function httpFetch(
   const port = url.port || (url.protocol === "https:" ? "443" : "80");
   if (!isAllowed(ctx.allowedHosts, url.hostname, port)) {
     throw new HostFunctionError(
-      `http_fetch to ${url.host} is not allowed; add it with --allow-host`,
+      `http_fetch to ${url.host} is not allowed; add it with --allow-host (allowed_hosts is ${ctx.allowedHosts.length ? ctx.allowedHosts.join(", ") : "empty"}; on deploy --update, --allow-host replaces the list: give every host)`,
       false,
     );
   }
