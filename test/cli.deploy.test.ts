@@ -169,6 +169,13 @@ describe("pgfn deploy", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       ),
       /alter role .* nosuperuser;/,
     );
+    // The cluster's own superuser (pgfn's too, here): no hint to demote it.
+    const bootstrap = (
+      await t.pool.query<{ name: string }>(`select rolname as name from pg_roles where oid = 10`)
+    ).rows[0]!.name;
+    const refused = await pgfn(["deploy", "refs", echo, "--db-role", bootstrap]);
+    oneLineError(refused, /is a superuser/, /create role greeter login;/);
+    expect(refused.stderr).not.toMatch(/nosuperuser/);
     const nologin = await roles.create("nologin", "nologin");
     oneLineError(
       await pgfn(["deploy", "refs", echo, "--db-role", nologin]),

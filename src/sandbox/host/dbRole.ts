@@ -200,6 +200,8 @@ interface RoleFacts {
   session_user: string;
   canlogin: boolean;
   superuser: boolean;
+  /** The role initdb made (the cluster's owner): it cannot stop being a superuser. */
+  bootstrap: boolean;
   createrole: boolean;
   replication: boolean;
   superusers_reached: string[];
@@ -335,7 +337,7 @@ async function roleFacts(
               where p.oid in (select oid from definers) and g.privilege_type = 'EXECUTE'
                 and g.grantee in (select oid from grantees))
        select session_user::text as session_user, me.rolcanlogin as canlogin,
-              me.rolsuper as superuser, me.rolcreaterole as createrole,
+              me.rolsuper as superuser, me.oid = 10 as bootstrap, me.rolcreaterole as createrole,
               me.rolreplication as replication,
               array(select rolname::text from pg_roles r
                     where r.rolsuper and r.oid <> me.oid and pg_has_role(me.oid, r.oid, 'MEMBER')
@@ -417,9 +419,15 @@ function refusalOf(
 ): RoleRefusal | undefined {
   const id = sqlIdent(role);
   if (f.superuser) {
+    const own = `Give the function a role of its own with only the grants it needs (see the README, "db_query roles")`;
+    // Not a fix for the cluster's own superuser, nor for the role pgfn itself
+    // connects as (the daemon would lose what it migrates and runs with).
     return {
       why: "is a superuser",
-      fix: `Give the function a role of its own with only the grants it needs (see the README, "db_query roles"), or run: alter role ${id} nosuperuser;`,
+      fix:
+        f.bootstrap || role === daemonRole
+          ? `${own}: e.g. create role greeter login; grant select on public.users to greeter; then --db-role greeter.`
+          : `${own}, or run: alter role ${id} nosuperuser;`,
     };
   }
   if (f.superusers_reached.length > 0) {
