@@ -4,7 +4,7 @@
 // repository. The tarball is packed from the build in dist/ (rebuilt first
 // if src/ is newer).
 import { existsSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -106,6 +106,13 @@ describe("the packed package", () => {
         ),
     );
     expect(junk).toEqual([]);
+  });
+
+  it("holds every file the README points to under node_modules/pgfn/", async () => {
+    const readme = await readFile(path.join(ROOT, "README.md"), "utf8");
+    const named = [...readme.matchAll(/node_modules\/pgfn\/([\w./-]*[\w/])/g)].map((m) => m[1]!);
+    expect(named.length).toBeGreaterThan(0);
+    expect(named.filter((file) => !packedFiles.includes(file))).toEqual([]);
   });
 
   it(
