@@ -1,6 +1,10 @@
 // A JavaScript handler's source map (sourceMap.ts): deploy keeps it in the
 // stored module, loading splits it off so the engine and the sandbox threads
 // never get it, and the decoder reads what esbuild writes.
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { build } from "esbuild";
 import { describe, expect, it } from "vitest";
 import { compileJavaScript } from "../src/sandbox/jsCompile.js";
 import { ModuleCache, sha256Hex, threadModule, type JsModule } from "../src/sandbox/module.js";
@@ -77,6 +81,43 @@ describe("deploy", () => {
         "a.js",
       ),
     ).resolves.toMatch(/sourceMappingURL=data:/);
+  });
+
+  it("maps a bundle esbuild wrote with its map inline (the README's command) to the files bundled", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "bundle-"));
+    try {
+      await mkdir(path.join(dir, "src"));
+      await writeFile(
+        path.join(dir, "src", "util.ts"),
+        `export function shout(text: string): string {\n  if (!text) throw new Error("nothing to shout");\n  return text.toUpperCase();\n}\n`,
+      );
+      await writeFile(
+        path.join(dir, "src", "x.ts"),
+        `import type { Handler } from "pgfn";\nimport { shout } from "./util";\n\nexport default (() => shout("")) as Handler;\n`,
+      );
+      // npx esbuild src/x.ts --bundle --format=esm --sourcemap=inline --outfile=build/x.js
+      const bundled = await build({
+        absWorkingDir: dir,
+        entryPoints: ["src/x.ts"],
+        bundle: true,
+        format: "esm",
+        sourcemap: "inline",
+        outfile: "build/x.js",
+        write: false,
+        logLevel: "silent",
+      });
+      const { code, sourceMap } = splitSourceMap(
+        await compileJavaScript(bundled.outputFiles[0]!.text, "build/x.js"),
+      );
+      const outcome = await invokeJavaScript(code, {});
+      const stack = mapLogs({ runtime: "js", code, sourceMap }, outcome).logs.at(-1)!.message;
+      // Relative to build/, where esbuild wrote the map.
+      expect(stack).toMatch(
+        /^nothing to shout\n\s+at shout \(\.\.\/src\/util\.ts:2:\d+\)\n\s+at \S+ \(\.\.\/src\/x\.ts:4:\d+\)/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
