@@ -15,7 +15,7 @@ import { useTestDatabase } from "./fixture.js";
 const t = useTestDatabase("ordering");
 
 beforeAll(async () => {
-  for (const name of ["gate_a", "gate_b", "gate_c", "gate_d"]) {
+  for (const name of ["gate_a", "gate_b", "gate_c", "gate_d", "gate_e"]) {
     await t.deploy(name, { example: "echo" });
   }
   await t.deploy("in_order", { example: "busy" });
@@ -179,6 +179,36 @@ describe("the gate, attempt by attempt", () => {
       [`pgfn:wait:${e2}`]: false,
     });
     await t.pool.query(`select graphile_worker.remove_job(k) from unnest($1::text[]) k`, [keys]);
+  });
+
+  it("keeps the place of an event whose orphaned attempt's job is gone, and runs it next", async () => {
+    // Attempt 1 of e1 is left `running` (its outcome could not be
+    // recorded) by a live daemon, and its job is gone. The heartbeat's sweep
+    // (pgfn.abandon_orphaned_runs) must not let e2 go first.
+    const [e1, e2] = [
+      await enqueueManual(t.pool, "gate_e", {}),
+      await enqueueManual(t.pool, "gate_e", {}),
+    ] as [string, string];
+    const { rows: gone } = await t.pool.query<{ id: string }>(
+      `select id from graphile_worker.complete_jobs(
+         array[(graphile_worker.add_job('not_pgfn', '{}')).id])`,
+    );
+    const { rows: started } = await t.pool.query<{ run_id: string }>(
+      `select run_id from pgfn.begin_run($1, 'gate-orphan', $2)`,
+      [e1, gone[0]!.id],
+    );
+    expect(started[0]!.run_id).not.toBeNull();
+    expect(await begin(e2)).toMatchObject({ run_id: null, refused: "ORDERING" });
+
+    await t.pool.query(`select pgfn.abandon_orphaned_runs('gate-orphan', '{}', interval '0')`);
+    expect(await begin(e2)).toMatchObject({ run_id: null, refused: "ORDERING" });
+    const { rows } = await t.pool.query<{ attempt: number; refused: string | null }>(
+      `select b.attempt, b.refused from graphile_worker.jobs j,
+         pgfn.begin_run($1, 'gate-orphan', j.id) b where j.key = $2`,
+      [e1, `pgfn:retry:${e1}:2`],
+    );
+    expect(rows).toEqual([{ attempt: 2, refused: null }]);
+    await t.pool.query(`select graphile_worker.remove_job($1)`, [`pgfn:retry:${e1}:2`]);
   });
 });
 

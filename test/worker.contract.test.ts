@@ -202,6 +202,185 @@ describe("abandoning an attempt", () => {
   });
 });
 
+describe("an orphaned attempt (pgfn.abandon_orphaned_runs)", () => {
+  /** The heartbeat's sweep for `daemon`, with no live runner and no minimum age. */
+  const sweep = async (daemon: string) =>
+    (
+      await t.pool.query<{ n: number }>(
+        `select pgfn.abandon_orphaned_runs($1, '{}', interval '0') as n`,
+        [daemon],
+      )
+    ).rows[0]!.n;
+
+  /** The id a job had before graphile-worker completed it. */
+  const goneJob = async () =>
+    (
+      await t.pool.query<{ id: string }>(
+        `select id from graphile_worker.complete_jobs(
+           array[(graphile_worker.add_job('not_pgfn', '{}')).id])`,
+      )
+    ).rows[0]!.id;
+
+  const jobsWithMax = async (eventId: string) =>
+    (
+      await t.pool.query<{ key: string; max_attempts: number; due: boolean }>(
+        `select key, max_attempts, run_at <= now() as due from graphile_worker.jobs
+         where key ~ ('^pgfn:[a-z]+:' || $1 || '(:|$)') order by key`,
+        [eventId],
+      )
+    ).rows;
+
+  it("whose job is still there: abandoned, and that job runs its event again", async () => {
+    // One job under its key; one whose key graphile-worker cleared (a job
+    // added or removed under its key while it was locked), found by its id.
+    const [keyed, keyless] = [await newEvent("echo"), await newEvent("echo")];
+    const { rows } = await t.pool.query<{ keyed: string; keyless: string }>(
+      `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+                 run_at => now() + interval '1 hour', job_key => 'pgfn:event:' || $1)).id as keyed,
+              (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $2::bigint),
+                 run_at => now() + interval '1 hour')).id as keyless`,
+      [keyed, keyless],
+    );
+    const runs = [
+      await newRun(keyed, { worker: "orphan-a", jobId: rows[0]!.keyed }),
+      await newRun(keyless, { worker: "orphan-a", jobId: rows[0]!.keyless }),
+    ];
+    expect(await sweep("orphan-a")).toBe(2);
+    for (const run of runs) {
+      expect(await runOf(run)).toMatchObject({
+        status: "abandoned",
+        error_code: "INTERNAL",
+        will_retry: true,
+        error_message: expect.stringMatching(/it was abandoned and its event runs again\.$/),
+      });
+    }
+    expect(await jobsOf([keyed, keyless])).toEqual([
+      { key: `pgfn:event:${keyed}`, task: RUN_TASK },
+    ]);
+    for (const id of [keyed, keyless]) expect(await openDeadLetters(id)).toEqual([]);
+    await t.pool.query(`delete from graphile_worker._private_jobs where id = $1`, [
+      rows[0]!.keyless,
+    ]);
+  });
+
+  it("whose job is gone, with attempts left: a retry job starts the next attempt now", async () => {
+    const event = await newEvent("echo");
+    await newRun(event, { status: "failed", error: "TIMEOUT" });
+    const run = await newRun(event, { attempt: 2, worker: "orphan-b", jobId: await goneJob() });
+    expect(await sweep("orphan-b")).toBe(1);
+    const abandoned = await runOf(run);
+    expect(abandoned).toMatchObject({
+      status: "abandoned",
+      error_code: "INTERNAL",
+      will_retry: true,
+      error_message: expect.stringMatching(
+        /no job was left to run its event, attempt 3 runs it again/,
+      ),
+    });
+    expect(abandoned.next_attempt_at).not.toBeNull();
+    // Attempt 3 of 3: its try, and the one that only records a dead letter (000009).
+    expect(await jobsWithMax(event)).toEqual([
+      { key: `pgfn:retry:${event}:3`, max_attempts: 2, due: true },
+    ]);
+    expect(await openDeadLetters(event)).toEqual([]);
+    expect(await sweep("orphan-b")).toBe(0);
+    expect(await jobsOf([event])).toHaveLength(1);
+
+    // That job starts it, as attempt 3.
+    const { rows } = await t.pool.query(
+      `select b.attempt, b.refused from graphile_worker.jobs j,
+         pgfn.begin_run($1, 'orphan-b2', j.id) b where j.key = $2`,
+      [event, `pgfn:retry:${event}:3`],
+    );
+    expect(rows).toEqual([{ attempt: 3, refused: null }]);
+  });
+
+  it("whose job is gone, with no attempt left: a dead letter, reported to on_error once", async () => {
+    const event = await newEvent("watched");
+    const run = await newRun(event, { worker: "orphan-c", jobId: await goneJob() });
+    expect(await sweep("orphan-c")).toBe(1);
+    const abandoned = await runOf(run);
+    expect(abandoned).toMatchObject({
+      status: "abandoned",
+      error_code: "INTERNAL",
+      will_retry: false,
+      next_attempt_at: null,
+      error_message: expect.stringMatching(
+        /last attempt its function allows \(max_attempts 1\) and no job was left to run its event, the event is a dead letter/,
+      ),
+    });
+    expect(await openDeadLetters(event)).toEqual([
+      expect.objectContaining({
+        last_run_id: run,
+        error_code: "INTERNAL",
+        error_message: abandoned.error_message,
+      }),
+    ]);
+    expect(await jobsOf([event])).toEqual([]);
+    expect(await sweep("orphan-c")).toBe(0);
+    const reported = await handlerEventsOf(event);
+    expect(reported).toHaveLength(1);
+    expect(reported[0]).toMatchObject({ function_name: "echo" });
+  });
+
+  it("whose job is gone while another job runs its event, or a later attempt did: nothing added", async () => {
+    const waiting = await newEvent("echo");
+    const inBatch = [await newEvent("echo"), await newEvent("echo")];
+    const later = await newEvent("echo");
+    const runs = {
+      waiting: await newRun(waiting, { worker: "orphan-d", jobId: await goneJob() }),
+      inBatch: await newRun(inBatch[1]!, { worker: "orphan-d", jobId: await goneJob() }),
+      later: await newRun(later, { worker: "orphan-d", jobId: await goneJob() }),
+    };
+    // The job that found it refused left it a wait job (an ordered
+    // function's turn, max_concurrency), and completed.
+    await t.pool.query(`select pgfn.add_wait_job($1, 3600000)`, [waiting]);
+    await t.pool.query(
+      `select graphile_worker.add_job($1, json_build_object('event_ids', $2::bigint[]),
+         run_at => now() + interval '1 hour', job_key => 'pgfn:batch:' || ($2::bigint[])[1])`,
+      [RUN_TASK, inBatch],
+    );
+    await newRun(later, { attempt: 2, status: "succeeded", worker: "orphan-d2" });
+
+    expect(await sweep("orphan-d")).toBe(3);
+    for (const run of [runs.waiting, runs.inBatch]) {
+      expect(await runOf(run)).toMatchObject({
+        status: "abandoned",
+        will_retry: true,
+        error_message: expect.stringMatching(/its event runs again\.$/),
+      });
+    }
+    expect(await runOf(runs.later)).toMatchObject({
+      status: "abandoned",
+      will_retry: true,
+      error_message: expect.stringMatching(/its event ran again as attempt 2\.$/),
+    });
+    expect(await jobsOf([waiting, ...inBatch, later])).toEqual([
+      { key: `pgfn:batch:${inBatch[0]}`, task: RUN_TASK },
+      { key: `pgfn:wait:${waiting}`, task: RUN_TASK },
+    ]);
+    for (const id of [waiting, ...inBatch, later]) expect(await openDeadLetters(id)).toEqual([]);
+  });
+
+  it("whose job is out of tries and held by nobody counts as gone", async () => {
+    const event = await newEvent("solo");
+    const { rows } = await t.pool.query<{ id: string }>(
+      `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+         max_attempts => 2, job_key => 'pgfn:event:' || $1)).id`,
+      [event],
+    );
+    const job = rows[0]!.id;
+    await t.pool.query(`update graphile_worker._private_jobs set attempts = 2 where id = $1`, [
+      job,
+    ]);
+    const run = await newRun(event, { worker: "orphan-e", jobId: job });
+    expect(await sweep("orphan-e")).toBe(1);
+    expect(await runOf(run)).toMatchObject({ status: "abandoned", will_retry: false });
+    expect(await openDeadLetters(event)).toHaveLength(1);
+    await t.pool.query(`delete from graphile_worker._private_jobs where id = $1`, [job]);
+  });
+});
+
 describe("dead letters", () => {
   it("an event has one open dead letter, which follows its latest run", async () => {
     const event = await newEvent("echo");

@@ -190,6 +190,44 @@ describe("the worker supervisor", () => {
     await jobsDone(d, "the job to be completed");
   }, 120_000);
 
+  it("runs again, as its next attempt, an event whose orphaned attempt's job is gone", async () => {
+    const d = daemon!;
+    // Attempt 1 left `running` by this daemon (its outcome could not be
+    // recorded), and no job left for the event: completed, or removed by hand.
+    const { rows } = await t.pool.query<{ event: string; run: string }>(
+      `with e as (
+         insert into pgfn.events (function_name, source, payload, dispatched_at)
+         values ('echo', 'manual', '{}', now()) returning id
+       ), gone as (
+         select id from graphile_worker.complete_jobs(
+           array[(graphile_worker.add_job('not_pgfn', '{}')).id])
+       )
+       insert into pgfn.function_runs (event_id, function_name, attempt, status, worker_id, job_id, started_at)
+       select e.id, 'echo', 1, 'running', $1, gone.id, clock_timestamp() - interval '1 minute'
+       from e, gone returning event_id as event, id as run`,
+      ["supervised"],
+    );
+    const { event, run } = rows[0]!;
+    const next = await waitFor(
+      async () =>
+        (
+          await t.pool.query(
+            `select attempt, status, worker_id from pgfn.function_runs
+             where event_id = $1 and attempt = 2 and status = 'succeeded'`,
+            [event],
+          )
+        ).rows[0],
+      { timeoutMs: 30_000, message: "the event's second attempt to succeed" },
+    );
+    expect(next).toEqual({ attempt: 2, status: "succeeded", worker_id: "supervised" });
+    const { rows: first } = await t.pool.query(
+      `select status, error_code, will_retry from pgfn.function_runs where id = $1`,
+      [run],
+    );
+    expect(first).toEqual([{ status: "abandoned", error_code: "INTERNAL", will_retry: true }]);
+    await jobsDone(d, "the retry job to be completed");
+  }, 60_000);
+
   it("abandons an attempt whose job none of its live ids holds any more, and only such", async () => {
     const d = daemon!;
     const ids = d.worker!.graphileWorkerIds;

@@ -146,7 +146,7 @@ export async function startHeartbeat(options: HeartbeatOptions): Promise<Heartbe
         if (orphans > 0) {
           logger.warn(
             { operation: "heartbeat", worker_id: daemonId, abandoned: orphans },
-            "attempts cut short by a database outage were abandoned; their events run again",
+            "attempts cut short by a database outage were abandoned; their events run again, or are dead letters when no attempt is left",
           );
         }
       }
