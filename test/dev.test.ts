@@ -1,18 +1,23 @@
-// `pgfn dev`, the README's first command: embedded Postgres, demo, runs shown.
+// `pgfn dev`, the README's first command: embedded Postgres, demo, runs
+// shown; and on a database of the user's (DATABASE_URL), a guest that
+// touches nothing of theirs and removes what it made.
 import { execFileSync } from "node:child_process";
 import { readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
-import { runDev } from "../src/dev.js";
+import type pg from "pg";
+import { afterEach, describe, expect, it } from "vitest";
+import { DEMO_FUNCTION, DEMO_TABLE, runDev } from "../src/dev.js";
 import { useTestDatabase } from "./fixture.js";
 import { waitFor } from "./helpers.js";
 import {
   CHILD_DEADLINE_MS,
   killChild,
   PGFN_MAIN,
+  runTs,
   SPAWNING_TEST_TIMEOUT_MS,
   startTs,
+  type ChildEnv,
 } from "./processes.js";
 
 it("starts an embedded Postgres, runs the demo rows and shows their runs", async () => {
@@ -25,9 +30,9 @@ it("starts an embedded Postgres, runs the demo rows and shows their runs", async
   const out = lines.join("\n");
   expect(out).toContain("starting an embedded Postgres (DATABASE_URL is not set)");
   expect(out).toMatch(/migrations: \d+ applied, 0 already in place/);
-  expect(out).toMatch(/deployed send_welcome_email \(sha256 [0-9a-f]{12}…\)/);
+  expect(out).toMatch(/deployed pgfn_demo_welcome \(sha256 [0-9a-f]{12}…\)/);
   const runLines = lines.filter((l) =>
-    /^run \d+ event \d+ send_welcome_email attempt 1: succeeded/.test(l),
+    /^run \d+ event \d+ pgfn_demo_welcome attempt 1: succeeded/.test(l),
   );
   expect(runLines).toHaveLength(4);
   expect(out).toContain('"greeting":"Welcome, ada@example.com!"');
@@ -37,7 +42,7 @@ it("starts an embedded Postgres, runs the demo rows and shows their runs", async
   const all = out.split("\n");
   const table = all.slice(all.indexOf("select * from pgfn.function_runs:") + 1);
   expect(table[0]).toMatch(/^run\s+event\s+function/);
-  expect(table.filter((l) => /send_welcome_email\s+1\s+succeeded\s+200/.test(l))).toHaveLength(4);
+  expect(table.filter((l) => /pgfn_demo_welcome\s+1\s+succeeded\s+200/.test(l))).toHaveLength(4);
   // initdb and a server start, then up to 30 s for the demo's runs: on a
   // loaded machine the first two alone can take a minute.
 }, 180_000);
@@ -47,22 +52,29 @@ describe("pgfn dev --typescript", () => {
 
   it("deploys the demo handler from TypeScript and greets the same rows", async () => {
     const lines: string[] = [];
+    // Read while the demo runs: on the test's database (DATABASE_URL) it
+    // removes its function as it ends. The line comes after the deploy and
+    // long before that.
+    let runtime: Promise<pg.QueryResult<{ runtime: string }>> | undefined;
     await runDev({
       keepRunning: false,
       typescript: true,
-      print: (line) => lines.push(line),
+      print: (line) => {
+        lines.push(line);
+        if (line.startsWith("trigger:"))
+          runtime = t.pool.query(
+            "select runtime from pgfn.functions where name = 'pgfn_demo_welcome'",
+          );
+      },
       env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "error" },
     });
     const out = lines.join("\n");
-    expect(out).toMatch(/deployed send_welcome_email \(sha256 [0-9a-f]{12}…\)/);
+    expect(out).toMatch(/deployed pgfn_demo_welcome \(sha256 [0-9a-f]{12}…\)/);
     // Where the deployed file is (the tests run from the repository's root).
     expect(lines).toContain("handler: examples/demo-ts/welcome.ts (copy it to write your own)");
-    const runtime = await t.pool.query<{ runtime: string }>(
-      "select runtime from pgfn.functions where name = 'send_welcome_email'",
-    );
-    expect(runtime.rows[0]?.runtime).toBe("js");
+    expect((await runtime)?.rows[0]?.runtime).toBe("js");
     expect(
-      lines.filter((l) => /^run \d+ event \d+ send_welcome_email attempt 1: succeeded/.test(l)),
+      lines.filter((l) => /^run \d+ event \d+ pgfn_demo_welcome attempt 1: succeeded/.test(l)),
     ).toHaveLength(4);
     expect(out).toContain('"greeting":"Welcome, ada@example.com!"');
     expect(out).toContain('"event_id":4,"greeting":"Welcome, ada@lovelace.dev!"');
@@ -79,10 +91,10 @@ function postgresOn(port: string): string[] {
 
 /**
  * `pgfn dev` as a terminal runs it: the leader of a process group of its
- * own, printing until "Ctrl-C to stop.". Resolves with the child, the
- * embedded server's port and what it printed so far.
+ * own, printing until "Ctrl-C to stop.". Without DATABASE_URL in `env`, on
+ * an embedded Postgres. Resolves with the child and what it printed so far.
  */
-async function startDevInTerminal() {
+async function startDevInTerminal(env: ChildEnv = {}) {
   const child = startTs(PGFN_MAIN, ["dev"], {
     env: {
       DATABASE_URL: undefined,
@@ -91,6 +103,7 @@ async function startDevInTerminal() {
       // This file's own temporary directory (the leak guard's), not the
       // machine's: pgfn dev makes its cluster there, and what it leaves is seen.
       TMPDIR: tmpdir(),
+      ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
@@ -108,14 +121,20 @@ async function startDevInTerminal() {
     await killChild(child);
     throw new Error(`${String(error)}\nstdout:\n${output.stdout}\nstderr:\n${output.stderr}`);
   });
-  const port = /127\.0\.0\.1:(\d+)\//.exec(output.stdout)?.[1];
-  if (!port) throw new Error(`No port in pgfn dev's output:\n${output.stdout}`);
-  return { child, port, output, exited };
+  return { child, output, exited };
+}
+
+/** startDevInTerminal on an embedded Postgres, with the port it listens on. */
+async function startEmbeddedDevInTerminal() {
+  const dev = await startDevInTerminal();
+  const port = /127\.0\.0\.1:(\d+)\//.exec(dev.output.stdout)?.[1];
+  if (!port) throw new Error(`No port in pgfn dev's output:\n${dev.output.stdout}`);
+  return { ...dev, port };
 }
 
 describe("pgfn dev in a terminal", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
   it("Ctrl-C (SIGINT to its process group) stops it cleanly: one line, exit 0, no postgres left", async () => {
-    const { child, port, output, exited } = await startDevInTerminal();
+    const { child, port, output, exited } = await startEmbeddedDevInTerminal();
     expect(postgresOn(port)).not.toEqual([]);
     // What the terminal does on Ctrl-C: SIGINT to every process of the foreground group.
     process.kill(-child.pid!, "SIGINT");
@@ -131,7 +150,7 @@ describe("pgfn dev in a terminal", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => 
   });
 
   it("a hard kill (SIGKILL) leaves no postgres running and no cluster on disk", async () => {
-    const { child, port, exited } = await startDevInTerminal();
+    const { child, port, exited } = await startEmbeddedDevInTerminal();
     // pgfn alone: no hook of its own can run, so whatever stops postgres must be outside it.
     child.kill("SIGKILL");
     await exited;
@@ -149,3 +168,129 @@ describe("pgfn dev in a terminal", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => 
     await rm(devDir, { recursive: true, force: true });
   });
 });
+
+describe(
+  "pgfn dev on a database of the user's (DATABASE_URL)",
+  { timeout: SPAWNING_TEST_TIMEOUT_MS },
+  () => {
+    const t = useTestDatabase("dev_user_database");
+    const dev = (args: readonly string[], env: ChildEnv = {}) =>
+      runTs(PGFN_MAIN, ["dev", ...args], {
+        env: { DATABASE_URL: t.url, PGFN_LOG_LEVEL: "error", FORCE_COLOR: "0", ...env },
+      });
+    const runLines = (stdout: string) =>
+      stdout
+        .split("\n")
+        .filter((l) => /^run \d+ event \d+ pgfn_demo_welcome attempt 1: succeeded/.test(l));
+    /** What of the demo is in the database. */
+    async function demoLeft() {
+      const { rows } = await t.pool.query(
+        `select exists (select from pgfn.functions where name = $1) as function,
+                to_regclass($2) is not null as table,
+                (select count(*)::int from pgfn.events where function_name = $1) as events,
+                (select count(*)::int from pgfn.function_runs where function_name = $1) as runs`,
+        [DEMO_FUNCTION, DEMO_TABLE],
+      );
+      return rows[0] as unknown;
+    }
+    const nothingLeft = { function: false, table: false, events: 0, runs: 0 };
+    const fn = async (name: string) =>
+      (
+        await t.pool.query<{ wasm_sha256: string; description: string | null }>(
+          "select wasm_sha256, description from pgfn.functions where name = $1",
+          [name],
+        )
+      ).rows[0];
+
+    afterEach(async () => {
+      await t.pool.query(
+        "drop table if exists public.users, public.pgfn_demo_users; delete from pgfn.functions; delete from pgfn.events",
+      );
+    });
+
+    it("leaves the user's function named as in the README's tour alone, and nothing of its own", async () => {
+      await t.deploy("send_welcome_email", { example: "echo", description: "mine" });
+      await t.pool.query(
+        "create table public.users (id serial primary key, name text, email text)",
+      );
+      await t.pool.query(
+        "select pgfn.attach('public.users', 'send_welcome_email', array['INSERT'])",
+      );
+      const mine = await fn("send_welcome_email");
+
+      const result = await dev(["--no-keep-running"]);
+      expect(result.code, result.stderr).toBe(0);
+      expect(await fn("send_welcome_email")).toEqual(mine);
+      expect(runLines(result.stdout)).toHaveLength(4);
+      expect(result.stdout).toContain(
+        "removed the demo from this database: function pgfn_demo_welcome, table public.pgfn_demo_users with its trigger, 4 events with their runs\n",
+      );
+      // Its trigger still sends the user's rows to the user's function.
+      await t.pool.query(
+        "insert into public.users (name, email) values ('Ada', 'ada@example.com')",
+      );
+      const events = await t.pool.query("select function_name from pgfn.events");
+      expect(events.rows).toEqual([{ function_name: "send_welcome_email" }]);
+      expect(await demoLeft()).toEqual(nothingLeft);
+    });
+
+    it("refuses to run beside a function named like the demo's that it did not deploy", async () => {
+      await t.deploy(DEMO_FUNCTION, { example: "echo", description: "mine" });
+      const mine = await fn(DEMO_FUNCTION);
+
+      const result = await dev(["--no-keep-running"]);
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toContain(
+        "This database has a function named pgfn_demo_welcome that pgfn dev did not deploy; pgfn dev leaves it alone and stops here. Unset DATABASE_URL to run the demo in an embedded Postgres.",
+      );
+      expect(await fn(DEMO_FUNCTION)).toEqual(mine);
+      expect(await demoLeft()).toEqual({ ...nothingLeft, function: true });
+    });
+
+    it("refuses to use a table named like the demo's that it did not create", async () => {
+      await t.pool.query(`create table ${DEMO_TABLE} (id int, note text)`);
+      await t.pool.query(`insert into ${DEMO_TABLE} values (1, 'mine')`);
+
+      const result = await dev(["--no-keep-running"]);
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toContain(
+        "This database has a table public.pgfn_demo_users that pgfn dev did not create; pgfn dev leaves it alone and stops here.",
+      );
+      expect((await t.pool.query(`select * from ${DEMO_TABLE}`)).rows).toEqual([
+        { id: 1, note: "mine" },
+      ]);
+      expect(await demoLeft()).toEqual({ ...nothingLeft, table: true });
+    });
+
+    it("on Ctrl-C removes what it made, as it says, rows added meanwhile included", async () => {
+      const { child, output, exited } = await startDevInTerminal({ DATABASE_URL: t.url });
+      // As its output suggests, in another terminal:
+      await t.pool.query(
+        `insert into ${DEMO_TABLE} (name, email) values ('You', 'you@example.com')`,
+      );
+      await waitFor(async () => runLines(output.stdout).length === 5, {
+        timeoutMs: 30_000,
+        message: "the fifth demo run in pgfn dev's output",
+      });
+      process.kill(-child.pid!, "SIGINT");
+      expect(await exited).toBe(0);
+      expect(output.stdout).toContain(
+        "\nremoved the demo from this database: function pgfn_demo_welcome, table public.pgfn_demo_users with its trigger, 5 events with their runs\npgfn dev stopped.\n",
+      );
+      expect(await demoLeft()).toEqual(nothingLeft);
+    });
+
+    it("says so when another daemon runs on the database, and shows the demo runs it ran", async () => {
+      const other = await t.startDaemon();
+      // Without a worker of its own, every demo run is the other daemon's.
+      const result = await dev(["--no-keep-running"], { PGFN_WORKER: "false" });
+      await other.stop();
+      expect(result.code, `${result.stdout}\n${result.stderr}`).toBe(0);
+      expect(result.stdout).toMatch(
+        /^another pgfn daemon is running on this database \(pid \d+ on [^)]+\): it may run the demo's events too; their runs are shown here whoever ran them$/m,
+      );
+      expect(runLines(result.stdout)).toHaveLength(4);
+      expect(await demoLeft()).toEqual(nothingLeft);
+    });
+  },
+);
