@@ -41,7 +41,7 @@ export async function invokeNow(
     throw new PgfnError(
       "FUNCTION_NOT_FOUND",
       fn
-        ? `Function "${name}" is disabled.`
+        ? `Function "${name}" is disabled: \`pgfn enable ${name}\` (or PATCH {"enabled": true}) enables it.`
         : `Function "${name}" is not deployed (see \`pgfn deploy\`).`,
     );
   }

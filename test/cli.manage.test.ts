@@ -126,6 +126,11 @@ describe("rm, enable, disable", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       { name: "echo", enabled: false },
       { name: "quiet", enabled: true },
     ]);
+    // A disabled function refuses an invoke, naming the way back.
+    expectOneLineError(
+      await pgfn("invoke", "echo"),
+      /Function "echo" is disabled: `pgfn enable echo` \(or PATCH \{"enabled": true\}\) enables it\.$/,
+    );
     expect((await pgfn("enable", "echo")).code).toBe(0);
 
     expectOneLineError(

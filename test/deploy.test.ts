@@ -52,6 +52,11 @@ it("refuses each kind of bad deploy with its code, storing nothing", async () =>
     /^Invalid WebAssembly for "junk": The bytes are not a valid WebAssembly module/,
   );
 
+  const empty = await refusal(deployFunction(db, { name: "empty", wasm: new Uint8Array(0) }));
+  expect(empty.message).toBe(
+    'Invalid WebAssembly for "empty": The module is empty (0 bytes); upload the .wasm file the compiler wrote.',
+  );
+
   const limits = await refusal(
     deployFunction(db, { name: "limits", wasm: echo, memoryLimitMb: 1024, maxAttempts: 0 }),
   );

@@ -115,6 +115,11 @@ export async function validateWasm(wasm: Uint8Array, entry = DEFAULT_ENTRY): Pro
 }
 
 async function compile(wasm: Uint8Array): Promise<WebAssembly.Module> {
+  // V8 would say "BufferSource argument is empty": an empty file or an
+  // empty base64 string (a path that did not exist, in a shell).
+  if (wasm.byteLength === 0) {
+    throw new Error("The module is empty (0 bytes); upload the .wasm file the compiler wrote.");
+  }
   try {
     // The cast: TypeScript's WebAssembly types want ArrayBuffer-backed views,
     // and ours come from Buffers or pg bytea, which are.

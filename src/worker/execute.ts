@@ -283,7 +283,7 @@ function runnableFunction(a: Attempt): FunctionInfo {
     throw new PgfnError(
       "FUNCTION_NOT_FOUND",
       fn
-        ? `Function "${event.function_name}" is disabled. Enable it and retry the run.`
+        ? `Function "${event.function_name}" is disabled. Enable it (\`pgfn enable ${event.function_name}\`) and retry the run.`
         : `Function "${event.function_name}" is not deployed. Deploy it and retry the run.`,
     );
   }
