@@ -86,34 +86,34 @@ describe("deploy", () => {
   it("maps a bundle esbuild wrote with its map inline (the README's command) to the files bundled", async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "bundle-"));
     try {
-      await mkdir(path.join(dir, "src"));
+      await mkdir(path.join(dir, "handlers"));
       await writeFile(
-        path.join(dir, "src", "util.ts"),
+        path.join(dir, "handlers", "util.ts"),
         `export function shout(text: string): string {\n  if (!text) throw new Error("nothing to shout");\n  return text.toUpperCase();\n}\n`,
       );
       await writeFile(
-        path.join(dir, "src", "x.ts"),
+        path.join(dir, "handlers", "signup.ts"),
         `import type { Handler } from "pgfn";\nimport { shout } from "./util";\n\nexport default (() => shout("")) as Handler;\n`,
       );
-      // npx esbuild src/x.ts --bundle --format=esm --sourcemap=inline --outfile=build/x.js
+      // npx esbuild handlers/signup.ts --bundle --format=esm --sourcemap=inline --outfile=build/signup.js
       const bundled = await build({
         absWorkingDir: dir,
-        entryPoints: ["src/x.ts"],
+        entryPoints: ["handlers/signup.ts"],
         bundle: true,
         format: "esm",
         sourcemap: "inline",
-        outfile: "build/x.js",
+        outfile: "build/signup.js",
         write: false,
         logLevel: "silent",
       });
       const { code, sourceMap } = splitSourceMap(
-        await compileJavaScript(bundled.outputFiles[0]!.text, "build/x.js"),
+        await compileJavaScript(bundled.outputFiles[0]!.text, "build/signup.js"),
       );
       const outcome = await invokeJavaScript(code, {});
       const stack = mapLogs({ runtime: "js", code, sourceMap }, outcome).logs.at(-1)!.message;
       // Relative to build/, where esbuild wrote the map.
       expect(stack).toMatch(
-        /^nothing to shout\n\s+at shout \(\.\.\/src\/util\.ts:2:\d+\)\n\s+at \S+ \(\.\.\/src\/x\.ts:4:\d+\)/,
+        /^nothing to shout\n\s+at shout \(\.\.\/handlers\/util\.ts:2:\d+\)\n\s+at \S+ \(\.\.\/handlers\/signup\.ts:4:\d+\)/,
       );
     } finally {
       await rm(dir, { recursive: true, force: true });
