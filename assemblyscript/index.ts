@@ -42,7 +42,8 @@ export function logInfo(message: string): void {
 }
 
 // pgfn's host functions (declared in host.ts): JSON in, JSON out. The reply
-// is {"ok":true,"value":...} or {"ok":false,"error":{"message":...,"transient":...}}.
+// is {"ok":true,"value":...} or {"ok":false,"error":{"message":...,"transient":...}},
+// the error with "code" (the SQLSTATE) when the server refused a db_query statement.
 
 function callJson(reply: u64): string {
   return new Memory(reply, length(reply)).toString();

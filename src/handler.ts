@@ -68,7 +68,11 @@ export interface Context {
     error(message: string, fields?: LogFields): void;
   };
   readonly db: {
-    /** One statement as the function's db_role, with $1.. bound to `params`. */
+    /**
+     * One statement as the function's db_role, with $1.. bound to `params`.
+     * Rejects with an Error whose `code` is the SQLSTATE when the server
+     * refused the statement (23505 for a unique violation), else no code.
+     */
     query<R = Record<string, unknown>>(
       sql: string,
       params?: readonly unknown[],

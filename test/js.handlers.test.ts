@@ -112,6 +112,23 @@ beforeAll(async () => {
       memoryLimitMb: name === "bomb" ? 32 : 128,
     });
   }
+  // The SQLSTATE of a refused statement, as node-postgres gives it; none
+  // for a failure that is not the server's.
+  await deployFunction(t.db, {
+    name: "sqlstate",
+    fileName: "sqlstate.ts",
+    dbRole: role,
+    source: `import type { Handler } from "pgfn";
+const codeOf = async (run: () => Promise<unknown>) => {
+  try { await run(); return "no error"; } catch (e) { return (e as { code?: string }).code ?? null; }
+};
+const h: Handler = async (event, ctx) => ({
+  divide: await codeOf(() => ctx.db.query("select 1 / 0")),
+  unique: await codeOf(() => ctx.db.query("insert into public.greetings (id, email) values (1, 'a'), (1, 'b')")),
+  fetch: await codeOf(() => ctx.fetch("http://not-allowed.example/")),
+});
+export default h;`,
+  });
   // A function deployed before deploy refused a computed import: the
   // script esbuild made of `export default async (event) => import(event.payload.module)`.
   const legacy = `var legacy_default = async (event) => import(event.payload.module);\nexport {\n  legacy_default as default\n};\n`;
@@ -180,6 +197,13 @@ describe("runs", () => {
       status: "failed",
       error_code: "FUNCTION_ERROR",
       error_message: "row is invalid",
+    });
+  });
+
+  it("a refused statement's error has the SQLSTATE as code; other host errors have none", async () => {
+    expect(await run("sqlstate")).toMatchObject({
+      status: "succeeded",
+      result: { divide: "22012", unique: "23505", fetch: null },
     });
   });
 

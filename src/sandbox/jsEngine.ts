@@ -370,6 +370,12 @@ export async function invokeJavaScript(
         : { ok: false, error: { message: `${name} is not available here`, transient: false } };
       if (!reply.ok) {
         const error = context.newError(reply.error.message);
+        // As node-postgres's errors have it: a handler tests e.code for 23505 (unique violation).
+        if (typeof reply.error.code === "string") {
+          consume(context.newString(reply.error.code.slice(0, 5)), (c) =>
+            context.setProp(error, "code", c),
+          );
+        }
         hostFailures.push({ error: keep(error.dup()), transient: reply.error.transient });
         throw error;
       }

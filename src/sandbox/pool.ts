@@ -530,12 +530,13 @@ function failedOutcome(
 }
 
 /** A thrown value as a host call's error, without trusting it (its getters or toString may throw). */
-function hostError(error: unknown): { message: string; transient: boolean } {
+function hostError(error: unknown): { message: string; transient: boolean; code?: string } {
   try {
-    const e = error as { message?: unknown; transient?: unknown };
+    const e = error as { message?: unknown; transient?: unknown; sqlState?: unknown };
     return {
       message: typeof e.message === "string" ? e.message : String(error),
       transient: e.transient === true,
+      ...(typeof e.sqlState === "string" && { code: e.sqlState }),
     };
   } catch {
     return { message: "the host function failed", transient: false };

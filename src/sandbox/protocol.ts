@@ -45,7 +45,12 @@ export type HostReply =
   | { readonly ok: true; readonly value: unknown }
   | {
       readonly ok: false;
-      readonly error: { readonly message: string; readonly transient: boolean };
+      readonly error: {
+        readonly message: string;
+        readonly transient: boolean;
+        /** The SQLSTATE of a statement the server refused (db_query), e.g. 23505. */
+        readonly code?: string;
+      };
     };
 
 /**

@@ -544,6 +544,7 @@ function classify(error: unknown): HostFunctionError {
       state === SQLSTATE.QUERY_CANCELED ? `${message} (the invocation's time ran out)` : message;
     return new HostFunctionError(`db_query failed: ${what} (${state})`, transient, {
       cause: error,
+      ...(state && { sqlState: state }),
     });
   }
   // No SQLSTATE: the connection failed (refused, reset, terminated), not the SQL.

@@ -11,12 +11,16 @@ import { PgfnError } from "../../errors.js";
  * throw new HostFunctionError("http_fetch to example.com timed out", true, { cause });
  */
 export class HostFunctionError extends PgfnError {
+  /** The SQLSTATE of a statement the server refused (db_query), for the handler to act on. */
+  readonly sqlState?: string;
+
   constructor(
     message: string,
     /** Whether the same call could succeed if the invocation is retried. */
     readonly transient: boolean,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; sqlState?: string },
   ) {
     super("HOST_FUNCTION_ERROR", message, options);
+    if (options?.sqlState) this.sqlState = options.sqlState;
   }
 }
