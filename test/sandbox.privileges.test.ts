@@ -91,6 +91,11 @@ it("is denied what the role may not do: HOST_FUNCTION_ERROR / 500", async () => 
       .exists,
   ).toBe(true);
 
+  // The module's reply carries the SQLSTATE as error.code (the example
+  // fails with the reply in its message).
+  const divide = await run("query", "select 1 / 0");
+  expect(divide.error_message).toContain('"transient":false,"code":"22012"');
+
   const escape = await run("query", "set role postgres");
   expect(escape.error_code).toBe("HOST_FUNCTION_ERROR");
   expect(escape.error_message).toContain("permission denied to set role");
