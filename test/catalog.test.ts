@@ -265,8 +265,9 @@ describe("error codes: SQL and src/errors.ts agree", () => {
         )
           problems.push(`${name} writes ${code} with http_status ${status}`);
       }
-      // The codes an attempt is abandoned with (pgfn.abandon_run's callers).
-      for (const m of src.matchAll(/abandon_run\([^,]+,\s*'([A-Z_]+)'/g)) {
+      // The codes an attempt is abandoned with (the callers of pgfn.abandon_run
+      // and of pgfn.abandon_lost_run).
+      for (const m of src.matchAll(/abandon_(?:lost_)?run\([^,]+,\s*'([A-Z_]+)'/g)) {
         written.push(m[1]!);
         if (!(m[1]! in HTTP_STATUS)) problems.push(`${name} abandons with unknown code ${m[1]}`);
       }

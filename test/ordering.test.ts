@@ -15,7 +15,7 @@ import { useTestDatabase } from "./fixture.js";
 const t = useTestDatabase("ordering");
 
 beforeAll(async () => {
-  for (const name of ["gate_a", "gate_b", "gate_c", "gate_d", "gate_e"]) {
+  for (const name of ["gate_a", "gate_b", "gate_c", "gate_d", "gate_e", "gate_f"]) {
     await t.deploy(name, { example: "echo" });
   }
   await t.deploy("in_order", { example: "busy" });
@@ -205,6 +205,40 @@ describe("the gate, attempt by attempt", () => {
     const { rows } = await t.pool.query<{ attempt: number; refused: string | null }>(
       `select b.attempt, b.refused from graphile_worker.jobs j,
          pgfn.begin_run($1, 'gate-orphan', j.id) b where j.key = $2`,
+      [e1, `pgfn:retry:${e1}:2`],
+    );
+    expect(rows).toEqual([{ attempt: 2, refused: null }]);
+    await t.pool.query(`select graphile_worker.remove_job($1)`, [`pgfn:retry:${e1}:2`]);
+  });
+
+  it("keeps the place of an event whose dead daemon's attempt lost its job, and runs it next", async () => {
+    // Attempt 1 of e1 was running on a daemon that died, and its job is
+    // gone. The reaper (pgfn.reap_dead_daemons) must neither let e2 go
+    // first nor leave e1 to a job that will never come.
+    const [e1, e2] = [
+      await enqueueManual(t.pool, "gate_f", {}),
+      await enqueueManual(t.pool, "gate_f", {}),
+    ] as [string, string];
+    const { rows: gone } = await t.pool.query<{ id: string }>(
+      `select id from graphile_worker.complete_jobs(
+         array[(graphile_worker.add_job('not_pgfn', '{}')).id])`,
+    );
+    const { rows: started } = await t.pool.query<{ run_id: string }>(
+      `select run_id from pgfn.begin_run($1, 'gate-dead', $2)`,
+      [e1, gone[0]!.id],
+    );
+    expect(started[0]!.run_id).not.toBeNull();
+    await t.pool.query(
+      `insert into pgfn.daemons (id, heartbeat_at) values ('gate-dead', now() - interval '1 hour')`,
+    );
+
+    await t.pool.query(
+      `select pgfn.reap_dead_daemons(interval '60 seconds', interval '2 seconds')`,
+    );
+    expect(await begin(e2)).toMatchObject({ run_id: null, refused: "ORDERING" });
+    const { rows } = await t.pool.query<{ attempt: number; refused: string | null }>(
+      `select b.attempt, b.refused from graphile_worker.jobs j,
+         pgfn.begin_run($1, 'gate-dead', j.id) b where j.key = $2`,
       [e1, `pgfn:retry:${e1}:2`],
     );
     expect(rows).toEqual([{ attempt: 2, refused: null }]);

@@ -1,5 +1,6 @@
 // A daemon that died mid-run is reaped by a live one: its running attempts
-// are abandoned, and retried while the function's max_attempts allows. The
+// are abandoned, and retried while the function's max_attempts allows, by
+// their jobs or, when a job is gone, by a retry job the reaper adds. The
 // attempt that was the event's last becomes a dead letter, not a loss.
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -11,6 +12,7 @@ import {
   exampleWasm,
   startTestDaemon,
   type TestDatabase,
+  waitFor,
 } from "./helpers.js";
 
 let t: TestDatabase;
@@ -97,4 +99,61 @@ it("dead-letters the abandoned attempt that was the event's last, and retries th
   );
   expect(jobs.rows.map((r) => r.id)).toEqual([first.jobId]);
   expect((await t.pool.query(`select id from pgfn.daemons`)).rows).toEqual([]);
+});
+
+it("runs again, as its next attempt, the event of a dead daemon's attempt whose job is gone", async () => {
+  await t.pool.query(
+    `insert into pgfn.daemons (id, heartbeat_at, holds_lock) values ('vanished', now() - interval '1 hour', false)`,
+  );
+  // Its job completed without it, or was removed by hand: nothing left to
+  // release, so only a job the reaper adds runs the event again.
+  const eventId = await enqueueManual(t.pool, "busy", { millions: 0 });
+  const { rows } = await t.pool.query<{ id: string }>(
+    `with gone as (
+       select id from graphile_worker.complete_jobs(
+         array[(graphile_worker.add_job('not_pgfn', '{}')).id])
+     ), _ as (update pgfn.events set dispatched_at = now() where id = $1)
+     insert into pgfn.function_runs (event_id, function_name, attempt, status, worker_id, job_id)
+     select $1, 'busy', 1, 'running', 'vanished', gone.id from gone returning id`,
+    [eventId],
+  );
+  const runId = rows[0]!.id;
+
+  const daemon = await startTestDaemon(t.url, {
+    listener: false,
+    scheduler: false,
+    sandboxThreads: 1,
+  });
+  try {
+    const next = await waitFor(
+      async () =>
+        (
+          await t.pool.query(
+            `select attempt, status from pgfn.function_runs
+             where event_id = $1 and attempt = 2 and status <> 'running'`,
+            [eventId],
+          )
+        ).rows[0],
+      { timeoutMs: 30_000, message: "the event's second attempt to finish" },
+    );
+    expect(next).toEqual({ attempt: 2, status: "succeeded" });
+  } finally {
+    await daemon.stop();
+  }
+  const first = await t.pool.query(
+    `select status, error_code, will_retry, error_message from pgfn.function_runs where id = $1`,
+    [runId],
+  );
+  expect(first.rows).toEqual([
+    {
+      status: "abandoned",
+      error_code: "TIMEOUT",
+      will_retry: true,
+      error_message:
+        "The daemon vanished running this attempt stopped heartbeating; it was abandoned, and as no job was left to run its event, attempt 2 runs it again.",
+    },
+  ]);
+  expect(
+    (await t.pool.query(`select 1 from pgfn.dead_letters where event_id = $1`, [eventId])).rows,
+  ).toEqual([]);
 });

@@ -89,6 +89,25 @@ const openDeadLetters = async (eventId: string) =>
     )
   ).rows;
 
+/** The id a job had before graphile-worker completed it. */
+const goneJob = async () =>
+  (
+    await t.pool.query<{ id: string }>(
+      `select id from graphile_worker.complete_jobs(
+         array[(graphile_worker.add_job('not_pgfn', '{}')).id])`,
+    )
+  ).rows[0]!.id;
+
+/** `eventId`'s jobs, with their max_attempts and whether they are due. */
+const jobsWithMax = async (eventId: string) =>
+  (
+    await t.pool.query<{ key: string; max_attempts: number; due: boolean }>(
+      `select key, max_attempts, run_at <= now() as due from graphile_worker.jobs
+       where key ~ ('^pgfn:[a-z]+:' || $1 || '(:|$)') order by key`,
+      [eventId],
+    )
+  ).rows;
+
 describe("jobs", () => {
   it("every job pgfn makes is for the task the daemon runs, under the key its readers know", async () => {
     const single = await newEvent("echo", { dispatched: false });
@@ -211,24 +230,6 @@ describe("an orphaned attempt (pgfn.abandon_orphaned_runs)", () => {
         [daemon],
       )
     ).rows[0]!.n;
-
-  /** The id a job had before graphile-worker completed it. */
-  const goneJob = async () =>
-    (
-      await t.pool.query<{ id: string }>(
-        `select id from graphile_worker.complete_jobs(
-           array[(graphile_worker.add_job('not_pgfn', '{}')).id])`,
-      )
-    ).rows[0]!.id;
-
-  const jobsWithMax = async (eventId: string) =>
-    (
-      await t.pool.query<{ key: string; max_attempts: number; due: boolean }>(
-        `select key, max_attempts, run_at <= now() as due from graphile_worker.jobs
-         where key ~ ('^pgfn:[a-z]+:' || $1 || '(:|$)') order by key`,
-        [eventId],
-      )
-    ).rows;
 
   it("whose job is still there: abandoned, and that job runs its event again", async () => {
     // One job under its key; one whose key graphile-worker cleared (a job
@@ -378,6 +379,166 @@ describe("an orphaned attempt (pgfn.abandon_orphaned_runs)", () => {
     expect(await runOf(run)).toMatchObject({ status: "abandoned", will_retry: false });
     expect(await openDeadLetters(event)).toHaveLength(1);
     await t.pool.query(`delete from graphile_worker._private_jobs where id = $1`, [job]);
+  });
+});
+
+describe("a dead daemon's attempt (pgfn.reap_dead_daemons)", () => {
+  /** A daemon silent for an hour: dead by any measure. */
+  const deadDaemon = (id: string, workerIds: string[] = []) =>
+    t.pool.query(
+      `insert into pgfn.daemons (id, heartbeat_at, graphile_worker_ids)
+       values ($1, now() - interval '1 hour', $2)`,
+      [id, workerIds],
+    );
+  /** A live daemon's reaping, as its heartbeat does it. */
+  const reap = async () =>
+    (
+      await t.pool.query<{ n: number }>(
+        `select pgfn.reap_dead_daemons(interval '60 seconds', interval '2 seconds') as n`,
+      )
+    ).rows[0]!.n;
+
+  it("whose job is gone, with attempts left: a retry job starts the next attempt now", async () => {
+    await deadDaemon("reaped-a");
+    const event = await newEvent("echo");
+    await newRun(event, { status: "failed", error: "TIMEOUT" });
+    const run = await newRun(event, { attempt: 2, worker: "reaped-a", jobId: await goneJob() });
+    // A job out of tries that nobody holds is never fetched again: gone too.
+    const spent = await newEvent("echo");
+    const { rows: spentJob } = await t.pool.query<{ id: string }>(
+      `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+         max_attempts => 2, job_key => 'pgfn:event:' || $1)).id`,
+      [spent],
+    );
+    await t.pool.query(`update graphile_worker._private_jobs set attempts = 2 where id = $1`, [
+      spentJob[0]!.id,
+    ]);
+    const spentRun = await newRun(spent, { worker: "reaped-a", jobId: spentJob[0]!.id });
+
+    expect(await reap()).toBe(1);
+    for (const [id, next] of [
+      [run, 3],
+      [spentRun, 2],
+    ] as const) {
+      const abandoned = await runOf(id);
+      expect(abandoned).toMatchObject({
+        status: "abandoned",
+        error_code: "TIMEOUT",
+        will_retry: true,
+        error_message: expect.stringMatching(
+          new RegExp(
+            `^The daemon reaped-a running this attempt stopped heartbeating; it was abandoned, and as no job was left to run its event, attempt ${next} runs it again\\.$`,
+          ),
+        ),
+      });
+      expect(abandoned.next_attempt_at).not.toBeNull();
+    }
+    // Attempt 3 of 3: its try, and the one that only records a dead letter (000009).
+    expect(await jobsWithMax(event)).toEqual([
+      { key: `pgfn:retry:${event}:3`, max_attempts: 2, due: true },
+    ]);
+    expect(await jobsWithMax(spent)).toEqual([
+      { key: `pgfn:event:${spent}`, max_attempts: 2, due: true },
+      { key: `pgfn:retry:${spent}:2`, max_attempts: 3, due: true },
+    ]);
+    for (const id of [event, spent]) expect(await openDeadLetters(id)).toEqual([]);
+
+    // That job starts it, as attempt 3.
+    const { rows } = await t.pool.query(
+      `select b.attempt, b.refused from graphile_worker.jobs j,
+         pgfn.begin_run($1, 'reaped-a2', j.id) b where j.key = $2`,
+      [event, `pgfn:retry:${event}:3`],
+    );
+    expect(rows).toEqual([{ attempt: 3, refused: null }]);
+    await t.pool.query(`select graphile_worker.remove_job(k) from unnest($1::text[]) k`, [
+      [`pgfn:retry:${event}:3`, `pgfn:event:${spent}`, `pgfn:retry:${spent}:2`],
+    ]);
+  });
+
+  it("whose job is gone, on its last attempt or a synchronous invoke: one dead letter each, reported to on_error once", async () => {
+    await deadDaemon("reaped-b");
+    const [last, sync] = [await newEvent("watched"), await newEvent("watched")];
+    const runs = {
+      last: await newRun(last, { worker: "reaped-b", jobId: await goneJob() }),
+      sync: await newRun(sync, { worker: "reaped-b" }),
+    };
+    expect(await reap()).toBe(1);
+    const messages = {
+      last: /stopped heartbeating; it was abandoned, and as it was the last attempt its function allows \(max_attempts 1\), the event is a dead letter\.$/,
+      sync: /stopped heartbeating; it was abandoned, and as a synchronous invoke is not run again, the event is a dead letter\.$/,
+    };
+    for (const [name, event] of [
+      ["last", last],
+      ["sync", sync],
+    ] as const) {
+      const abandoned = await runOf(runs[name]);
+      expect(abandoned).toMatchObject({
+        status: "abandoned",
+        error_code: "TIMEOUT",
+        will_retry: false,
+        next_attempt_at: null,
+        error_message: expect.stringMatching(messages[name]),
+      });
+      expect(await openDeadLetters(event)).toEqual([
+        expect.objectContaining({
+          last_run_id: runs[name],
+          error_code: "TIMEOUT",
+          error_message: abandoned.error_message,
+        }),
+      ]);
+      expect(await jobsOf([event])).toEqual([]);
+      const reported = await handlerEventsOf(event);
+      expect(reported).toHaveLength(1);
+      expect(reported[0]).toMatchObject({ function_name: "echo" });
+    }
+  });
+
+  it("whose job is there, or a later attempt ran its event: released and unlocked, nothing added", async () => {
+    await deadDaemon("reaped-c", ["reaped-c-worker"]);
+    const [held, later] = [await newEvent("echo"), await newEvent("echo")];
+    // Fetched (one try counted) and locked by the daemon's runner when it died.
+    const { rows } = await t.pool.query<{ id: string }>(
+      `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+         max_attempts => 4, job_key => 'pgfn:event:' || $1)).id`,
+      [held],
+    );
+    const job = rows[0]!.id;
+    await t.pool.query(
+      `update graphile_worker._private_jobs
+       set locked_by = 'reaped-c-worker', locked_at = now(), attempts = 1 where id = $1`,
+      [job],
+    );
+    const runs = {
+      held: await newRun(held, { worker: "reaped-c", jobId: job }),
+      later: await newRun(later, { worker: "reaped-c", jobId: await goneJob() }),
+    };
+    await newRun(later, { attempt: 2, status: "succeeded", worker: "reaped-c2" });
+
+    expect(await reap()).toBe(1);
+    expect(await runOf(runs.held)).toMatchObject({
+      status: "abandoned",
+      error_code: "TIMEOUT",
+      will_retry: true,
+      error_message: expect.stringMatching(
+        /^The daemon reaped-c running this attempt stopped heartbeating; it was abandoned and its event runs again\.$/,
+      ),
+    });
+    expect(await runOf(runs.later)).toMatchObject({
+      status: "abandoned",
+      will_retry: true,
+      error_message: expect.stringMatching(
+        /; it was abandoned; its event ran again as attempt 2\.$/,
+      ),
+    });
+    // The try its fetch counted given back, and free for any daemon now.
+    const { rows: jobs } = await t.pool.query(
+      `select key, locked_by, attempts from graphile_worker.jobs where id = $1`,
+      [job],
+    );
+    expect(jobs).toEqual([{ key: `pgfn:event:${held}`, locked_by: null, attempts: 0 }]);
+    expect(await jobsOf([held, later])).toEqual([{ key: `pgfn:event:${held}`, task: RUN_TASK }]);
+    for (const id of [held, later]) expect(await openDeadLetters(id)).toEqual([]);
+    await t.pool.query(`select graphile_worker.remove_job($1)`, [`pgfn:event:${held}`]);
   });
 });
 
@@ -593,6 +754,15 @@ describe("one owner", () => {
       "dead_letter",
     ]);
     expect(await functionsMatching(`status\\s*=\\s*'abandoned'\\s*,`)).toEqual(["abandon_run"]);
+  });
+
+  it("in SQL, one function decides what becomes of the event of an attempt nothing runs any more", async () => {
+    // The orphan sweep and the reaper both call pgfn.abandon_lost_run.
+    expect(await functionsMatching(`add_retry_job\\s*\\(`)).toEqual(["abandon_lost_run"]);
+    expect(await functionsMatching(`abandon_lost_run\\s*\\(`)).toEqual([
+      "abandon_orphaned_runs",
+      "reap_dead_daemons",
+    ]);
   });
 
   it("the daemon's TypeScript only calls them: no job key, job insert, dead letter or abandon of its own", async () => {

@@ -1,7 +1,8 @@
 /**
  * Heartbeats and reaping. Each daemon marks itself alive in pgfn.daemons and,
  * on the same timer, reaps daemons that went silent (pgfn.reap_dead_daemons):
- * their running attempts are abandoned and their jobs released at once, so a
+ * their running attempts are abandoned and their jobs released at once (a
+ * retry job added where a job is gone, pgfn.abandon_lost_run), so a
  * SIGKILLed daemon's work is retried within seconds, not after
  * graphile-worker's 4-hour lock expiry.
  */
