@@ -21,7 +21,9 @@
 -- still runs its other events and finds this one dead-lettered). Its
 -- release of the dead daemon's jobs comes first, as before, so a job it
 -- released counts as one that will run the event. Every run's message now
--- says which of these happened.
+-- says which of these happened. And the runners it releases are the dead
+-- daemon's only: a job its attempt held that another daemon's runner has
+-- taken since no longer puts that runner's every job up for grabs.
 
 -- An attempt that nothing runs any more (its daemon died, or lost it in a
 -- database outage), ended as abandoned with p_error_code, the message
@@ -153,12 +155,18 @@ begin
        and not pg_try_advisory_xact_lock(pgfn.daemon_lock_key(v_daemon.id)) then
       continue;
     end if;
+    -- Its runners, and one it started but had not recorded yet, found by
+    -- the job its running attempt holds; never the runner of another
+    -- daemon that took that job since: releasing it would free every job
+    -- that live daemon is running, for a second daemon to run again.
     select array_agg(distinct w) into v_workers from (
       select unnest(v_daemon.graphile_worker_ids) as w
       union
       select j.locked_by from graphile_worker.jobs j
       join pgfn.function_runs r on r.job_id = j.id
       where r.worker_id = v_daemon.id and r.status = 'running' and j.locked_by is not null
+        and not exists (select 1 from pgfn.daemons o
+                        where o.id <> v_daemon.id and j.locked_by = any (o.graphile_worker_ids))
     ) s;
 
     if v_workers is not null then

@@ -540,6 +540,45 @@ describe("a dead daemon's attempt (pgfn.reap_dead_daemons)", () => {
     for (const id of [held, later]) expect(await openDeadLetters(id)).toEqual([]);
     await t.pool.query(`select graphile_worker.remove_job($1)`, [`pgfn:event:${held}`]);
   });
+
+  it("releases the dead daemon's runners only, not a live daemon's that took its attempt's job since", async () => {
+    await deadDaemon("reaped-d", ["reaped-d-worker"]);
+    await t.pool.query(
+      `insert into pgfn.daemons (id, heartbeat_at, graphile_worker_ids) values ('alive-d', now(), '{alive-d-worker}')`,
+    );
+    const [taken, busy] = [await newEvent("echo"), await newEvent("echo")];
+    const jobIds: string[] = [];
+    for (const event of [taken, busy]) {
+      const { rows } = await t.pool.query<{ id: string }>(
+        `select (graphile_worker.add_job('pgfn_run', json_build_object('event_id', $1::bigint),
+           max_attempts => 4, job_key => 'pgfn:event:' || $1)).id`,
+        [event],
+      );
+      jobIds.push(rows[0]!.id);
+    }
+    // Both jobs held by the live daemon's runner: one the dead daemon's
+    // attempt still points at, one of the live daemon's own work.
+    await t.pool.query(
+      `update graphile_worker._private_jobs
+       set locked_by = 'alive-d-worker', locked_at = now(), attempts = 1 where id = any ($1::bigint[])`,
+      [jobIds],
+    );
+    await newRun(taken, { worker: "reaped-d", jobId: jobIds[0]! });
+
+    expect(await reap()).toBe(1);
+    const { rows } = await t.pool.query(
+      `select key, locked_by from graphile_worker.jobs where id = any ($1::bigint[]) order by id`,
+      [jobIds],
+    );
+    expect(rows).toEqual([
+      { key: `pgfn:event:${taken}`, locked_by: "alive-d-worker" },
+      { key: `pgfn:event:${busy}`, locked_by: "alive-d-worker" },
+    ]);
+    await t.pool.query(`delete from pgfn.daemons where id = 'alive-d'`);
+    await t.pool.query(`select graphile_worker.remove_job(k) from unnest($1::text[]) k`, [
+      [`pgfn:event:${taken}`, `pgfn:event:${busy}`],
+    ]);
+  });
 });
 
 describe("dead letters", () => {
