@@ -119,11 +119,17 @@ async function claimDemo(lock: pg.PoolClient, db: Db): Promise<{ deployed: boole
   return { deployed: fn !== undefined };
 }
 
-/** The other daemons alive on the database (a heartbeat within deadAfterMs), as `pid N on HOST`. */
+/**
+ * The other daemons alive on the database, as `pid N on HOST`: a heartbeat
+ * within deadAfterMs, and its liveness lock held (one killed a moment ago
+ * has a fresh heartbeat but no session holding it; the reaper's test).
+ */
 async function otherDaemons(pool: pg.Pool, deadAfterMs: number): Promise<string[]> {
   const { rows } = await pool.query<{ hostname: string | null; pid: number | null }>(
-    `select hostname, pid from pgfn.daemons
-     where heartbeat_at > now() - make_interval(secs => $1) order by started_at`,
+    `select hostname, pid from pgfn.daemons d
+     where heartbeat_at > now() - make_interval(secs => $1)
+       and (not d.holds_lock or not pg_try_advisory_xact_lock(pgfn.daemon_lock_key(d.id)))
+     order by started_at`,
     [deadAfterMs / 1000],
   );
   return rows.map((d) => `pid ${d.pid ?? "?"} on ${d.hostname ?? "?"}`);

@@ -282,9 +282,15 @@ describe(
 
     it("says so when another daemon runs on the database, and shows the demo runs it ran", async () => {
       const other = await t.startDaemon();
+      // Killed a moment ago: a fresh heartbeat, but nobody holds its lock.
+      await t.pool.query(
+        `insert into pgfn.daemons (id, hostname, pid, holds_lock) values ('killed-just-now', 'ghost', 4242, true)`,
+      );
       // Without a worker of its own, every demo run is the other daemon's.
       const result = await dev(["--no-keep-running"], { PGFN_WORKER: "false" });
       await other.stop();
+      await t.pool.query(`delete from pgfn.daemons where id = 'killed-just-now'`);
+      expect(result.stdout).not.toContain("ghost");
       expect(result.code, `${result.stdout}\n${result.stderr}`).toBe(0);
       expect(result.stdout).toMatch(
         /^another pgfn daemon is running on this database \(pid \d+ on [^)]+\): it may run the demo's events too; their runs are shown here whoever ran them$/m,
