@@ -285,7 +285,11 @@ export const FUNCTION_COLUMNS = {
     sqlType: "text[]",
     type: z.array(z.string()),
     input: z.array(
-      pattern(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be a host name, optionally with :port"),
+      // What http_fetch's allow-list matches (httpFetch.ts, isAllowed).
+      pattern(
+        /^(?:(?:\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/,
+        "must be a host name, *.domain or [IPv6 address], optionally with :port",
+      ),
       "must be an array of host names",
     ),
     default: [],

@@ -120,6 +120,27 @@ describe("pgfn deploy", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
         allowed_hosts: ["a.example.com", "b.example.com:8443"],
       },
     ]);
+    // Every form http_fetch matches is accepted: *.domain, [IPv6], ports.
+    expect(
+      ok(
+        await pgfn([
+          "deploy",
+          "wild",
+          echo,
+          "--allow-host",
+          "*.example.com",
+          "--allow-host",
+          "[::1]:8080",
+        ]),
+      ),
+    ).toEqual([
+      expect.stringMatching(/^deployed wild /),
+      "settings: allowed_hosts *.example.com, [::1]:8080",
+    ]);
+    oneLineError(
+      await pgfn(["deploy", "wild2", echo, "--allow-host", "*"]),
+      /--allow-host must be a host name, \*\.domain or \[IPv6 address\], optionally with :port \(got "\*"\)/,
+    );
     // The hosts given replace the list: the ones that dropped are named.
     expect(
       ok(await pgfn(["deploy", "watched", echo, "--update", "--allow-host", "b.example.com:8443"])),

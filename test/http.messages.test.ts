@@ -64,7 +64,7 @@ describe("a 400 names the field the caller sent, what it must be, and what they 
       ],
       [
         { allowed_hosts: ["api.example.com", "a b"] },
-        'allowed_hosts[1] must be a host name, optionally with :port (got "a b").',
+        'allowed_hosts[1] must be a host name, *.domain or [IPv6 address], optionally with :port (got "a b").',
       ],
       [{ update: "yes" }, 'update must be true or false (got "yes").'],
       [{ name: undefined }, "name is required."],
