@@ -143,6 +143,8 @@ describe("rm, enable, disable", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
 
   it("rm deletes the function as DELETE does: runs stay, its schedule stays and is named", async () => {
     await t.deploy("doomed", { example: "echo" });
+    await t.deploy("guarded", { example: "echo" });
+    await t.pool.query(`update pgfn.functions set on_error = 'doomed' where name = 'guarded'`);
     await addRun("doomed", "succeeded");
     await t.pool.query(`select pgfn.schedule('doomed', '@daily')`);
 
@@ -150,6 +152,10 @@ describe("rm, enable, disable", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^deleted doomed; its events and runs stay$/m);
     expect(r.stdout).toMatch(/doomed still has a schedule.*`pgfn unschedule doomed` removes it/);
+    expect(r.stdout).toMatch(
+      /^doomed was the on_error of guarded: their failures now reach no error handler/m,
+    );
+    await t.pool.query(`delete from pgfn.functions where name = 'guarded'`);
     const left = await t.pool.query(
       `select (select count(*)::int from pgfn.functions where name = 'doomed') as functions,
               (select count(*)::int from pgfn.function_runs where function_name = 'doomed') as runs,

@@ -146,13 +146,20 @@ describe("read, change, delete", () => {
   it("DELETE removes it; a second DELETE is 404", async () => {
     const r = await api(daemon, "DELETE", "/functions/v1/secretive");
     expect(r.status).toBe(200);
-    expect(r.body).toEqual({ name: "secretive", deleted: true, schedule: null });
+    expect(r.body).toEqual({
+      name: "secretive",
+      deleted: true,
+      schedule: null,
+      error_handler_of: [],
+    });
     expect((await api(daemon, "DELETE", "/functions/v1/secretive")).status).toBe(404);
     expect((await api(daemon, "GET", "/functions/v1/secretive")).status).toBe(404);
   });
 
-  it("DELETE names the schedule a function leaves behind", async () => {
+  it("DELETE names the schedule a function leaves behind, and the functions whose on_error it was", async () => {
     await deploy("ticking", "echo");
+    await deploy("watched2", "echo", { on_error: "ticking" });
+    await deploy("watched1", "echo", { on_error: "ticking" });
     await t.pool.query(
       `select pgfn.schedule('ticking', '*/5 * * * *', timezone => 'Europe/Berlin')`,
     );
@@ -162,6 +169,7 @@ describe("read, change, delete", () => {
       name: "ticking",
       deleted: true,
       schedule: { cron: "*/5 * * * *", timezone: "Europe/Berlin" },
+      error_handler_of: ["watched1", "watched2"],
     });
   });
 

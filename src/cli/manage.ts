@@ -90,10 +90,14 @@ export function addManageCommands(program: Command): void {
     .argument("<name>", "function name")
     .action(async (name: string) => {
       assertFunctionName(name);
-      const { schedule } = await withDb(
+      const { schedule, errorHandlerOf } = await withDb(
         async (db) => (await deleteFunction(db, name)) ?? Promise.reject(notDeployed(name)),
       );
       console.log(`deleted ${name}; its events and runs stay`);
+      if (errorHandlerOf.length > 0)
+        console.log(
+          `${name} was the on_error of ${errorHandlerOf.join(", ")}: their failures now reach no error handler (its events fail as FUNCTION_NOT_FOUND) until ${name} is deployed again or their on_error changes`,
+        );
       if (schedule)
         console.log(
           `${name} still has a schedule, whose runs will fail: \`pgfn unschedule ${name}\` removes it`,

@@ -287,14 +287,17 @@ export async function changeFunction(
 /**
  * Deletes a function; its events and runs stay (they are history). Events
  * that arrive for it later fail as FUNCTION_NOT_FOUND. Undefined when there
- * was none; else the schedule it leaves behind, which has no foreign key
- * (sql/000007_schedules.sql): each of its slots fails the same way until
- * pgfn.unschedule removes it, so the caller says so.
+ * was none; else what still names it, for the caller to say: its schedule,
+ * which has no foreign key (sql/000007_schedules.sql), so each slot fails
+ * that way until pgfn.unschedule removes it; and the functions whose
+ * on_error it was, whose failures then reach no error handler.
  */
 export async function deleteFunction(
   db: Db,
   name: string,
-): Promise<{ schedule: { cron: string; timezone: string } | null } | undefined> {
+): Promise<
+  { schedule: { cron: string; timezone: string } | null; errorHandlerOf: string[] } | undefined
+> {
   const result = await db.deleteFrom("pgfn.functions").where("name", "=", name).executeTakeFirst();
   if (result.numDeletedRows === 0n) return undefined;
   const schedule = await db
@@ -302,7 +305,13 @@ export async function deleteFunction(
     .select(["cron", "timezone"])
     .where("function_name", "=", name)
     .executeTakeFirst();
-  return { schedule: schedule ?? null };
+  const handled = await db
+    .selectFrom("pgfn.functions")
+    .select("name")
+    .where("on_error", "=", name)
+    .orderBy("name")
+    .execute();
+  return { schedule: schedule ?? null, errorHandlerOf: handled.map((f) => f.name) };
 }
 
 /**

@@ -199,7 +199,12 @@ export const functionsRoutes: FastifyPluginAsync<FunctionsRoutesOptions> = async
       assertFunctionName(name);
       const deleted = await deleteFunction(db, name);
       if (!deleted) throw notFound(name);
-      return { name, deleted: true as const, schedule: deleted.schedule };
+      return {
+        name,
+        deleted: true as const,
+        schedule: deleted.schedule,
+        error_handler_of: deleted.errorHandlerOf,
+      };
     },
   );
 

@@ -195,6 +195,11 @@ export const DeleteResponse = z
       .describe(
         "The schedule the function still has, or null: it stays, and each slot fails as FUNCTION_NOT_FOUND until pgfn.unschedule removes it (or the function is deployed again).",
       ),
+    error_handler_of: z
+      .array(z.string())
+      .describe(
+        "The functions whose on_error it was: their failures reach no error handler (its events fail as FUNCTION_NOT_FOUND) until it is deployed again or their on_error changes.",
+      ),
   })
   .meta({ id: "DeleteResponse" });
 
