@@ -5,17 +5,18 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Command, Option } from "commander";
-import { intOption, LIMIT_RANGE, withPool } from "./cli/common.js";
+import { intOption, LIMIT_RANGE, notDeployed, withPool } from "./cli/common.js";
 import { addManageCommands } from "./cli/manage.js";
 import { loadConfig, requireDatabaseUrl, type Config } from "./config.js";
 import { startDaemon, startInvoker } from "./daemon.js";
 import { createDb } from "./db/database.js";
+import { getFunction } from "./db/functions.js";
 import { listRuns, retryRun } from "./db/runs.js";
 import { isJavaScriptFile, JAVASCRIPT_EXTENSIONS } from "./sandbox/jsCompile.js";
 
 /** The first four bytes of every WebAssembly module. */
 const WASM_MAGIC = Buffer.from([0x00, 0x61, 0x73, 0x6d]);
-import { checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
+import { assertFunctionName, checksDbRole, deployFunction, describeEnvOutcome } from "./deploy.js";
 import { runDev } from "./dev.js";
 import { errorCodeOf, PgfnError, SQLSTATE, sqlState } from "./errors.js";
 import {
@@ -394,12 +395,19 @@ Environment:
     )
     .action(async (name: string | undefined, opts: { limit: number; json?: boolean }) => {
       const config = loadConfig();
-      const runs = await withPool(config, (pool) =>
-        listRuns(createDb(pool), {
+      if (name !== undefined) assertFunctionName(name);
+      const runs = await withPool(config, async (pool) => {
+        const db = createDb(pool);
+        const found = await listRuns(db, {
           limit: opts.limit,
           ...(name !== undefined && { functionName: name }),
-        }),
-      );
+        });
+        // A deleted function's runs stay and are shown: only a name with
+        // neither runs nor a function is unknown (a typo, mostly).
+        if (name !== undefined && found.length === 0 && !(await getFunction(db, name)))
+          throw notDeployed(name);
+        return found;
+      });
       if (opts.json) for (const run of runs) console.log(JSON.stringify(runView(run)));
       else console.log(formatRunsTable(runs));
     });

@@ -286,6 +286,8 @@ describe("pgfn logs", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe("(no log lines in the latest 1000 runs of echo)");
     expectOneLineError(await pgfn("logs", "nope"), /Function "nope" is not deployed/);
+    // As runs NAME does, rather than "(no runs)" for a typo.
+    expectOneLineError(await pgfn("runs", "nope"), /Function "nope" is not deployed/);
     expectOneLineError(
       await pgfn("logs", "quiet", "-n", "0"),
       /^pgfn: --limit must be a whole number between 1 and 10000 \(got 0\)\.$/,

@@ -43,3 +43,12 @@ export async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise
     await pool.end();
   }
 }
+
+/** The one line for a name that is not a deployed function. */
+export function notDeployed(name: string, cause?: unknown): PgfnError {
+  return new PgfnError(
+    "FUNCTION_NOT_FOUND",
+    `Function "${name}" is not deployed (\`pgfn functions\` lists those that are).`,
+    cause === undefined ? undefined : { cause },
+  );
+}

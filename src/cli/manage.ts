@@ -21,19 +21,10 @@ import { PgfnError, SQLSTATE, sqlState } from "../errors.js";
 import { formatFunctionsTable, formatLogLines } from "../format.js";
 import { functionListItem } from "../http/views.js";
 import { CATCH_UPS } from "../interfaces.js";
-import { intOption, LIMIT_RANGE, withPool } from "./common.js";
+import { intOption, LIMIT_RANGE, notDeployed, withPool } from "./common.js";
 
 /** `pgfn logs` without -n. (50) */
 const DEFAULT_LOG_LINES = 50;
-
-/** The one line for a name that is not a deployed function. */
-function notDeployed(name: string, cause?: unknown): PgfnError {
-  return new PgfnError(
-    "FUNCTION_NOT_FOUND",
-    `Function "${name}" is not deployed (\`pgfn functions\` lists those that are).`,
-    cause === undefined ? undefined : { cause },
-  );
-}
 
 /** Runs `fn` on a database for one command. */
 function withDb<T>(fn: (db: Db) => Promise<T>): Promise<T> {
