@@ -485,7 +485,9 @@ describe("deploy refuses, naming the line", () => {
   });
 
   it("a file with no handler", async () => {
-    expect(await refusal(`export const x = 1;`, "x.js")).toMatch(/x\.js exports no handler/);
+    expect(await refusal(`export const x = 1;`, "x.js")).toMatch(
+      /x\.js exports no handler: .* \(a bundle: build it as an ES module, esbuild's --format=esm\)/,
+    );
   });
 
   it("and stores nothing", async () => {

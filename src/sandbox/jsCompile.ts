@@ -162,7 +162,7 @@ async function compile(source: string, fileName: string, entry: string): Promise
   }
   if (entry === DEFAULT_ENTRY && !exports.includes("default") && !exports.includes("handle")) {
     throw new Error(
-      `${fileName} exports no handler: \`export default\` a function (event, ctx) => result, or export one named \`handle\``,
+      `${fileName} exports no handler: \`export default\` a function (event, ctx) => result, or export one named \`handle\` (a bundle: build it as an ES module, esbuild's --format=esm)`,
     );
   }
   return result.outputFiles[0]!.text;
