@@ -377,9 +377,9 @@ Environment:
       if (opts.json) console.log(JSON.stringify(runView(run)));
       else {
         console.log(formatRunLine(run));
-        console.log(
-          run.status === "succeeded" ? JSON.stringify(run.result, null, 2) : formatRunFailure(run),
-        );
+        const more =
+          run.status === "succeeded" ? JSON.stringify(run.result, null, 2) : formatRunFailure(run);
+        if (more) console.log(more);
       }
       if (run.status !== "succeeded") process.exitCode = 1;
     });

@@ -30,12 +30,15 @@ function truncate(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }
 
+/** How much of a result or an error message a run's line shows. (80) */
+const RUN_LINE_CHARS = 80;
+
 /** One line per run, for `pgfn dev` and `pgfn start` in a terminal. */
 export function formatRunLine(run: Run): string {
   const outcome =
     run.status === "succeeded"
-      ? truncate(JSON.stringify(run.result), 80)
-      : `${run.error_code ?? ""} ${truncate(run.error_message ?? "", 80)}`;
+      ? truncate(JSON.stringify(run.result), RUN_LINE_CHARS)
+      : `${run.error_code ?? ""} ${truncate(run.error_message ?? "", RUN_LINE_CHARS)}`;
   const ms = run.duration_ms === null ? "-" : `${msText(run.duration_ms)} ms`;
   return `run ${run.id} event ${run.event_id} ${run.function_name} attempt ${run.attempt}: ${run.status} in ${ms} ${outcome}`;
 }
@@ -46,7 +49,10 @@ export function formatRunLine(run: Run): string {
  * looked at on purpose (`pgfn invoke`).
  */
 export function formatRunFailure(run: Run): string {
-  const failure = `${run.error_code ?? "failed"}: ${run.error_message ?? "(no message)"}`;
+  // Said again only when the run's line cut it short.
+  const message = run.error_message ?? "";
+  const failure =
+    message.length > RUN_LINE_CHARS ? `${run.error_code ?? "failed"}: ${message}` : "";
   const logged: RunLogLine[] = (Array.isArray(run.logs) ? run.logs : []).map((line) => {
     const l = (line ?? {}) as { at?: unknown; level?: unknown; message?: unknown };
     const at = typeof l.at === "string" ? new Date(l.at) : undefined;
@@ -57,7 +63,7 @@ export function formatRunFailure(run: Run): string {
       message: typeof l.message === "string" ? l.message : JSON.stringify(line),
     };
   });
-  return logged.length === 0 ? failure : `${failure}\n\n${formatLogLines(logged)}`;
+  return [failure, logged.length > 0 && formatLogLines(logged)].filter(Boolean).join("\n\n");
 }
 
 /** A plain text table. */

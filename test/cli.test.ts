@@ -102,6 +102,8 @@ describe("pgfn CLI", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
     const r = await pgfn(["invoke", "fail"]);
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/fail attempt 1: failed in .* FUNCTION_ERROR .*demo failure/);
+    // A message the run's line shows whole is not said twice.
+    expect(r.stdout).not.toMatch(/^FUNCTION_ERROR: /m);
   });
 
   it("invoke of a failed run prints its whole message and what it logged, the stack with the file's lines", async () => {
