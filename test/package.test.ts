@@ -141,6 +141,17 @@ describe("the packed package", () => {
       expectSuccess(version, "npx pgfn --version");
       expect(version.stdout.trim()).toBe(VERSION);
 
+      // A CommonJS project's require() loads the ES module (Node 20.19+).
+      await writeFile(
+        path.join(project, "use.cjs"),
+        `const { makeUtils, run, PgfnError } = require("pgfn");
+console.log([typeof makeUtils, typeof run, typeof PgfnError].join(" "));
+`,
+      );
+      const required = await runNode(["use.cjs"], { cwd: project, deadlineMs: 60_000 });
+      expectSuccess(required, "node use.cjs");
+      expect([required.stdout.trim(), required.stderr]).toEqual(["function function function", ""]);
+
       // The API from the installed copy: migrate, deploy, invoke, and a
       // daemon started and stopped; the process must then exit by itself.
       await writeFile(
