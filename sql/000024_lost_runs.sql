@@ -1,29 +1,49 @@
--- A dead daemon's attempt whose job is gone no longer strands its event.
--- pgfn.reap_dead_daemons (000015) ended a dead daemon's running attempt
--- that had attempts left with will_retry = true and counted on its job,
--- released and unlocked, to run the event again. When that job was gone
--- (completed, removed, out of tries: the ways 000024_orphan_no_job.sql
--- lists), nothing ran the event again and no dead letter reported it, and
--- an ordered function's later events waited for it for ever, since an
--- attempt that will be retried keeps the event's place.
+-- An attempt that nothing runs any more no longer strands its event when
+-- its job is gone. Two paths end such attempts: the daemon's orphan sweep
+-- (pgfn.abandon_orphaned_runs: attempts its runner lost in a database
+-- outage) and the reaper (pgfn.reap_dead_daemons: a dead daemon's). Both
+-- (000015) counted on the attempt's job to run the event again: the sweep
+-- ended an attempt whose job was gone with will_retry = false and nothing
+-- else (its run saying "its event runs again"; for an ordered function the
+-- event counted as finished, pgfn.event_finished, and the events behind it
+-- were let go while a job might still run it), the reaper with will_retry =
+-- true and no job (an ordered function's later events then waited for it
+-- for ever, since an attempt that will be retried keeps the event's place).
+-- The job goes while the attempt stays `running` when:
+-- * the job ran again and completed without starting the event: an ordered
+--   function's turn, or max_concurrency, is held by the orphaned attempt
+--   itself, so the job found the event refused, left it a wait job
+--   (pgfn:wait:<id>) and completed; or another daemon ran the event as its
+--   next attempt;
+-- * graphile-worker will never run the job again: its tries ran out, or a
+--   person removed it (graphile_worker.remove_job sets a locked job's tries
+--   to its max_attempts) or completed or deleted it.
 --
--- The orphan sweep had the same gap and 000024 closed it; its decision now
--- has one owner, pgfn.abandon_lost_run below, which both call:
--- 1. a job will still run the event: will_retry = true;
--- 2. a later attempt of the event exists: will_retry = true;
--- 3. the function allows another attempt: will_retry = true and a retry
---    job (pgfn.add_retry_job) starts the next attempt now;
--- 4. otherwise: a dead letter (pgfn.dead_letter, which reports it to
---    on_error).
+-- The decision has one owner, pgfn.abandon_lost_run, which both call; in
+-- this order:
+-- 1. a job will still run the event (the attempt's own, or one of the
+--    event's jobs by key, or a batch holding it; locked now, or with tries
+--    left): will_retry = true;
+-- 2. a later attempt of the event exists: it decides the event's fate;
+--    will_retry = true, as pgfn.abandon_earlier_runs says of such an attempt;
+-- 3. the function allows another attempt (attempt < max_attempts, a missing
+--    function allowing 1): will_retry = true, and a retry job
+--    (pgfn.add_retry_job) starts the next attempt now; an ordered function
+--    keeps the event's place, since it is not finished;
+-- 4. otherwise the event is a dead letter (pgfn.dead_letter, which reports
+--    it to on_error).
 -- The reaper keeps its own rules before that: a synchronous invoke (no
 -- job) and an attempt that was the event's last are dead letters at once,
 -- as before, and the last attempt's one-event job is completed (a batch job
 -- still runs its other events and finds this one dead-lettered). Its
 -- release of the dead daemon's jobs comes first, as before, so a job it
--- released counts as one that will run the event. Every run's message now
--- says which of these happened. And the runners it releases are the dead
--- daemon's only: a job its attempt held that another daemon's runner has
--- taken since no longer puts that runner's every job up for grabs.
+-- released counts as one that will run the event; and the runners it
+-- releases are the dead daemon's only: a job its attempt held that another
+-- daemon's runner has taken since no longer puts that runner's every job up
+-- for grabs. Every run's message says which of these happened. Synchronous
+-- invokes are never touched by the sweep. Signatures unchanged, so create
+-- or replace keeps owners and grants; none is a SECURITY DEFINER function,
+-- search_path pinned as before.
 
 -- An attempt that nothing runs any more (its daemon died, or lost it in a
 -- database outage), ended as abandoned with p_error_code, the message
@@ -93,7 +113,7 @@ $$;
 comment on function pgfn.abandon_lost_run(bigint, text, text) is
   'Abandons a running attempt that nothing runs any more (p_error_code, message p_cause and what follows) and sees that its event is not stranded: a job that will run it, a later attempt, or else its next attempt (pgfn.add_retry_job) or, with none left, a dead letter (pgfn.dead_letter). Returns whether the attempt was running. pgfn.abandon_orphaned_runs and pgfn.reap_dead_daemons call it.';
 
--- As in 000024_orphan_no_job.sql, the decision through pgfn.abandon_lost_run.
+-- As in 000015_job_contract.sql, the decision through pgfn.abandon_lost_run.
 -- Signature unchanged, so create or replace keeps the owner and grants.
 create or replace function pgfn.abandon_orphaned_runs(
   p_daemon_id text,
@@ -126,6 +146,9 @@ begin
   return v_count;
 end
 $$;
+
+comment on function pgfn.abandon_orphaned_runs(text, text[], interval) is
+  'Abandons the running attempts of a live daemon whose jobs none of its live graphile-worker ids hold any more (cut short by a database outage); an event no job will run any more gets its next attempt (pgfn.add_retry_job) or, with none left, a dead letter (pgfn.dead_letter). Returns how many attempts. The daemon calls it with its heartbeat.';
 
 -- As in 000015_job_contract.sql, plus: an attempt with attempts left goes
 -- through pgfn.abandon_lost_run, after the dead daemon's jobs were released,
