@@ -106,9 +106,11 @@ export async function deployFunction(
   const names = options.names ?? TS_NAMES;
   assertFunctionName(rest.name);
   assertSettings(rest.name, rest, Boolean(rest.update), names);
-  // The export runs will call: an update keeps the function's entrypoint
-  // (set in SQL), so the new code is checked for that one.
-  const entry = (rest.update && (await getFunction(db, rest.name))?.entrypoint) || DEFAULT_ENTRY;
+  // The export runs will call: the one given, else an update keeps the
+  // function's, so the new code is checked for that one.
+  const entry =
+    rest.entrypoint ??
+    ((rest.update && (await getFunction(db, rest.name))?.entrypoint) || DEFAULT_ENTRY);
   if (source !== undefined) {
     const compiled = await compileSource(
       rest.name,
@@ -202,7 +204,42 @@ export async function patchFunction(
   assertFunctionName(name);
   assertSettings(name, patch, true, names);
   await assertReferences(db, name, patch, names, options);
+  if (patch.entrypoint !== undefined) await assertStoredEntry(db, name, patch.entrypoint, names);
   return changeFunction(db, name, patch);
+}
+
+/**
+ * A new entrypoint without new code: the stored code is checked for it, as
+ * a deploy checks new code, so that no run fails for want of it.
+ */
+async function assertStoredEntry(db: Db, name: string, entry: string, n: Naming): Promise<void> {
+  const stored = await db
+    .selectFrom("pgfn.functions")
+    .select(["runtime", "wasm", "memory_limit_mb"])
+    .where("name", "=", name)
+    .executeTakeFirst();
+  // No such function: the change says so.
+  if (!stored) return;
+  let problem: string | undefined;
+  if (stored.runtime === "js") {
+    problem = (
+      await checkJavaScript(stored.wasm.toString("utf8"), {
+        memoryLimitBytes: stored.memory_limit_mb * 1024 * 1024,
+        ...(entry !== DEFAULT_ENTRY && { exportName: entry }),
+      })
+    )?.message;
+  } else {
+    problem = await validateWasm(stored.wasm, entry).then(
+      () => undefined,
+      (error: Error) => error.message,
+    );
+  }
+  if (problem !== undefined) {
+    throw new PgfnError(
+      "INVALID_REQUEST",
+      `${n("entrypoint")} ${entry} does not fit "${name}"'s code: ${problem}`,
+    );
+  }
 }
 
 /** The settings' values, and env changes that do not contradict themselves or the deploy. */

@@ -202,11 +202,18 @@ export const FUNCTION_COLUMNS = {
     description: "sha256 of the module (for runtime js, of the compiled script), hex",
   },
   entrypoint: {
-    ...text(),
+    ...text(
+      pattern(
+        /^[A-Za-z_$][A-Za-z0-9_$]{0,62}$/,
+        "must be an export's name (letters, digits, _ and $, not a digit first)",
+      ),
+    ),
     default: "handle",
-    setBy: "sql",
+    setBy: "deploy",
+    shown: true,
     description:
-      "the export called for each event (for runtime js, 'handle' is the default export, else handle)",
+      "the export called for each event: 'handle' calls a JavaScript handler's default export (else its export handle), any other name the export of that name",
+    cli: { flag: "--entrypoint", value: "export" },
   },
   enabled: {
     sqlType: "boolean",

@@ -141,6 +141,19 @@ describe("pgfn deploy", { timeout: SPAWNING_TEST_TIMEOUT_MS }, () => {
       await pgfn(["deploy", "wild2", echo, "--allow-host", "*"]),
       /--allow-host must be a host name, \*\.domain or \[IPv6 address\], optionally with :port \(got "\*"\)/,
     );
+    // --entrypoint names the export to call; the module is checked for it.
+    oneLineError(
+      await pgfn(["deploy", "wild3", echo, "--entrypoint", "onOrder"]),
+      /The module does not export a function named "onOrder"/,
+    );
+    oneLineError(
+      await pgfn(["deploy", "wild3", echo, "--entrypoint", "on-order"]),
+      /--entrypoint must be an export's name \(letters, digits, _ and \$, not a digit first\) \(got "on-order"\)/,
+    );
+    expect(ok(await pgfn(["deploy", "wild3", echo, "--entrypoint", "handle"]))).toEqual([
+      expect.stringMatching(/^deployed wild3 /),
+      "settings: entrypoint handle",
+    ]);
     // The hosts given replace the list: the ones that dropped are named.
     expect(
       ok(await pgfn(["deploy", "watched", echo, "--update", "--allow-host", "b.example.com:8443"])),

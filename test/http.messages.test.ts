@@ -80,7 +80,7 @@ describe("a 400 names the field the caller sent, what it must be, and what they 
     for (const [fields, message] of cases) expect(await deploy(fields)).toBe(message);
 
     expect(await deploy({ foo: 1 })).toMatch(
-      /^unknown field "foo"; the fields are name, wasm, source, file_name, description, timeout_ms, .*, update\.$/,
+      /^unknown field "foo"; the fields are name, wasm, source, file_name, description, entrypoint, timeout_ms, .*, update\.$/,
     );
     expect(await refusal("POST", "/functions/v1/deploy", [1, 2])).toBe(
       "The body must be an object (got an array).",
@@ -95,7 +95,7 @@ describe("a 400 names the field the caller sent, what it must be, and what they 
     );
     expect(await patch({ enabled: "no" })).toBe('enabled must be true or false (got "no").');
     expect(await patch({ ordering: "row" })).toMatch(
-      /^unknown field "ordering"; the fields are description, enabled, timeout_ms, .*, on_error(, .*)?\.$/,
+      /^unknown field "ordering"; the fields are description, entrypoint, enabled, timeout_ms, .*, on_error(, .*)?\.$/,
     );
     const row = await t.pool.query(
       `select memory_limit_mb, enabled, ordering from pgfn.functions where name = 'echo'`,

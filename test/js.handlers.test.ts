@@ -3,11 +3,19 @@
 // role, thrown errors, retry requests, the time and memory limits with the
 // other functions still served, no state between runs, and what a deploy
 // refuses.
+import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Daemon } from "../src/daemon.js";
-import { deployFunction } from "../src/deploy.js";
+import { deployFunction, patchFunction } from "../src/deploy.js";
 import { PgfnError } from "../src/errors.js";
-import { createTestRoles, enqueueManual, finishedRun, waitFor, type TestRoles } from "./helpers.js";
+import {
+  createTestRoles,
+  enqueueManual,
+  exampleWasm,
+  finishedRun,
+  waitFor,
+  type TestRoles,
+} from "./helpers.js";
 import { useTestDatabase } from "./fixture.js";
 
 const t = useTestDatabase("js_handlers");
@@ -354,6 +362,48 @@ describe("entrypoint", () => {
     );
     await deploy(`export const onSignup = (e: { payload: unknown }) => ({ signup: e.payload });`);
     expect((await run("picky", { n: 3 })).result).toEqual({ signup: { n: 3 } });
+  });
+
+  it("is set at deploy, and a PATCH of it alone is checked against the stored code", async () => {
+    const two = `export default () => "default";\nexport const onOrder = (e: { payload: unknown }) => ({ order: e.payload });`;
+    await expect(
+      deployFunction(t.db, {
+        name: "multi",
+        source: two,
+        fileName: "multi.ts",
+        entrypoint: "onRefund",
+      }),
+    ).rejects.toThrow(/multi\.ts does not export onRefund, the function's entrypoint/);
+    await deployFunction(t.db, {
+      name: "multi",
+      source: two,
+      fileName: "multi.ts",
+      entrypoint: "onOrder",
+    });
+    expect((await run("multi", { n: 4 })).result).toEqual({ order: { n: 4 } });
+
+    const refused = await patchFunction(t.db, "multi", { entrypoint: "onRefund" }).then(
+      () => undefined,
+      (e: unknown) => e as PgfnError,
+    );
+    expect(refused?.code).toBe("INVALID_REQUEST");
+    expect(refused?.message).toBe(
+      'entrypoint onRefund does not fit "multi"\'s code: its export onRefund is not a function (event, ctx) => result',
+    );
+    await patchFunction(t.db, "multi", { entrypoint: "handle" });
+    expect((await run("multi")).result).toBe("default");
+    // A module is checked for the export too.
+    await deployFunction(t.db, { name: "modular", wasm: await readFile(exampleWasm("echo")) });
+    await expect(patchFunction(t.db, "modular", { entrypoint: "onOrder" })).rejects.toThrow(
+      /^entrypoint onOrder does not fit "modular"'s code: The module does not export a function named "onOrder"/,
+    );
+    const { rows } = await t.pool.query(
+      `select name, entrypoint from pgfn.functions where name in ('multi', 'modular') order by name`,
+    );
+    expect(rows).toEqual([
+      { name: "modular", entrypoint: "handle" },
+      { name: "multi", entrypoint: "handle" },
+    ]);
   });
 });
 
