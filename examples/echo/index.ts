@@ -8,3 +8,9 @@ export function handle(): i32 {
   Host.output(Host.input());
   return 0;
 }
+
+// The same, under another name: a module's entrypoint other than `handle`
+// (pgfn.functions.entrypoint), for the tests of that setting.
+export function echo(): i32 {
+  return handle();
+}
